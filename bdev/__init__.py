@@ -1,0 +1,1 @@
+"""ringstack bdev package."""

@@ -1,0 +1,1 @@
+"""ringstack drivers package."""

@@ -1,0 +1,1 @@
+"""ringstack ipc package."""

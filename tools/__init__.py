@@ -1,0 +1,1 @@
+"""ringstack tools package."""

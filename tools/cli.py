@@ -1,0 +1,50 @@
+"""The `ringstack` command: one entry point, one subcommand per module.
+
+Each subcommand lives in its own module under tools/ and exposes
+``add_parser(subparsers)``, which registers an argparse sub-parser whose
+``func(args) -> int`` runs it.  Modules are imported lazily so that
+``ringstack rpc`` does not pay for importing the benchmark code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module providing add_parser(); the single list to extend.
+SUBCOMMANDS = {
+    "bench": "tools.bench",
+}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 1 (or .status)."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ringstack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, modname in SUBCOMMANDS.items():
+        importlib.import_module(modname).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"ringstack {args.command}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
