@@ -1,0 +1,562 @@
+"""Process mode: the app, its reactor processes, the loop that drives them, supervision.
+
+``App(cpumask="0x3").run(main)`` turns the calling process into reactor 0 (the main
+reactor: app thread, control plane) pinned to the mask's first core, and starts one
+reactor process per other core, each pinned to its core.  The calling process is also
+the launcher: it owns every shared-memory object of the instance (segments, semaphores,
+wake FIFOs), supervises the other reactors, and unlinks everything on every way out.
+
+Start method: reactors are started with ``subprocess.Popen`` of a fresh interpreter
+(the "spawn" model), never ``fork``: the launcher may already run threads (an embedding
+program's, a logging handler's), and a forked child would inherit their locks in
+whatever state they were in.  The child learns what to do from a JSON spec on its
+stdin (never pickle), imports the modules that register its message handlers (the
+``imports`` list, and the main script as ``__mp_main__`` the way multiprocessing's
+spawn does), attaches the ring mesh, and runs its loop.
+
+Lifecycle: start -> every reactor reports ready -> subsystems init (in dependency
+order) -> ``main`` runs on the app thread.  ``app_stop(rc)`` (or SIGINT/SIGTERM) ->
+the app's shutdown callback -> subsystems fini in reverse -> every reactor exits its
+threads and its loop -> the launcher reaps the processes and unlinks the segments.
+A reactor that dies is noticed by the supervisor poller within 100 ms: the others are
+told, the instance shuts down with a non-zero exit code and a message naming the
+reactor, and nothing is left in /dev/shm.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from ipc.mesh import Mesh
+from ipc.ring import Producer
+from ipc.shm import Instance, reap_dead_instances
+
+from . import reactor as _r
+from . import thread as _t
+from .io_channel import send_msg
+from .reactor import Reactor
+from .waker import FifoDoorbell, create_fifo, fifo_path
+from .wire import remote
+
+log = logging.getLogger("ringstack.app")
+
+#: Modules every reactor imports so their @remote handlers exist everywhere.
+DEFAULT_IMPORTS = ("reactor.io_channel", "reactor.app", "reactor.subsystem")
+
+#: Adaptive mode: consecutive idle time before a reactor sleeps (spinning this long keeps
+#: latency at ring speed under load; sleeping after it keeps idle reactors at ~0% CPU).
+IDLE_SPIN_NS = 200_000
+#: Longest sleep when an active poller exists that is not fd-driven (bounded latency).
+ACTIVE_POLLER_MAX_SLEEP_S = 0.001
+#: Longest sleep otherwise (keeps the supervisor and parent-death checks alive).
+MAX_SLEEP_S = 0.1
+SUPERVISE_PERIOD_US = 100_000
+RING_CAPACITY = 1 << 20
+
+POLL, ADAPTIVE = "poll", "adaptive"
+
+
+class AppError(Exception):
+    """A start-up or run-time failure of the app, reported as one line."""
+
+
+# ------------------------------------------------------------------------ cpumask
+def parse_cpumask(spec) -> list[int]:
+    """Cores of an SPDK-style mask: ``0x3``, ``3`` (hex without 0x, as SPDK), ``[0,1]``,
+    ``[0-3,6]``, or a list of ints.  Raises ValueError with a clear message."""
+    if isinstance(spec, (list, tuple)):
+        cores = [int(c) for c in spec]
+    else:
+        s = str(spec).strip()
+        if s.startswith("[") and s.endswith("]"):
+            cores = []
+            for part in filter(None, (p.strip() for p in s[1:-1].split(","))):
+                m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+                if not m:
+                    raise ValueError(f"invalid core list entry {part!r} in cpumask {s!r}")
+                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+                if hi < lo:
+                    raise ValueError(f"invalid core range {part!r} in cpumask {s!r}")
+                cores.extend(range(lo, hi + 1))
+        else:
+            try:
+                mask = int(s, 16)
+            except ValueError:
+                raise ValueError(f"invalid cpumask {s!r}: expected hex like 0x3 or a list like [0,1]") from None
+            cores = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    cores = sorted(set(cores))
+    if not cores:
+        raise ValueError(f"cpumask {spec!r} selects no core")
+    if any(c < 0 for c in cores):
+        raise ValueError(f"cpumask {spec!r} names a negative core")
+    return cores
+
+
+def check_cores_available(cores: list[int]) -> None:
+    allowed = os.sched_getaffinity(0)
+    missing = [c for c in cores if c not in allowed]
+    if missing:
+        raise ValueError(f"core(s) {missing} not available (this process may use {sorted(allowed)})")
+
+
+def _pin(core: int) -> None:
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError as exc:
+        log.warning("cannot pin to core %d: %s", core, exc)
+
+
+def _set_parent_death_signal(sig=signal.SIGKILL) -> None:
+    """Linux prctl(PR_SET_PDEATHSIG): a reactor must not outlive its launcher."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except Exception:  # not Linux: the loop's parent check still ends it
+        pass
+
+
+# --------------------------------------------------------------------- transport
+class RingTransport:
+    """The process-mode transport: one SPSC ring per ordered pair of reactors.
+
+    ``send`` only queues locally; ``flush`` (end of each loop pass) publishes each
+    destination's batch with a single tail store and rings the destination's doorbell
+    if it sleeps.  ``drain`` takes bounded batches from the inbound rings in turn."""
+
+    def __init__(self, mesh: Mesh, index: int, doorbells: list[FifoDoorbell]):
+        self.mesh = mesh
+        self.index = index
+        self.producers: dict[int, Producer] = {
+            j: Producer(mesh.ring(index, j), doorbells[j]) for j in range(mesh.n) if j != index}
+        self._dirty: set[int] = set()
+        self.inbound = [ring for _, ring in mesh.inbound(index)]
+
+    def send(self, dest: int, record: bytes) -> None:
+        self.producers[dest].send(record)
+        self._dirty.add(dest)
+
+    def drain(self, max_records: int) -> list:
+        out = []
+        for ring in self.inbound:
+            if ring.readable():
+                out.extend(ring.drain(max_records - len(out)))
+                if len(out) >= max_records:
+                    break
+        return out
+
+    def pending(self) -> bool:
+        if self._dirty:
+            return True
+        return any(ring.readable() for ring in self.inbound)
+
+    def flush(self) -> int:
+        if not self._dirty:
+            return 0
+        dirty = self._dirty
+        left = set()
+        for dest in dirty:
+            if not self.producers[dest].flush():
+                left.add(dest)  # ring full: keep the overflow, retry next pass
+        self._dirty = left
+        return 1
+
+
+# -------------------------------------------------------------------------- loop
+class Loop:
+    """Drives one reactor: poll, and in adaptive mode sleep when idle (see module doc)."""
+
+    def __init__(self, reactor: Reactor, doorbell: FifoDoorbell, mode: str):
+        self.reactor = reactor
+        self.doorbell = doorbell
+        self.mode = mode
+        self.fds: dict[int, object] = {}     # fds whose readability should wake us
+        self.stopping = False
+        self.checks = []                     # callables run once per wake-up (signals, parent)
+
+    def watch_fd(self, fd: int) -> None:
+        self.fds[fd] = True
+
+    def unwatch_fd(self, fd: int) -> None:
+        self.fds.pop(fd, None)
+
+    def run(self) -> None:
+        r = self.reactor
+        clock = time.monotonic_ns
+        poll_once = r.poll_once
+        idle_since = None
+        spin = self.mode == POLL
+        while r.running:
+            now = clock()
+            if poll_once(now):
+                idle_since = None
+                continue
+            if spin:
+                continue
+            if idle_since is None:
+                idle_since = now
+                continue
+            if now - idle_since < IDLE_SPIN_NS:
+                continue
+            self._sleep(clock())
+            idle_since = None
+            for check in self.checks:
+                check()
+
+    def _sleep(self, now: int) -> None:
+        r = self.reactor
+        deadline = r.next_deadline()
+        timeout = MAX_SLEEP_S
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, (deadline - now) / 1e9))
+        if any(t.has_active_pollers() for t in r.threads):
+            timeout = min(timeout, ACTIVE_POLLER_MAX_SLEEP_S)
+        if timeout <= 0:
+            return
+        bell = self.doorbell
+        bell.prepare_sleep()
+        # re-check after announcing: a producer that published before seeing the flag
+        # is caught here; one that publishes after will see the flag and ring.
+        if r.pending_local or r.transport.pending() or any(t.has_pending_work() for t in r.threads):
+            bell.cancel_sleep()
+            return
+        bell.sleep(timeout, self.fds)
+
+
+_loop: Loop | None = None
+
+
+def current_loop() -> Loop:
+    if _loop is None:
+        raise _t.ThreadError("no reactor loop in this process")
+    return _loop
+
+
+# ------------------------------------------------------------------ control plane
+@remote("reactor.ready")
+def _reactor_ready(index: int, pid: int) -> None:
+    app = App._running
+    if app is not None:
+        app._on_reactor_ready(index, pid)
+
+
+@remote("reactor.exit")
+def _reactor_exit() -> None:
+    """Sent to each non-main reactor's default thread at shutdown: exit every thread,
+    then leave the loop."""
+    r = _r.current_reactor()
+    for t in list(r.threads):
+        t.exit()
+    r.on_thread_exited = lambda t: _stop_if_empty(r)
+    _stop_if_empty(r)
+
+
+def _stop_if_empty(r: Reactor) -> None:
+    if not r.threads:
+        r.running = False
+
+
+@remote("reactor.peer_died")
+def _peer_died(index: int, why: str) -> None:
+    log.error("reactor %d: peer reactor %d died (%s)", _r.current_reactor().index, index, why)
+
+
+# -------------------------------------------------------------------------- child
+def _child_main() -> None:
+    """Entry point of a non-main reactor process (spec as JSON on stdin)."""
+    spec = json.loads(sys.stdin.readline())
+    logging.basicConfig(level=spec.get("log_level", logging.WARNING),
+                        format=f"[reactor {spec['index']}] %(levelname)s %(name)s: %(message)s")
+    _set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the launcher handles Ctrl-C for all
+    _pin(spec["core"])
+    _prepare_imports(spec)
+    mesh = Mesh.attach(spec["mesh"])
+    index = spec["index"]
+    bells = [FifoDoorbell(mesh._doorbell_region(j), fifo_path(spec["owner"], j), consumer=(j == index))
+             for j in range(mesh.n)]
+    transport = RingTransport(mesh, index, bells)
+    r = Reactor(index, spec["core"], mesh.n, transport, time.monotonic_ns)
+    r.create_thread(f"reactor_{index}")
+    _r._process_reactor = r
+    global _loop
+    _loop = Loop(r, bells[index], spec["mode"])
+    parent = os.getppid()
+
+    def parent_alive():
+        if os.getppid() != parent:
+            r.running = False
+    _loop.checks.append(parent_alive)
+    r.send(r.default_tid(0), _reactor_ready, (index, os.getpid()))
+    rc = 0
+    try:
+        _loop.run()
+    except Exception:
+        log.exception("reactor %d crashed", index)
+        rc = 1
+    finally:
+        try:
+            transport.flush()
+        except Exception:
+            pass
+        for b in bells:
+            b.close()
+        mesh.close()
+    sys.stdout.flush()
+    os._exit(rc)
+
+
+def _prepare_imports(spec) -> None:
+    import importlib
+    prep = spec.get("main")
+    if prep:
+        import multiprocessing.spawn as mps
+        mps.prepare(prep)       # imports the launcher's main script as __mp_main__
+    for mod in spec["imports"]:
+        importlib.import_module(mod)
+
+
+def _main_preparation() -> dict | None:
+    """What a child needs to import the launcher's main script (as multiprocessing's
+    spawn does), restricted to JSON-safe fields."""
+    import multiprocessing.spawn as mps
+    data = mps.get_preparation_data("ringstack-reactor")
+    keep = {k: data[k] for k in ("sys_path", "sys_argv", "dir", "orig_dir",
+                                 "init_main_from_path", "init_main_from_name") if k in data}
+    return keep if ("init_main_from_path" in keep or "init_main_from_name" in keep) else {
+        k: keep[k] for k in ("sys_path", "dir") if k in keep}
+
+
+# ---------------------------------------------------------------------------- app
+class App:
+    """An app instance in process mode.  See the module docstring."""
+
+    _running: "App | None" = None
+
+    def __init__(self, cpumask="0x1", *, mode: str = ADAPTIVE, imports=(), name: str = "ringstack",
+                 shutdown_cb=None, ring_capacity: int = RING_CAPACITY, log_level=logging.WARNING):
+        if mode not in (POLL, ADAPTIVE):
+            raise ValueError(f"mode must be {POLL!r} or {ADAPTIVE!r}, not {mode!r}")
+        self.cores = parse_cpumask(cpumask)
+        self.mode = mode
+        self.imports = list(DEFAULT_IMPORTS) + [m for m in imports if m not in DEFAULT_IMPORTS]
+        self.name = name
+        self.shutdown_cb = shutdown_cb
+        self.ring_capacity = ring_capacity
+        self.log_level = log_level
+        self.rc = 0
+        self.error: str | None = None
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.ready: set[int] = set()
+        self.reactor: Reactor | None = None
+        self.app_thread = None
+        self._main = None
+        self._stopping = False
+        self._signal = None
+        self._exiting_children = False
+        self._dead: set[int] = set()
+
+    @property
+    def n_reactors(self) -> int:
+        return len(self.cores)
+
+    # -- public
+    def run(self, main=None, *args) -> int:
+        """Start every reactor, run ``main(*args)`` on the app thread once initialised,
+        and block until the app stops.  Returns the exit code (0 = clean)."""
+        if App._running is not None:
+            raise AppError("an app is already running in this process")
+        check_cores_available(self.cores)
+        reap_dead_instances()
+        App._running = self
+        self._main = (main, args)
+        instance = Instance()
+        mesh = None
+        bells = []
+        fifos = []
+        old_handlers = {}
+        try:
+            mesh = Mesh.create(instance, self.n_reactors, self.ring_capacity)
+            fifos = [create_fifo(instance.pid, j) for j in range(self.n_reactors)]
+            bells = [FifoDoorbell(mesh._doorbell_region(j), fifos[j], consumer=(j == 0))
+                     for j in range(self.n_reactors)]
+            transport = RingTransport(mesh, 0, bells)
+            r = Reactor(0, self.cores[0], self.n_reactors, transport, time.monotonic_ns)
+            self.reactor = r
+            self.app_thread = r.create_thread("app_thread")
+            _r._process_reactor = r
+            global _loop
+            _loop = Loop(r, bells[0], self.mode)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+            self._spawn_children(mesh, instance.pid)
+            _pin(self.cores[0])
+            prev = _t._set_current(self.app_thread)
+            try:
+                _t.poller_register(lambda _: self.supervise(), None, SUPERVISE_PERIOD_US,
+                                   "app_supervisor")
+            finally:
+                _t._set_current(prev)
+            if self.n_reactors == 1:
+                send_msg(self.app_thread, self._start_subsystems)
+            _loop.run()
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            self._reap_children()
+            for b in bells:
+                b.close()
+            if mesh is not None:
+                mesh.close()
+            for path in fifos:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            instance.close()
+            _r._process_reactor = None
+            _loop = None
+            App._running = None
+        if self.error:
+            log.error("%s", self.error)
+        return self.rc
+
+    def stop(self, rc: int = 0) -> None:
+        """Begin an orderly shutdown (callable from any thread of the main reactor)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if rc and not self.rc:
+            self.rc = rc
+        send_msg(self.app_thread, self._shutdown_sequence)
+
+    # -- start-up
+    def _spawn_children(self, mesh: Mesh, owner: int) -> None:
+        prep = _main_preparation()
+        for index in range(1, self.n_reactors):
+            spec = {"index": index, "core": self.cores[index], "mesh": mesh.name, "owner": owner,
+                    "mode": self.mode, "imports": self.imports, "main": prep,
+                    "log_level": self.log_level}
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from reactor.app import _child_main; _child_main()"],
+                stdin=subprocess.PIPE, close_fds=True)
+            proc.stdin.write((json.dumps(spec) + "\n").encode())
+            proc.stdin.close()
+            self.procs[index] = proc
+
+    def _on_reactor_ready(self, index: int, pid: int) -> None:
+        self.ready.add(index)
+        if len(self.ready) == self.n_reactors - 1:
+            self._start_subsystems()
+
+    def _start_subsystems(self) -> None:
+        from . import subsystem
+        subsystem.init_all(self._on_init_done)
+
+    def _on_init_done(self, rc: int) -> None:
+        if rc:
+            self.error = f"subsystem initialisation failed: {os.strerror(-rc) if rc < 0 else rc}"
+            self.stop(1)
+            return
+        main, args = self._main
+        if main is not None:
+            try:
+                main(*args)
+            except Exception as exc:
+                log.exception("app main raised")
+                self.error = f"app main failed: {exc}"
+                self.stop(1)
+
+    # -- shutdown
+    def _shutdown_sequence(self) -> None:
+        if self.shutdown_cb is not None:
+            try:
+                self.shutdown_cb()
+            except Exception:
+                log.exception("app shutdown callback raised")
+        from . import subsystem
+        subsystem.fini_all(self._after_fini)
+
+    def _after_fini(self) -> None:
+        r = self.reactor
+        self._exiting_children = True
+        for index in range(1, self.n_reactors):
+            if self.procs.get(index) and self.procs[index].poll() is None:
+                r.send(r.default_tid(index), _reactor_exit, ())
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._exiting_children:
+            return
+        if all(p.poll() is not None for p in self.procs.values()):
+            self.reactor.running = False
+
+    # -- supervision (runs on the app thread)
+    def supervise(self) -> int:
+        for index, proc in self.procs.items():
+            code = proc.poll()
+            if code is None:
+                continue
+            if self._exiting_children or index in self._dead:
+                continue
+            self._dead.add(index)
+            why = f"signal {-code}" if code < 0 else f"exit code {code}"
+            if index not in self.ready and not self._stopping:
+                self.error = f"reactor {index} (core {self.cores[index]}) failed to start: {why}"
+            else:
+                self.error = f"reactor {index} (pid {proc.pid}, core {self.cores[index]}) died: {why}"
+            r = self.reactor
+            for other, p in self.procs.items():
+                if other != index and p.poll() is None:
+                    r.send(r.default_tid(other), _peer_died, (index, why))
+            self.stop(1)
+            return 1
+        self._maybe_finish()
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        # Python runs this between bytecodes of the main thread, i.e. between two steps
+        # of the loop: queueing SPDK's "critical message" is safe here, and the wake
+        # covers a loop asleep in select.
+        self._signal = signum
+        try:
+            self.app_thread.send_critical_msg(self._check_signal)
+        except _t.ThreadError:
+            pass  # one already pending: it reads self._signal
+        if _loop is not None:
+            _loop.doorbell.wake()
+
+    def _check_signal(self) -> None:
+        if self._signal is not None:
+            sig, self._signal = self._signal, None
+            log.warning("received %s: shutting down", signal.Signals(sig).name)
+            self.stop(0)
+
+    def _reap_children(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                proc.wait(left)
+            except subprocess.TimeoutExpired:
+                log.error("reactor pid %d did not exit in time: killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+
+
+def app_stop(rc: int = 0) -> None:
+    """Stop the running app (SPDK's spdk_app_stop); call from the main reactor."""
+    app = App._running
+    if app is None:
+        raise AppError("no app is running")
+    app.stop(rc)
+
+
+def running_app() -> App | None:
+    return App._running
