@@ -14,6 +14,7 @@ import sys
 # subcommand name -> module providing add_parser(); the single list to extend.
 SUBCOMMANDS = {
     "bench": "tools.bench",
+    "rpc": "tools.rpc",
 }
 
 
