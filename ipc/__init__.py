@@ -9,8 +9,8 @@
 - :mod:`ipc.arena`    DMA-style shared buffer arenas with per-owner 8 KiB / 64 KiB pools
 """
 from .arena import ALIGNMENT, LARGE_BUFFER, SMALL_BUFFER, Arena, BufferHandle, BufferPool, view
-from .codec import (CodecError, decode, dispatch, dispatch_many, encode, encoder, handler, handler_id,
-                    register_handler, unregister_handler)
+from .codec import (CodecError, Sender, decode, dispatch, dispatch_many, encode, encode_batch, encoder, handler,
+                    handler_id, message, register_handler, unregister_handler)
 from .doorbell import Doorbell
 from .mesh import Mesh
 from .ring import Producer, Ring, UnsupportedPlatform
@@ -18,8 +18,8 @@ from .shm import Instance, Segment, Semaphore, reap_dead_instances
 
 __all__ = [
     "ALIGNMENT", "LARGE_BUFFER", "SMALL_BUFFER", "Arena", "BufferHandle", "BufferPool", "view",
-    "CodecError", "decode", "dispatch", "dispatch_many", "encode", "encoder", "handler", "handler_id",
-    "register_handler", "unregister_handler",
+    "CodecError", "Sender", "decode", "dispatch", "dispatch_many", "encode", "encode_batch", "encoder", "handler",
+    "handler_id", "message", "register_handler", "unregister_handler",
     "Doorbell", "Mesh", "Producer", "Ring", "UnsupportedPlatform",
     "Instance", "Segment", "Semaphore", "reap_dead_instances",
 ]

@@ -1,6 +1,9 @@
 """Cross-core message codec: a handler registered by a stable name, msgpack arguments.
 
-A record is the msgpack array ``[handler_id, arg0, arg1, ...]``.  ``handler_id`` is
+A record is the msgpack array ``[handler_id, arg0, arg1, ...]`` (one message), or an
+array of such arrays (a *batch*: what :class:`Sender` builds, one ``Packer.pack`` call
+and one ring record for many messages; the per-message cost then drops to the C
+loop of msgpack).  ``handler_id`` is
 ``zlib.crc32(name)``: computed from the name alone, so every process (spawned,
 possibly importing modules in another order) agrees on it without coordination;
 registration refuses a second name with the same id.  Nothing received is ever
@@ -142,6 +145,8 @@ def dispatch(record) -> bool:
     handler propagate (they are the handler's bugs, not bad input)."""
     try:
         msg = _unpackb(record, use_list=False, raw=False, strict_map_key=True)
+        if type(msg) is tuple and msg and type(msg[0]) is tuple:
+            return _dispatch_batch(msg) > 0
         fn = _handlers[msg[0]]
     except _MSGPACK_ERRORS as exc:
         log.error("dropping undecodable record (%d bytes): %s", len(record), exc)
@@ -163,11 +168,117 @@ def dispatch(record) -> bool:
 
 
 def dispatch_many(records) -> int:
-    """``dispatch`` each record in order; returns how many handlers ran."""
+    """Run every message of every record, in order; returns how many handlers ran.
+    The loop is inlined (the per-message cost on a consumer's hot path); a record that
+    fails to decode is handed to ``dispatch``, which decodes it again (failing the same
+    way) and logs it.  Bad messages inside a batch are logged and skipped one by one."""
     ran = 0
+    unpackb = _unpackb
+    handlers = _handlers
     for record in records:
-        ran += dispatch(record)
+        try:
+            msg = unpackb(record, use_list=False, raw=False, strict_map_key=True)
+            head = msg[0]
+            if type(head) is tuple:
+                ran += _dispatch_batch(msg)
+                continue
+            fn = handlers[head]
+        except Exception:
+            ran += dispatch(record)
+            continue
+        if type(msg) is not tuple:
+            log.error("dropping record that is not [handler_id, args...]: %r", _describe(record))
+            continue
+        try:
+            fn(*msg[1:])
+        except TypeError as exc:
+            if _is_call_mismatch(exc, fn):
+                log.error("dropping message for %s: %s", _names.get(head), exc)
+                continue
+            raise
+        ran += 1
     return ran
+
+
+def _dispatch_batch(batch) -> int:
+    ran = 0
+    handlers = _handlers
+    for msg in batch:
+        try:
+            fn = handlers[msg[0]]
+            if type(msg) is not tuple:
+                raise TypeError
+        except (KeyError, IndexError, TypeError):
+            log.error("dropping message of a batch: not [known handler_id, args...]: %.60r", msg)
+            continue
+        try:
+            fn(*msg[1:])
+        except TypeError as exc:
+            if _is_call_mismatch(exc, fn):
+                log.error("dropping message for %s: %s", _names.get(msg[0]), exc)
+                continue
+            raise
+        ran += 1
+    return ran
+
+
+def message(name_or_fn, *args) -> tuple:
+    """The in-memory form of one message, ``(handler_id, *args)``, for ``encode_batch``."""
+    hid = _ids_by_fn.get(name_or_fn)
+    if hid is None:
+        hid = _id_of(name_or_fn)
+    return (hid, *args)
+
+
+def encode_batch(messages) -> bytes:
+    """One record holding many messages (a list of ``message(...)`` tuples)."""
+    try:
+        return _pack(messages)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode a batch of {len(messages)} messages: {exc}") from exc
+
+
+class Sender:
+    """Batches handler calls for one ring: ``call()`` appends (no encoding yet),
+    ``flush()`` encodes everything queued as one batch record (split if it would not
+    fit a ring record) and flushes the :class:`ipc.ring.Producer`.  Backpressure is
+    the producer's: records it cannot publish stay queued there, in order."""
+
+    __slots__ = ("producer", "_messages")
+
+    def __init__(self, producer):
+        self.producer = producer
+        self._messages: list = []
+
+    def call(self, name_or_fn, *args) -> None:
+        hid = _ids_by_fn.get(name_or_fn)
+        if hid is None:
+            hid = _id_of(name_or_fn)
+        self._messages.append((hid, *args))
+
+    def flush(self) -> bool:
+        """True when nothing is left queued (in this Sender or the producer)."""
+        messages = self._messages
+        if messages:
+            self._messages = []
+            self._send(messages)
+        return self.producer.flush()
+
+    def _send(self, messages) -> None:
+        record = encode_batch(messages)
+        if len(record) <= self.producer.max_record:
+            self.producer.send(record)
+        elif len(messages) == 1:
+            raise CodecError(f"one message of {len(record)} bytes exceeds the ring's largest record "
+                             f"({self.producer.max_record} bytes); pass large data through an arena")
+        else:
+            half = len(messages) // 2
+            self._send(messages[:half])
+            self._send(messages[half:])
+
+    @property
+    def pending(self) -> int:
+        return len(self._messages) + self.producer.pending
 
 
 def _is_call_mismatch(exc: TypeError, fn) -> bool:

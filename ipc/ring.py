@@ -90,6 +90,10 @@ _frame_header = Struct("<II")
 _pack_frame_header = _frame_header.pack
 _unpack_frame_header = _frame_header.unpack_from
 _join = b"".join
+_single_header = Struct("<III")
+_pack_single_header = _single_header.pack
+_unpack_single_header = _single_header.unpack_from
+_SINGLE = 1 | FRAME_MAGIC << 16
 
 _X86_64 = ("x86_64", "amd64")
 
@@ -125,7 +129,7 @@ class Ring:
     """
 
     __slots__ = ("capacity", "max_record", "_mask", "_words", "_data", "_tail", "_head_cache",
-                 "_head", "_blob", "_blob_off", "_pending", "_pending_idx", "corrupt_frames")
+                 "_head", "_blob", "_blob_off", "_pending", "_pending_idx", "_local", "corrupt_frames")
 
     @staticmethod
     def region_size(capacity: int) -> int:
@@ -178,6 +182,7 @@ class Ring:
         self._blob_off = 0
         self._pending: list = []
         self._pending_idx = 0
+        self._local = False  # records or bytes held in this process, not yet returned
         self.corrupt_frames = 0
 
     def release(self) -> None:
@@ -192,9 +197,31 @@ class Ring:
         return self.capacity - (self._tail - self._head_cache)
 
     def try_put(self, record) -> bool:
-        """Publish one record.  False if the ring is full (keep it and retry later);
-        ValueError if it can never fit."""
-        return self.put_many((record,)) == 1
+        """Publish one record as its own frame.  False if the ring is full (keep it and
+        retry later); ValueError if it can never fit.  (Batch with ``put_many``: one
+        frame and one tail store for many records is much cheaper per record.)"""
+        length = len(record)
+        frame_len = length + FRAME_HEADER + 4
+        tail = self._tail
+        capacity = self.capacity
+        if frame_len > capacity - (tail - self._head_cache):
+            self._head_cache = self._words[_HEAD_WORD]
+            if frame_len > capacity - (tail - self._head_cache):
+                if frame_len > capacity:
+                    self._fitting_prefix([length], 0)  # raises the oversize error
+                return False
+        frame = _pack_single_header(frame_len, _SINGLE, length) + record
+        pos = tail & self._mask
+        end = pos + frame_len
+        if end <= capacity:
+            self._data[pos:end] = frame
+        else:
+            first = capacity - pos
+            self._data[pos:] = frame[:first]
+            self._data[:end - capacity] = frame[first:]
+        self._tail = tail = tail + frame_len
+        self._words[_TAIL_WORD] = tail  # publish after the payload (see TSO note)
+        return True
 
     def put_many(self, records) -> int:
         """Publish the longest prefix of ``records`` (a sequence of bytes-like objects)
@@ -250,8 +277,7 @@ class Ring:
     # -- consumer side ----------------------------------------------------------------
     def readable(self) -> bool:
         """Whether ``drain`` would return something (cheap: one shared load)."""
-        return (self._pending_idx < len(self._pending) or self._blob_off < len(self._blob)
-                or self._words[_TAIL_WORD] != self._head)
+        return self._local or self._words[_TAIL_WORD] != self._head
 
     def drain(self, max_records: int = 64) -> list:
         """Take up to ``max_records`` records, oldest first, as ``bytes``.
@@ -259,43 +285,52 @@ class Ring:
         Copies everything the producer has published out of shared memory and
         publishes ``head`` once; records beyond ``max_records`` stay in this process
         (in order) for the next call, so the producer regains the space at once."""
-        out: list = []
-        pending = self._pending
-        if self._pending_idx < len(pending):
-            idx = self._pending_idx
-            take = pending[idx:idx + max_records]
-            self._pending_idx = idx + len(take)
-            if len(take) == max_records:
-                return take
-            out = take
-        if self._blob_off >= len(self._blob):
-            if not self._copy_out():
-                return out
-        self._parse(out, max_records)
-        return out
-
-    def _copy_out(self) -> bool:
-        tail = self._words[_TAIL_WORD]
+        if self._local:
+            return self._drain_local(max_records)
         head = self._head
+        tail = self._words[_TAIL_WORD]
+        if tail == head:
+            return []
         avail = tail - head
-        if not avail:
-            return False
-        if avail < 0 or avail > self.capacity:
+        capacity = self.capacity
+        if avail > capacity or avail < 0:
             # A tail outside [head, head + capacity] was not written by a sane producer.
             self.corrupt_frames += 1
-            log.error("ring tail %d is outside head %d + capacity %d: ignoring it", tail, head, self.capacity)
-            return False
+            log.error("ring tail %d is outside head %d + capacity %d: ignoring it", tail, head, capacity)
+            return []
         pos = head & self._mask
         end = pos + avail
-        data = self._data
-        if end <= self.capacity:
-            self._blob = data[pos:end].tobytes()
+        if end <= capacity:
+            blob = self._data[pos:end].tobytes()
         else:
-            self._blob = data[pos:].tobytes() + data[:end - self.capacity].tobytes()
-        self._blob_off = 0
+            blob = self._data[pos:].tobytes() + self._data[:end - capacity].tobytes()
         self._head = tail
         self._words[_HEAD_WORD] = tail  # after the loads above: the space may be reused
-        return True
+        if avail > 12:
+            # Fast path: exactly one single-record frame (the latency-bound case).
+            frame_len, count_magic, length = _unpack_single_header(blob)
+            if frame_len == avail and count_magic == _SINGLE and length == avail - 12 and max_records:
+                return [blob[12:]]
+        self._blob = blob
+        self._blob_off = 0
+        out: list = []
+        self._parse(out, max_records)
+        self._local = self._blob_off < len(self._blob) or self._pending_idx < len(self._pending)
+        return out
+
+    def _drain_local(self, max_records: int) -> list:
+        out: list = []
+        pending = self._pending
+        idx = self._pending_idx
+        if idx < len(pending):
+            out = pending[idx:idx + max_records]
+            self._pending_idx = idx + len(out)
+        if len(out) < max_records and self._blob_off < len(self._blob):
+            self._parse(out, max_records)
+        self._local = self._blob_off < len(self._blob) or self._pending_idx < len(self._pending)
+        if not self._local and len(out) < max_records:
+            out += self.drain(max_records - len(out))
+        return out
 
     def _parse(self, out: list, max_records: int) -> None:
         blob = self._blob
@@ -371,6 +406,11 @@ class Producer:
         """Publish queued records; True when nothing is left queued."""
         out = self._out
         if not out:
+            return True
+        if len(out) == 1 and self.ring.try_put(out[0]):  # cheaper than building a frame table
+            out.clear()
+            if self.doorbell is not None:
+                self.doorbell.ring_if_sleeping()
             return True
         put_many = self.ring.put_many
         published = 0

@@ -104,3 +104,42 @@ def test_messages_through_a_ring_with_a_bad_one_in_the_middle(caplog):
         assert received == [("add", 0, 0), ("add", 1, 1), ("add", 2, 2), ("add", 9, 9)]
         ring.release()
         seg.close()
+
+
+def test_sender_batches_calls_into_one_record_and_bad_messages_in_a_batch_are_skipped(caplog):
+    from ipc.codec import Sender, encode_batch, message
+    from ipc.ring import Producer
+    with Instance() as inst:
+        seg = inst.create_segment("batch", Ring.region_size(4096))
+        ring = Ring(seg.buf, 4096, init=True)
+        sender = Sender(Producer(ring))
+        for i in range(5):
+            sender.call(add, i, -i)
+        sender.call("test.codec.note", "x")
+        assert sender.pending == 6
+        assert sender.flush() and sender.pending == 0
+        records = ring.drain(64)
+        assert len(records) == 1  # one record for the whole batch
+        assert dispatch_many(records) == 6
+        assert received == [("add", i, -i) for i in range(5)] + [("note", "x", b"")]
+        received.clear()
+        # A batch too large for one ring record is split, order kept.
+        for i in range(400):
+            sender.call(note, "y" * 20, i.to_bytes(2, "little"))
+        sender.flush()  # more than the 4 KiB ring holds: the rest stays queued
+        got = 0
+        deadline = 100
+        while got < 400 and deadline:
+            got += dispatch_many(ring.drain(64))
+            sender.flush()
+            deadline -= 1
+        assert [r[2] for r in received] == [i.to_bytes(2, "little") for i in range(400)]
+        received.clear()
+        bad = encode_batch([message(add, 1, 1), (0xDEAD, 1), 7, message(add, 1), message(add, 2, 2)])
+        with caplog.at_level(logging.ERROR, logger="ipc.codec"):
+            assert dispatch_many([bad]) == 2
+            assert dispatch(bad) is True
+        assert received == [("add", 1, 1), ("add", 2, 2)] * 2
+        assert "dropping message of a batch" in caplog.text and "dropping message for test.codec.add" in caplog.text
+        ring.release()
+        seg.close()
