@@ -48,7 +48,7 @@ from .wire import remote
 log = logging.getLogger("ringstack.app")
 
 #: Modules every reactor imports so their @remote handlers exist everywhere.
-DEFAULT_IMPORTS = ("reactor.io_channel", "reactor.app", "reactor.subsystem")
+DEFAULT_IMPORTS = ("reactor.io_channel", "reactor.app", "reactor.subsystem", "reactor.stats")
 
 #: Adaptive mode: consecutive idle time before a reactor sleeps (spinning this long keeps
 #: latency at ring speed under load; sleeping after it keeps idle reactors at ~0% CPU).

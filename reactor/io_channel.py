@@ -360,7 +360,7 @@ def _walk_hop(walk_id, origin_tid, kind, dev_name, fn_name, ctx, remaining) -> N
     it.kind = kind
     it.walk_id = walk_id
     it.origin_tid = origin_tid
-    it.ctx = ctx
+    it.ctx = _mutable(ctx)
     it.fn = wire.lookup(fn_name)
     it.remaining = list(remaining)
     it.status = 0
@@ -391,7 +391,7 @@ def _walk_done(walk_id, ctx, status) -> None:
         log.error("completion of unknown walk %d", walk_id)
         return
     cpl, it = entry
-    it.ctx = ctx
+    it.ctx = ctx if ctx is it.ctx else _mutable(ctx)
     it.status = status
     cpl(it, status)
 
@@ -440,6 +440,18 @@ def _thread_step(it):
         fn(it.ctx[1])
     finally:
         for_each_channel_continue(it, 0)
+
+
+def _mutable(value):
+    """ctx arrives from the codec with lists as tuples; a walk's ctx is meant to be
+    changed along the way, so give it back its lists."""
+    if isinstance(value, tuple):
+        return [_mutable(v) for v in value]
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    return value
 
 
 def _noop_cpl(it, status):

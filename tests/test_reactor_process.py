@@ -1,0 +1,125 @@
+"""Process mode: real reactor processes (mask 0x3), shared-memory rings, signals, crashes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from reactor.app import parse_cpumask
+
+APP = os.path.join(os.path.dirname(__file__), "apps", "xproc.py")
+PY = sys.executable
+
+
+def run_app(scenario, timeout=60):
+    p = subprocess.run([PY, APP, scenario], capture_output=True, text=True, timeout=timeout)
+    results = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    return p, results
+
+
+def start_app(scenario):
+    p = subprocess.Popen([PY, APP, scenario], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if line.startswith("RESULT "):
+            return p, json.loads(line[7:])
+        if not line and p.poll() is not None:
+            break
+    p.kill()
+    raise AssertionError(f"app did not start: {p.stderr.read()}")
+
+
+def shm_entries_of(pid):
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"ringstack.{pid}.") or
+            n.startswith(f"sem.ringstack.{pid}.")]
+
+
+def test_cross_process_send_msg_in_order_under_backpressure():
+    p, res = run_app("order")
+    assert p.returncode == 0, p.stderr
+    assert res == [{"received": 200_000, "bad": 0}]
+
+
+def test_io_device_registered_on_one_reactor_walk_carries_ctx_across_processes():
+    p, res = run_app("channels")
+    assert p.returncode == 0, p.stderr
+    (r,) = res
+    assert r["registered_by"] == 1            # registered from reactor 1 ...
+    assert r["main_ctx"] == {"reactor": 0}    # ... and usable on reactor 0
+    walk = r["walk"]
+    assert walk["status"] == 0
+    assert walk["ctx"]["n"] == 2
+    assert walk["ctx"]["visits"] == [[0, "app_thread", 0], [1, "reactor_1", 1]]
+    assert walk["caller_ctx_n"] == 1           # ctx travelled by value
+    assert r["still_registered"] is False
+
+
+def test_stats_shapes_cover_both_reactors():
+    p, res = run_app("stats")
+    assert p.returncode == 0, p.stderr
+    (r,) = res
+    assert [x["lcore"] for x in r["reactors"]["reactors"]] == [0, 1]
+    names = [t["name"] for t in r["threads"]["threads"]]
+    assert names == ["app_thread", "reactor_1"]
+    for t in r["threads"]["threads"]:
+        assert {"busy", "idle", "active_pollers_count", "timed_pollers_count", "paused_pollers_count"} <= set(t)
+
+
+def test_sigterm_shuts_down_cleanly_and_leaves_nothing():
+    p, info = start_app("idle")
+    procs = [psutil.Process(pid) for pid in info["reactors"]]
+    assert shm_entries_of(info["launcher"])
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert "SIGTERM" in err
+    for c in procs:
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
+    assert shm_entries_of(info["launcher"]) == []
+
+
+def test_sigkill_of_a_reactor_is_detected_and_instance_stops_with_error():
+    p, info = start_app("idle")
+    child = info["reactors"][0]
+    t0 = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    out, err = p.communicate(timeout=20)
+    elapsed = time.monotonic() - t0
+    assert p.returncode != 0
+    assert "reactor 1" in err and "died" in err and "signal 9" in err
+    assert elapsed < 5
+    assert shm_entries_of(info["launcher"]) == []
+
+
+def test_idle_reactors_sleep():
+    p, info = start_app("idle")
+    try:
+        procs = [psutil.Process(info["launcher"])] + [psutil.Process(x) for x in info["reactors"]]
+        time.sleep(0.5)  # let start-up settle
+        before = [sum(pr.cpu_times()[:2]) for pr in procs]
+        time.sleep(1.0)
+        after = [sum(pr.cpu_times()[:2]) for pr in procs]
+        used = [a - b for a, b in zip(after, before)]
+        # an idle reactor wakes every 100 ms at most; 5% is a generous bound on a loaded box
+        assert all(u < 0.05 for u in used), used
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("spec,cores", [("0x3", [0, 1]), ("3", [0, 1]), ("[0,1]", [0, 1]),
+                                         ("[0-2,5]", [0, 1, 2, 5]), ([1], [1])])
+def test_parse_cpumask(spec, cores):
+    assert parse_cpumask(spec) == cores
+
+
+@pytest.mark.parametrize("spec,msg", [("0x0", "selects no core"), ("zz", "invalid cpumask"),
+                                       ("[1-0]", "invalid core range"), ("[a]", "invalid core list")])
+def test_parse_cpumask_errors(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_cpumask(spec)
