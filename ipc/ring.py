@@ -81,8 +81,8 @@ FRAME_MAGIC = 0x5253  # "RS"
 FRAME_HEADER = 8
 MAX_FRAME_RECORDS = 0xFFFF
 
-_TAIL_WORD = 0
-_HEAD_WORD = CACHE_LINE // 8
+_TAIL_WORD = 0                 # hot paths below use the literals 0 and 8 (no global lookup)
+_HEAD_WORD = CACHE_LINE // 8   # = 8
 _MAGIC_WORD = 2 * CACHE_LINE // 8
 _CAPACITY_WORD = _MAGIC_WORD + 1
 
@@ -205,7 +205,7 @@ class Ring:
         tail = self._tail
         capacity = self.capacity
         if frame_len > capacity - (tail - self._head_cache):
-            self._head_cache = self._words[_HEAD_WORD]
+            self._head_cache = self._words[8]
             if frame_len > capacity - (tail - self._head_cache):
                 if frame_len > capacity:
                     self._fitting_prefix([length], 0)  # raises the oversize error
@@ -220,7 +220,7 @@ class Ring:
             self._data[pos:] = frame[:first]
             self._data[:end - capacity] = frame[first:]
         self._tail = tail = tail + frame_len
-        self._words[_TAIL_WORD] = tail  # publish after the payload (see TSO note)
+        self._words[0] = tail  # publish after the payload (see TSO note)
         return True
 
     def put_many(self, records) -> int:
@@ -235,7 +235,7 @@ class Ring:
         frame_len = FRAME_HEADER + 4 * count + sum(lens)
         tail = self._tail
         if frame_len > self.capacity - (tail - self._head_cache) or count > MAX_FRAME_RECORDS:
-            self._head_cache = self._words[_HEAD_WORD]
+            self._head_cache = self._words[8]
             free = self.capacity - (tail - self._head_cache)
             if frame_len > free or count > MAX_FRAME_RECORDS:
                 count = self._fitting_prefix(lens, free)
@@ -256,7 +256,7 @@ class Ring:
             data[pos:] = frame[:first]
             data[:end - self.capacity] = frame[first:]
         self._tail = tail = tail + frame_len
-        self._words[_TAIL_WORD] = tail  # publish: after every payload store (see TSO note)
+        self._words[0] = tail  # publish: after every payload store (see TSO note)
         return count
 
     def _fitting_prefix(self, lens: list, free: int) -> int:
@@ -277,7 +277,7 @@ class Ring:
     # -- consumer side ----------------------------------------------------------------
     def readable(self) -> bool:
         """Whether ``drain`` would return something (cheap: one shared load)."""
-        return self._local or self._words[_TAIL_WORD] != self._head
+        return self._local or self._words[0] != self._head
 
     def drain(self, max_records: int = 64) -> list:
         """Take up to ``max_records`` records, oldest first, as ``bytes``.
@@ -288,7 +288,7 @@ class Ring:
         if self._local:
             return self._drain_local(max_records)
         head = self._head
-        tail = self._words[_TAIL_WORD]
+        tail = self._words[0]
         if tail == head:
             return []
         avail = tail - head
@@ -305,7 +305,7 @@ class Ring:
         else:
             blob = self._data[pos:].tobytes() + self._data[:end - capacity].tobytes()
         self._head = tail
-        self._words[_HEAD_WORD] = tail  # after the loads above: the space may be reused
+        self._words[8] = tail  # after the loads above: the space may be reused
         if avail > 12:
             # Fast path: exactly one single-record frame (the latency-bound case).
             frame_len, count_magic, length = _unpack_single_header(blob)
