@@ -20,9 +20,13 @@ def srv():
     d = tempfile.mkdtemp(prefix="nbda-", dir="/tmp")
     s = ServerProcess(os.path.join(d, "s.sock"), ["disk0:8M", "ro:1M:ro"], extra=["--async"])
     try:
-        with s:
-            yield s
+        s.start()
+        yield s
+        err = s.stop()
+        assert "Traceback" not in err and "ERROR" not in err, err
+        assert not os.listdir(d), "socket file left behind"
     finally:
+        s.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 

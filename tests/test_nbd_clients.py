@@ -32,8 +32,13 @@ def sockdir():
 def server(sockdir):
     srv = ServerProcess(os.path.join(sockdir, "s.sock"),
                         ["disk0:32M", "ro:1M:ro"], extra=["--reorder"])
-    with srv:
+    srv.start()
+    try:
         yield srv
+        err = srv.stop()
+        assert "Traceback" not in err and "ERROR" not in err, err
+    finally:
+        srv.stop()
 
 
 def run(cmd, timeout=120, **kw):

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -77,8 +78,10 @@ class ServerProcess:
         self.uris: list[str] = []
 
     def start(self) -> "ServerProcess":
+        # stderr goes to a file: a pipe nobody drains would block a chatty server.
+        self._errfile = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=self._errfile, text=True)
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + self.ready_timeout
@@ -90,7 +93,7 @@ class ServerProcess:
                 if sel.select(left):
                     line = self.proc.stdout.readline()
                     if not line:
-                        raise RuntimeError(f"server exited ({self.proc.wait(5)}): {self.proc.stderr.read()}")
+                        raise RuntimeError(f"server exited ({self.proc.wait(5)}): {self._read_err()}")
                     if line.startswith("READY "):
                         self.uris = line.split()[1:]
                         return self
@@ -105,23 +108,23 @@ class ServerProcess:
             return unix_uri(os.path.abspath(self.listen.removeprefix("unix:")), export)
         return self.uris[0] + export
 
+    def _read_err(self) -> str:
+        f = getattr(self, "_errfile", None)
+        if f is None:
+            return ""
+        f.seek(0)
+        return f.read()
+
     def stop(self) -> str:
         """Stop (SIGTERM, bounded) and return what the server wrote on stderr."""
         if self.proc is None:
             return ""
-        err = ""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = self.proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                _, err = self.proc.communicate(timeout=5)
-        else:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-        _stop(self.proc)
+        _stop(self.proc, timeout=15)
         self.proc = None
-        return err or ""
+        err = self._read_err()
+        self._errfile.close()
+        self._errfile = None
+        return err
 
     def __enter__(self):
         return self.start()
