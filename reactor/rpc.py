@@ -17,11 +17,13 @@ Module authors declare methods here; the main reactor hosts the server; tools ca
 
     RpcClient("/var/tmp/spdk.sock").call("bdev_get_bdevs", {"name": "Null0"})
 
-The pieces live in underscore-free private modules: ``rpc_schema`` (Param/Schema),
+The pieces live in modules: ``rpc_schema`` (Param/Schema),
 ``rpc_registry`` (the method table, STARTUP/RUNTIME, built-in methods), ``rpc_server`` (the
-poll-driven Unix-socket server), ``rpc_client`` (a small blocking client), ``rpc_docs``
-(docs/rpc.md generator).  Import from here.
+poll-driven Unix-socket server), ``rpc_client`` (a small blocking client), ``rpc_config``
+(SPDK JSON config load/save and the framework_* methods), ``rpc_docs`` (docs/rpc.md
+generator), ``rpc_testing`` (a poll loop in a thread, for tests).  Import from here.
 """
+from reactor import rpc_config  # noqa: F401  (registers the framework/config methods)
 from reactor.rpc_client import RpcClient, RpcConnectionError, RpcError, RpcTimeout
 from reactor.rpc_registry import (METHODS, RAW, RUNTIME, STARTUP, STATE_NAMES, Method,
                                   MethodTable, discover, register_alias, rpc_method,

@@ -137,6 +137,15 @@ class MethodTable:
         self._methods[alias] = m
         return m
 
+    def copy_from(self, other: "MethodTable", names: Iterable[str]) -> None:
+        """Serve ``other``'s methods ``names`` (and their aliases) from this table too."""
+        names = set(names)
+        for m in other:
+            if m.name in names or m.alias_of in names:
+                if m.name in self._methods:
+                    raise ValueError(f"RPC method {m.name!r} registered twice")
+                self._methods[m.name] = m
+
     def unregister(self, name: str) -> None:
         """Remove a method and its aliases (tests, module unload)."""
         self._methods.pop(name, None)

@@ -276,7 +276,7 @@ class RpcRequest:
     """
 
     __slots__ = ("server", "method", "params", "id", "has_id", "done", "_conn", "_slot",
-                 "_batch_index", "__weakref__")
+                 "_batch_index", "_local_cb", "__weakref__")
 
     def __init__(self, server: "RpcServer", conn: "_Conn | None", method: str, params: Any,
                  req_id: Any, has_id: bool) -> None:
@@ -289,6 +289,7 @@ class RpcRequest:
         self._conn = conn
         self._slot: _Slot | None = None
         self._batch_index = -1
+        self._local_cb = None           # call_local(): cb(error_dict_or_None, result)
 
     @property
     def is_notification(self) -> bool:
@@ -297,6 +298,10 @@ class RpcRequest:
     def result(self, value: Any = True) -> None:
         """Send ``value`` as the result (SPDK methods without data answer ``true``)."""
         if self._check_once():
+            return
+        if self._local_cb is not None:
+            cb, self._local_cb = self._local_cb, None
+            cb(None, value)
             return
         if not self.has_id:
             self._deliver(None)
@@ -313,6 +318,13 @@ class RpcRequest:
     def error(self, code: int, message: str, data: Any = None) -> None:
         """Send a JSON-RPC error.  ``code`` is an int, ``message`` a one-line string."""
         if self._check_once():
+            return
+        if self._local_cb is not None:
+            cb, self._local_cb = self._local_cb, None
+            err = {"code": int(code), "message": str(message)}
+            if data is not None:
+                err["data"] = data
+            cb(err, None)
             return
         self._deliver(self.server._error_payload(self.id if self.has_id else None, code,
                                                  message, data) if self.has_id else None)
@@ -441,6 +453,8 @@ class RpcServer:
         self.table = METHODS if table is None else table
         self.state = state
         self.max_conns = max_conns
+        #: callables ``fn(server, state)`` run after every set_state() (framework_wait_init).
+        self.state_listeners: list = []
         self._conns: dict[int, _Conn] = {}
         self._backlog: set[_Conn] = set()    # connections with text left to parse
         self._listen: socket.socket | None = None
@@ -562,6 +576,21 @@ class RpcServer:
         if state not in (STARTUP, RUNTIME):
             raise ValueError("state must be STARTUP or RUNTIME")
         self.state = state
+        for fn in list(self.state_listeners):
+            try:
+                fn(self, state)
+            except Exception:  # noqa: BLE001
+                log.exception("RPC state listener %r raised", fn)
+
+    def call_local(self, method: str, params: Any, cb) -> RpcRequest:
+        """Run ``method`` in-process exactly as a socket request would run (state check,
+        validation, handler); ``cb(error, result)`` gets ``None, result`` or
+        ``{"code", "message"}, None`` -- possibly before this returns, possibly from a later
+        poll.  The config loader replays JSON config entries through this."""
+        req = RpcRequest(self, None, method, params, None, True)
+        req._local_cb = cb
+        self._invoke(req)
+        return req
 
     @property
     def connections(self) -> int:

@@ -18,10 +18,9 @@ import json
 import sys
 from typing import Any
 
-from reactor.rpc_client import RpcClient, RpcConnectionError, RpcError, RpcTimeout
-from reactor.rpc_registry import METHODS, STATE_NAMES, Method, discover
-from reactor.rpc_schema import MISSING, ParamError
-from reactor.rpc_server import DEFAULT_SOCKET
+from reactor.rpc import (DEFAULT_SOCKET, METHODS, STATE_NAMES, Method, ParamError, RpcClient,
+                         RpcConnectionError, RpcError, RpcTimeout, discover)
+from reactor.rpc_schema import MISSING
 from tools.cli import CliError
 
 
