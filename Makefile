@@ -20,7 +20,7 @@ sysdeps:
 	sh tools/install-sysdeps.sh
 
 run: venv
-	$(VENV)/bin/ringstack bench ipc
+	$(VENV)/bin/ringstack bench ipc --quick
 
 test: venv sysdeps
 	$(PY) -m pytest -q

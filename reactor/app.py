@@ -135,14 +135,18 @@ class RingTransport:
         self.index = index
         self.producers: dict[int, Producer] = {
             j: Producer(mesh.ring(index, j), doorbells[j]) for j in range(mesh.n) if j != index}
-        self._dirty: set[int] = set()
+        self.dirty: set[int] = set()       # destinations with records queued locally
         self.inbound = [ring for _, ring in mesh.inbound(index)]
+        self._single = self.inbound[0] if len(self.inbound) == 1 else None
 
     def send(self, dest: int, record: bytes) -> None:
         self.producers[dest].send(record)
-        self._dirty.add(dest)
+        self.dirty.add(dest)
 
-    def drain(self, max_records: int) -> list:
+    def drain(self, max_records: int):
+        single = self._single
+        if single is not None:          # the 2-reactor case: one inbound ring
+            return single.drain(max_records) if single.readable() else ()
         out = []
         for ring in self.inbound:
             if ring.readable():
@@ -152,19 +156,19 @@ class RingTransport:
         return out
 
     def pending(self) -> bool:
-        if self._dirty:
+        if self.dirty:
             return True
         return any(ring.readable() for ring in self.inbound)
 
     def flush(self) -> int:
-        if not self._dirty:
+        dirty = self.dirty
+        if not dirty:
             return 0
-        dirty = self._dirty
         left = set()
         for dest in dirty:
             if not self.producers[dest].flush():
                 left.add(dest)  # ring full: keep the overflow, retry next pass
-        self._dirty = left
+        self.dirty = left
         return 1
 
 
@@ -342,8 +346,11 @@ class App:
     def __init__(self, cpumask="0x1", *, mode: str = ADAPTIVE, imports=(), name: str = "ringstack",
                  shutdown_cb=None, ring_capacity: int = RING_CAPACITY, log_level=logging.WARNING):
         if mode not in (POLL, ADAPTIVE):
-            raise ValueError(f"mode must be {POLL!r} or {ADAPTIVE!r}, not {mode!r}")
-        self.cores = parse_cpumask(cpumask)
+            raise AppError(f"mode must be {POLL!r} or {ADAPTIVE!r}, not {mode!r}")
+        try:
+            self.cores = parse_cpumask(cpumask)
+        except ValueError as exc:
+            raise AppError(str(exc)) from None
         self.mode = mode
         self.imports = list(DEFAULT_IMPORTS) + [m for m in imports if m not in DEFAULT_IMPORTS]
         self.name = name
@@ -372,8 +379,12 @@ class App:
         and block until the app stops.  Returns the exit code (0 = clean)."""
         if App._running is not None:
             raise AppError("an app is already running in this process")
-        check_cores_available(self.cores)
+        try:
+            check_cores_available(self.cores)
+        except ValueError as exc:
+            raise AppError(str(exc)) from None
         reap_dead_instances()
+        saved_affinity = os.sched_getaffinity(0)
         App._running = self
         self._main = (main, args)
         instance = Instance()
@@ -420,6 +431,10 @@ class App:
                 except FileNotFoundError:
                     pass
             instance.close()
+            try:
+                os.sched_setaffinity(0, saved_affinity)  # an embedding program gets its process back
+            except OSError:
+                pass
             _r._process_reactor = None
             _loop = None
             App._running = None

@@ -252,7 +252,17 @@ def send_msg(thread, fn, *args) -> int:
     """Run ``fn(*args)`` on ``thread`` later (never before this returns).  FIFO per
     sender and receiver.  ``fn`` must be ``@remote`` when the thread is on another reactor.
     Returns 0, or -EIO when the thread has exited."""
-    return current_reactor().send(thread, fn, args)
+    cur = _t._current
+    r = cur.reactor if cur is not None else current_reactor()
+    if thread.__class__ is _Thread and thread.reactor is r and thread.state is not _EXITED:
+        thread._msgs.append((fn, args))     # the hot local path, inlined
+        r.pending_local = True
+        return 0
+    return r.send(thread, fn, args)
+
+
+_Thread = _t.Thread
+_EXITED = _t.EXITED
 
 
 def _start_walk(kind, io_device, fn, ctx, cpl, what):

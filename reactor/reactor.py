@@ -79,6 +79,7 @@ class Reactor:
         self.transport = transport
         self.now = clock
         self.threads: list[Thread] = []
+        self._poll_order: tuple = ()          # threads polled each pass (a stable copy)
         self.threads_by_id: dict[int, Thread] = {}
         self._tid_seq = itertools.count(1)
         self.io_devices: dict = {}        # io_device key -> IoDevice
@@ -104,6 +105,7 @@ class Reactor:
         t = Thread(self, tid, name or f"thread{tid}")
         self.threads.append(t)
         self.threads_by_id[tid] = t
+        self._poll_order = tuple(self.threads)
         return t
 
     @property
@@ -114,6 +116,7 @@ class Reactor:
     def _thread_exited(self, t: Thread) -> None:
         self.threads.remove(t)
         self.threads_by_id.pop(t.id, None)
+        self._poll_order = tuple(self.threads)
         self.exited_threads.append(t)
 
     def _notify_local(self, thread: Thread) -> None:
@@ -127,7 +130,7 @@ class Reactor:
     def send(self, target, fn, args) -> int:
         """Queue ``fn(*args)`` on ``target`` (Thread, ThreadRef or thread id).  Returns 0,
         or -EIO when the target thread has exited (SPDK's behaviour)."""
-        if isinstance(target, Thread) and target.reactor is self:
+        if target.__class__ is Thread and target.reactor is self:
             if target.state == _t.EXITED:
                 return -5
             target._msgs.append((fn, args))
@@ -169,15 +172,18 @@ class Reactor:
         if now is None:
             now = self.now()
         busy = 0
-        records = self.transport.drain(INBOUND_BATCH)
+        transport = self.transport
+        records = transport.drain(INBOUND_BATCH)
         if records:
             busy += len(records)
+            deliver = self._deliver
             for rec in records:
-                self._deliver(rec)
+                deliver(rec)
         self.pending_local = False
-        for t in list(self.threads):
+        for t in self._poll_order:
             busy += t.poll(now)
-        busy += self.transport.flush()
+        if transport.dirty:
+            busy += transport.flush()
         while self.exited_threads:
             t = self.exited_threads.popleft()
             cb = t.exit_cb
@@ -226,6 +232,8 @@ class LocalTransport:
     Records are still encoded, so what crosses reactors here is exactly what would cross
     a shared-memory ring in process mode (ctx travels by value, handlers by name)."""
 
+    dirty = False   # sends are delivered at once: nothing to flush
+
     def __init__(self):
         self.peers: list[deque] = []
         self.index = 0
@@ -246,6 +254,8 @@ class LocalTransport:
 
     def drain(self, max_records: int) -> list:
         q = self.peers[self.index]
+        if not q:
+            return ()
         n = min(len(q), max_records)
         return [q.popleft() for _ in range(n)]
 

@@ -140,60 +140,72 @@ class Thread:
         expired timed pollers.  Returns the number of things that did work (0 = idle).
 
         Only the messages present when the pass began run in it (a message that sends a
-        message to its own thread runs on the next pass), as SPDK, asyncio and trio do."""
-        prev = _set_current(self)
+        message to its own thread runs on the next pass), as SPDK, asyncio and trio do.
+        This is the innermost loop of every reactor: it is written flat on purpose (one
+        function, locals, no per-pass allocation)."""
+        global _current
+        prev = _current
+        _current = self
+        self.last_now = now
+        busy = 0
         try:
-            busy = self._poll(now, max_msgs)
+            if self._critical is not None:
+                crit, self._critical = self._critical, None
+                crit()
+                busy += 1
+
+            msgs = self._msgs
+            if msgs:
+                n = len(msgs)
+                if n > max_msgs:
+                    n = max_msgs
+                popleft = msgs.popleft
+                for _ in range(n):
+                    fn, args = popleft()
+                    try:
+                        fn(*args)
+                    except Exception:  # one bad message must not kill the thread
+                        log.exception("message %s on thread %s raised",
+                                      getattr(fn, "__name__", fn), self.name)
+                busy += n
+
+            if self._pollers_changed:
+                self._apply_poller_changes(now)
+            for p in self._active:
+                if p.state != _WAITING:
+                    continue
+                p.state = _RUNNING
+                try:
+                    rc = p.fn(p.arg)
+                except Exception:
+                    log.exception("poller %s on thread %s raised", p.name, self.name)
+                    rc = 0
+                p.run_count += 1
+                if rc:
+                    p.busy_count += 1
+                    busy += 1
+                if p.state == _RUNNING:
+                    p.state = _WAITING
+
+            timed = self._timed
+            if timed and timed[0].next_run <= now:
+                busy += self._run_timed(now)
+
+            if self._pollers_changed:
+                self._apply_poller_changes(now)
+            if self.state == EXITING:
+                self._try_finish_exit()
         finally:
-            _set_current(prev)
-        elapsed = self.reactor.now() - now if self.reactor is not None else 0
+            _current = prev
+        elapsed = self.reactor.now() - now
         if busy:
             self.busy_ns += elapsed
         else:
             self.idle_ns += elapsed
         return busy
 
-    def _poll(self, now: int, max_msgs: int) -> int:
-        self.last_now = now
+    def _run_timed(self, now: int) -> int:
         busy = 0
-        crit = self._critical
-        if crit is not None:
-            self._critical = None
-            crit()
-            busy += 1
-
-        msgs = self._msgs
-        n = len(msgs)
-        if n:
-            if n > max_msgs:
-                n = max_msgs
-            popleft = msgs.popleft
-            for _ in range(n):
-                fn, args = popleft()
-                try:
-                    fn(*args)
-                except Exception:  # one bad message must not kill the thread
-                    log.exception("message %s on thread %s raised", getattr(fn, "__name__", fn), self.name)
-            busy += n
-
-        if self._pollers_changed:
-            self._apply_poller_changes(now)
-        for p in self._active:
-            if p.state != _WAITING:
-                continue
-            p.state = _RUNNING
-            try:
-                rc = p.fn(p.arg)
-            except Exception:
-                log.exception("poller %s on thread %s raised", p.name, self.name)
-                rc = 0
-            p.run_count += 1
-            if rc:
-                p.busy_count += 1
-                busy += 1
-            if p.state == _RUNNING:
-                p.state = _WAITING
-
         timed = self._timed
         while timed and timed[0].next_run <= now:
             p = heapq.heappop(timed)
@@ -217,11 +229,6 @@ class Thread:
                 heapq.heappush(timed, p)
             else:
                 self._park(p)
-
-        if self._pollers_changed:
-            self._apply_poller_changes(now)
-        if self.state == EXITING:
-            self._try_finish_exit()
         return busy
 
     def _park(self, p: Poller) -> None:

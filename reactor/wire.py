@@ -36,11 +36,17 @@ def lookup(name: str):
 
 
 def encode_msg(tid: int, fn, args) -> bytes:
-    if codec.handler_name(fn) is None:
-        raise TypeError(
-            f"{getattr(fn, '__qualname__', fn)!r} is not registered with @reactor.remote(name); "
-            "only registered functions can be sent to another reactor")
-    return codec.encode(fn, tid, *args)
+    try:
+        return _encode(fn, tid, *args)
+    except WireError:
+        if codec.handler_name(fn) is None:
+            raise TypeError(
+                f"{getattr(fn, '__qualname__', fn)!r} is not registered with @reactor.remote(name); "
+                "only registered functions can be sent to another reactor") from None
+        raise
+
+
+_encode = codec.encode
 
 
 def decode_msg(record):

@@ -15,6 +15,18 @@ def _our_segments():
         return set()
 
 
+def _is_leak(proc) -> bool:
+    """A live child that is ours to clean up.  multiprocessing's resource tracker and
+    forkserver are per-interpreter helpers that outlive a test by design."""
+    try:
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return "resource_tracker" not in cmd and "forkserver" not in cmd
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fail a test that leaves a ringstack segment in /dev/shm or a live child process."""
@@ -24,7 +36,7 @@ def no_leaks():
     deadline = time.monotonic() + 5.0
     while True:
         leaked = _our_segments() - before
-        children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        children = [c for c in me.children(recursive=True) if _is_leak(c)]
         if not leaked and not children:
             return
         if time.monotonic() > deadline:

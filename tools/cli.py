@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from reactor.app import AppError
+
 # subcommand name -> module providing add_parser(); the single list to extend.
 SUBCOMMANDS = {
     "bench": "tools.bench",
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"ringstack {args.command}: error: {exc}", file=sys.stderr)
         return exc.status
+    except AppError as exc:
+        print(f"ringstack {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
