@@ -610,3 +610,39 @@ def test_many_clients_and_half_close(served, sock_path):
     while served.run_in_loop(lambda: served.server.connections):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_requests_sent_then_connection_closed_still_run(served, sock_path):
+    s = raw(sock_path)
+    s.sendall(enc({"jsonrpc": "2.0", "method": "kv_set", "params": {"key": "bye", "value": 1}},
+                  req("kv_set", 1, {"key": "bye2", "value": 2})))
+    s.close()                               # gone before any answer
+    deadline = time.monotonic() + T
+    while check_alive(served, sock_path) != {"bye": 1, "bye2": 2}:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_pipelined_flood_with_backpressure_keeps_order(served, sock_path):
+    """2000 requests whose answers (~40 MiB) exceed the server's output bound while the
+    client is still sending: the server stops reading, then catches up, in order."""
+    import threading
+    s = raw(sock_path)
+    n, size = 2000, 20000
+    payload = b"".join(enc(req("big", i, {"size": size})) for i in range(n))
+    errors = []
+
+    def send():
+        try:
+            s.sendall(payload)
+        except OSError as exc:
+            errors.append(exc)
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(0.3)                         # let the server hit its bounds before we read
+    out = read_values(s, n, timeout=60)
+    t.join(T)
+    assert not t.is_alive() and not errors
+    assert [r["id"] for r in out] == list(range(n))
+    assert all(len(r["result"]) == size for r in out)
+    s.close()
