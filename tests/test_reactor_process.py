@@ -123,3 +123,15 @@ def test_parse_cpumask(spec, cores):
 def test_parse_cpumask_errors(spec, msg):
     with pytest.raises(ValueError, match=msg):
         parse_cpumask(spec)
+
+
+def test_readme_embedding_example_runs(tmp_path):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "embed.py"
+    script.write_text(code)
+    p = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["1^2 = 1 (computed on reactor 1)", "2^2 = 4 (computed on reactor 1)",
+                                     "3^2 = 9 (computed on reactor 1)"]
