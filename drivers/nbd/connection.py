@@ -104,6 +104,10 @@ class Connection:
     def __init__(self, sock: socket.socket, exports: ExportTable, *, name: str = "",
                  max_inflight: int = 256, max_outbound: int = 8 * 1024 * 1024):
         sock.setblocking(False)
+        try:   # room for a batch of large READ replies per sendmsg (kernel caps it at wmem_max)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
