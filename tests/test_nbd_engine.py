@@ -451,3 +451,40 @@ def test_nbdloop_in_thread_serves_and_stops_cleanly():
         for c in clients:
             c.close()
         os.rmdir(d)
+
+
+class _RemovingHandle(ExportHandle):
+    """Fires the removed event from inside a submit call, then completes synchronously."""
+
+    def __init__(self, export, event_cb):
+        self.export, self.event_cb, self.closed = export, event_cb, False
+
+    def read(self, offset, length, buf, cb):
+        if offset == 4096:
+            self.event_cb(EVENT_REMOVED, self.export)
+        cb(errno.ENODEV if offset >= 4096 else 0)
+
+    def close(self):
+        self.closed = True
+
+
+class _RemovingExport(Export):
+    def open(self, event_cb):
+        self.handle = _RemovingHandle(self, event_cb)
+        return self.handle
+
+
+def test_removed_event_inside_submit_stops_parsing():
+    exp = _RemovingExport("r", MiB)
+    rig = Rig(exports=[exp])
+    c = rig.client(export="r")
+    cookies = [c.request(P.CMD_READ, i * 4096, 512) for i in range(5)]   # one send batch each
+    results = {}
+    with pytest.raises(EOFError):
+        while True:
+            ck, err, _ = c.reply()
+            results[ck] = err
+    assert results[cookies[0]] == 0 and results[cookies[1]] == P.NBD_ESHUTDOWN
+    assert set(results) <= set(cookies) and cookies[4] not in results      # not parsed after removal
+    rig.pump()
+    assert exp.handle.closed and not rig.target.connections

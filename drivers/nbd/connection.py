@@ -332,7 +332,7 @@ class Connection:
                     break
                 self._wreq = None
                 self._submit_write(req)
-            if end - start < 28:
+            if end - start < 28 or self._state != _S_TRANS:   # (a removed event may fire inside a submit)
                 break
             if self._pending >= self._max_inflight or self._queued - self._sent > self._max_outbound:
                 self._stalled = True
