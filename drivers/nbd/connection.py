@@ -125,6 +125,7 @@ class Connection:
         self._rstart = 0
         self._rend = 0
         self._eof = False
+        self._short_read = False
 
         self._out: list = []
         self._tail: Optional[bytearray] = None   # coalescing buffer for small replies
@@ -204,6 +205,8 @@ class Connection:
                     break
                 n += 1
                 work += 1 + self._parse()
+                if self._short_read:   # the socket had less than we offered: it is drained
+                    break
         if self._out and self._sock is not None:
             work += self._flush()
         if self._state == _S_CLOSING and not self._pending and not self._out:
@@ -245,7 +248,9 @@ class Connection:
             req = self._wreq
             if req is not None and self._rstart == self._rend:
                 # Payload straight into the backend buffer: no copy through _rbuf.
+                want = req.length - self._wfill
                 n = sock.recv_into(req.buf[self._wfill:])
+                self._short_read = n < want
                 if n:
                     self._wfill += n
                     if self._wfill == req.length:
@@ -265,6 +270,7 @@ class Connection:
                     self._stalled = True   # parser cannot make progress: wait for completions
                     return 0
                 n = sock.recv_into(self._rview[end:])
+                self._short_read = n < _RBUF_SIZE - end
                 if n:
                     self._rend = end + n
                     return n
