@@ -50,6 +50,7 @@ log = logging.getLogger("ringstack.app")
 #: Modules every reactor imports so their @remote handlers exist everywhere.
 DEFAULT_IMPORTS = ("reactor.io_channel", "reactor.app", "reactor.subsystem", "reactor.stats")
 
+
 #: Adaptive mode: consecutive idle time before a reactor sleeps (spinning this long keeps
 #: latency at ring speed under load; sleeping after it keeps idle reactors at ~0% CPU).
 IDLE_SPIN_NS = 200_000
@@ -230,7 +231,14 @@ class Loop:
         if r.pending_local or r.transport.pending() or any(t.has_pending_work() for t in r.threads):
             bell.cancel_sleep()
             return
-        bell.sleep(timeout, self.fds)
+        fds = list(self.fds)
+        for t in r.threads:
+            fds.extend(t.watched_fds())
+        ready = bell.sleep(timeout, fds)
+        if ready:
+            now = time.monotonic_ns()
+            for t in r.threads:
+                t.fd_ready(ready, now)
 
 
 _loop: Loop | None = None
@@ -324,6 +332,9 @@ def _prepare_imports(spec) -> None:
         mps.prepare(prep)       # imports the launcher's main script as __mp_main__
     for mod in spec["imports"]:
         importlib.import_module(mod)
+    if spec.get("discover"):
+        from . import rpc
+        rpc.discover()   # the same modules (and so the same @remote handlers) as reactor 0
 
 
 def _main_preparation() -> dict | None:
@@ -344,7 +355,11 @@ class App:
     _running: "App | None" = None
 
     def __init__(self, cpumask="0x1", *, mode: str = ADAPTIVE, imports=(), name: str = "ringstack",
-                 shutdown_cb=None, ring_capacity: int = RING_CAPACITY, log_level=logging.WARNING):
+                 shutdown_cb=None, ring_capacity: int = RING_CAPACITY, log_level=logging.WARNING,
+                 rpc_socket: str | None = None, config=None, wait_for_rpc: bool = False):
+        """``rpc_socket``: serve JSON-RPC there (SPDK's methods) from the app thread.
+        ``config``: an SPDK JSON config (dict or path) replayed through the RPC methods at
+        start.  ``wait_for_rpc``: stay in the STARTUP state until ``framework_start_init``."""
         if mode not in (POLL, ADAPTIVE):
             raise AppError(f"mode must be {POLL!r} or {ADAPTIVE!r}, not {mode!r}")
         try:
@@ -359,6 +374,14 @@ class App:
         self.log_level = log_level
         self.rc = 0
         self.error: str | None = None
+        self.rpc_socket = rpc_socket
+        self.wait_for_rpc = wait_for_rpc
+        self.config_label = config if isinstance(config, str) else "config"
+        self.config = _read_config(config) if isinstance(config, str) else config
+        self.server = None
+        self.initialized = False
+        if (self.config is not None or wait_for_rpc) and rpc_socket is None:
+            raise AppError("a JSON config or --wait-for-rpc needs an RPC socket (-r)")
         self.procs: dict[int, subprocess.Popen] = {}
         self.ready: set[int] = set()
         self.reactor: Reactor | None = None
@@ -406,20 +429,27 @@ class App:
             _loop = Loop(r, bells[0], self.mode)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
-            self._spawn_children(mesh, instance.pid)
-            _pin(self.cores[0])
             prev = _t._set_current(self.app_thread)
             try:
                 _t.poller_register(lambda _: self.supervise(), None, SUPERVISE_PERIOD_US,
                                    "app_supervisor")
+                if self.rpc_socket is not None:
+                    self._start_rpc_server()
             finally:
                 _t._set_current(prev)
+            self._spawn_children(mesh, instance.pid)
+            _pin(self.cores[0])
             if self.n_reactors == 1:
-                send_msg(self.app_thread, self._start_subsystems)
+                send_msg(self.app_thread, self._begin_init)
             _loop.run()
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
+            if self.server is not None:
+                from . import rpc_config
+                rpc_config.set_framework_init_hook(None)
+                self.server.close()
+                self.server = None
             self._reap_children()
             for b in bells:
                 b.close()
@@ -457,6 +487,7 @@ class App:
         for index in range(1, self.n_reactors):
             spec = {"index": index, "core": self.cores[index], "mesh": mesh.name, "owner": owner,
                     "mode": self.mode, "imports": self.imports, "main": prep,
+                    "discover": self.server is not None,
                     "log_level": self.log_level}
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from reactor.app import _child_main; _child_main()"],
@@ -468,13 +499,59 @@ class App:
     def _on_reactor_ready(self, index: int, pid: int) -> None:
         self.ready.add(index)
         if len(self.ready) == self.n_reactors - 1:
-            self._start_subsystems()
+            self._begin_init()
 
-    def _start_subsystems(self) -> None:
+    def _start_rpc_server(self) -> None:
+        from . import rpc
+        rpc.discover()   # every module that declares methods, so the table is complete
+        try:
+            self.server = rpc.RpcServer(self.rpc_socket, state=rpc.STARTUP)
+        except rpc.RpcServerError as exc:
+            raise AppError(f"RPC server: {exc}") from None
+        _t.poller_register(lambda _: self.server.poll(), None, 1000, "rpc_server",
+                           fd=self.server.fileno())
+
+    def _begin_init(self) -> None:
+        """Every reactor is up: load the config and/or initialise the subsystems (SPDK's
+        order: STARTUP entries, framework init, RUNTIME entries), then run main."""
         from . import subsystem
-        subsystem.init_all(self._on_init_done)
+        if self.server is None:
+            subsystem.init_all(self._on_init_done)
+            return
+        from . import rpc_config
+        rpc_config.set_framework_init_hook(self._framework_init)
+        if self.config is not None:
+            rpc_config.load_config(self.server, self.config, self._on_config_loaded,
+                                   start_init=not self.wait_for_rpc)
+        elif not self.wait_for_rpc:
+            self.server.call_local("framework_start_init", None, self._on_start_init)
+        else:
+            log.warning("waiting for framework_start_init on %s", self.rpc_socket)
+
+    def _framework_init(self, done) -> None:
+        from . import subsystem
+
+        def inited(rc):
+            done(rc)
+            self._on_init_done(rc)
+        subsystem.init_all(inited)
+
+    def _on_config_loaded(self, rc: int, message) -> None:
+        if rc:
+            self.error = f"{self.config_label}: {message}"
+            self.stop(1)
+            return
+        from .rpc import STARTUP
+        if self.server.state == STARTUP and not self.wait_for_rpc:
+            self.server.call_local("framework_start_init", None, self._on_start_init)
+
+    def _on_start_init(self, err, result) -> None:
+        if err is not None and not self._stopping:
+            self.error = f"framework_start_init failed: {err.get('message')}"
+            self.stop(1)
 
     def _on_init_done(self, rc: int) -> None:
+        self.initialized = not rc
         if rc:
             self.error = f"subsystem initialisation failed: {os.strerror(-rc) if rc < 0 else rc}"
             self.stop(1)
@@ -563,6 +640,19 @@ class App:
                 log.error("reactor pid %d did not exit in time: killing it", proc.pid)
                 proc.kill()
                 proc.wait()
+
+
+def _read_config(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as exc:
+        raise AppError(f"cannot read config {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise AppError(f"config {path} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("subsystems", []), list):
+        raise AppError(f"config {path}: expected an object with a 'subsystems' list")
+    return cfg
 
 
 def app_stop(rc: int = 0) -> None:

@@ -68,9 +68,10 @@ class Poller:
     """A registered poller.  Create with :func:`poller_register`."""
 
     __slots__ = ("fn", "arg", "name", "period_ns", "next_run", "state", "thread",
-                 "run_count", "busy_count", "_seq")
+                 "run_count", "busy_count", "_seq", "fd")
 
-    def __init__(self, thread, fn, arg, period_ns, name, seq):
+    def __init__(self, thread, fn, arg, period_ns, name, seq, fd=None):
+        self.fd = fd          # fd-driven: the loop wakes (and runs it) when fd is readable
         self.fn = fn
         self.arg = arg
         self.name = name
@@ -320,26 +321,46 @@ class Thread:
         }
 
     def next_deadline(self) -> int | None:
-        """Deadline (ns) of the earliest waiting timed poller, for the reactor's sleep."""
-        for p in self._timed:  # heap root first; usually the first one is live
-            if p.state == _WAITING:
-                return self._timed[0].next_run if p is self._timed[0] else min(
-                    q.next_run for q in self._timed if q.state == _WAITING)
-        return None
+        """Deadline (ns) of the earliest waiting timed poller that is not fd-driven, for the
+        reactor's sleep (fd-driven pollers wake the loop through their fd instead)."""
+        due = [p.next_run for p in self._timed if p.state == _WAITING and p.fd is None]
+        return min(due) if due else None
 
     def has_active_pollers(self) -> bool:
-        return any(p.state == _WAITING for p in self._active)
+        """Whether a period-0 poller that is not fd-driven exists (the loop may then sleep
+        only briefly, since nothing would wake it for that poller's work)."""
+        return any(p.state == _WAITING and p.fd is None for p in self._active)
+
+    def watched_fds(self) -> list[int]:
+        return [p.fd for p in (*self._active, *self._timed)
+                if p.fd is not None and p.state == _WAITING]
+
+    def fd_ready(self, fds, now: int) -> None:
+        """The loop saw these fds readable: run their timed pollers at the next pass."""
+        changed = False
+        for p in self._timed:
+            if p.fd in fds and p.state == _WAITING and p.next_run > now:
+                p.next_run = now
+                changed = True
+        if changed:
+            heapq.heapify(self._timed)
 
 
 # --------------------------------------------------------------------- poller API
-def poller_register(fn, arg=None, period_us: int = 0, name: str | None = None) -> Poller:
+def poller_register(fn, arg=None, period_us: int = 0, name: str | None = None,
+                    fd: int | None = None) -> Poller:
     """Register ``fn(arg)`` on the calling thread, every poll (``period_us == 0``) or every
-    ``period_us`` microseconds.  The first timed run is one period from now."""
+    ``period_us`` microseconds.  The first timed run is one period from now.
+
+    ``fd``: the poller serves a file descriptor (a listening or connected socket).  A
+    sleeping reactor then wakes when ``fd`` is readable and runs the poller at once; its
+    period only bounds how often it runs while the reactor is busy (spinning), so an
+    fd-driven poller neither keeps an idle reactor awake nor costs a syscall per pass."""
     t = _require_thread("poller_register")
     if period_us < 0:
         raise ValueError("period_us must be >= 0")
     p = Poller(t, fn, arg, int(period_us) * 1000, name or getattr(fn, "__name__", repr(fn)),
-               next(t._poller_seq))
+               next(t._poller_seq), fd)
     if t.state != RUNNING:
         raise ThreadError(f"poller_register on thread {t.name} in state {t.state}")
     t._insert_poller(p, t.reactor.now())

@@ -57,16 +57,16 @@ class FifoDoorbell(_db.Doorbell):
     def fileno(self) -> int:
         return self._rfd
 
-    def sleep(self, timeout_s: float | None, fds=()) -> bool:
-        """Block until rung, one of ``fds`` is readable, or the timeout; returns True if
-        anything woke us.  Always leaves the flag clear."""
+    def sleep(self, timeout_s: float | None, fds=()) -> list:
+        """Block until rung, one of ``fds`` is readable, or the timeout.  Returns the
+        readable fds among ``fds``.  Always leaves the flag clear."""
         try:
             r, _, _ = select.select([self._rfd, *fds], [], [], timeout_s)
         except InterruptedError:
-            r = [None]
+            r = []
         self._words[0] = 0
         self._swallow_surplus()
-        return bool(r)
+        return [fd for fd in r if fd != self._rfd]
 
     def _swallow_surplus(self) -> None:
         try:

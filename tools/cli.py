@@ -15,6 +15,7 @@ from reactor.app import AppError
 
 # subcommand name -> module providing add_parser(); the single list to extend.
 SUBCOMMANDS = {
+    "start": "tools.start",
     "bench": "tools.bench",
     "rpc": "tools.rpc",
 }

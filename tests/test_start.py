@@ -1,0 +1,131 @@
+"""`ringstack start`: the launcher with its RPC server and config, driven from outside."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reactor.rpc import RpcClient, RpcError
+
+RINGSTACK = [sys.executable, "-m", "tools.cli"]
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def wait_for_socket(path, proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"target exited early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("RPC socket never appeared")
+
+
+@pytest.fixture
+def target(tmp_path):
+    procs = []
+
+    def start(*extra, mask="0x3"):
+        sock = str(tmp_path / "rpc.sock")
+        p = subprocess.Popen(RINGSTACK + ["start", "-m", mask, "-r", sock, *extra], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        wait_for_socket(sock, p)
+        if "--wait-for-rpc" not in extra:
+            assert RpcClient(sock, timeout=30).call("framework_wait_init") is True
+        return p, sock
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+
+
+def test_bad_mask_is_one_clear_line():
+    p = subprocess.run(RINGSTACK + ["start", "-m", "0xZZ"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == ["ringstack start: error: invalid cpumask '0xZZ': expected hex like 0x3 or a list like [0,1]"]
+
+
+def test_unavailable_core_is_one_clear_line():
+    p = subprocess.run(RINGSTACK + ["start", "-m", "0x100"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode != 0
+    assert "core(s) [8] not available" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_config_error_names_entry_and_leaves_nothing(tmp_path):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "no_such_method", "params": {}}]}]}))
+    sock = tmp_path / "rpc.sock"
+    p = subprocess.run(RINGSTACK + ["start", "-m", "0x3", "-r", str(sock), "-c", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "no_such_method" in p.stderr and "Traceback" not in p.stderr
+    assert not sock.exists()
+
+
+def test_unreadable_config_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "broken.json"
+    cfg.write_text("{not json")
+    p = subprocess.run(RINGSTACK + ["start", "-c", str(cfg), "-r", str(tmp_path / "s")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "is not valid JSON" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_rpc_framework_methods_and_kill_instance(target):
+    p, sock = target()
+    c = RpcClient(sock, timeout=10)
+    reactors = c.call("framework_get_reactors")
+    assert [r["lcore"] for r in reactors["reactors"]] == [0, 1]
+    threads = c.call("thread_get_stats")["threads"]
+    assert {t["name"] for t in threads} == {"app_thread", "reactor_1"}
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+    with pytest.raises(RpcError) as exc:
+        c.call("spdk_kill_instance", {"sig_name": "SIGNOPE"})
+    assert exc.value.code == -22
+    assert p.poll() is None                       # the bad request changed nothing
+    assert c.call("spdk_kill_instance", {"sig_name": "SIGTERM"}) is True
+    p.communicate(timeout=20)
+    assert p.returncode == 0
+    assert not os.path.exists(sock)
+
+
+def test_wait_for_rpc(target):
+    p, sock = target("--wait-for-rpc")
+    c = RpcClient(sock, timeout=10)
+    with pytest.raises(RpcError) as exc:
+        c.call("framework_get_reactors")
+    assert "framework_start_init" in exc.value.message
+    assert c.call("framework_start_init") is True
+    assert c.call("framework_wait_init") is True
+    assert len(c.call("framework_get_reactors")["reactors"]) == 2
+
+
+def test_spdk_python_client_unchanged(target):
+    spdk_client = pytest.importorskip("spdk.rpc.client")
+    p, sock = target()
+    client = spdk_client.JSONRPCClient(sock)
+    assert client.call("spdk_get_version")["version"]
+    assert len(client.call("framework_get_reactors")["reactors"]) == 2
+    methods = client.call("rpc_get_methods")
+    assert "thread_get_stats" in methods and "spdk_kill_instance" in methods
+
+
+def test_sigint_stops_cleanly(target):
+    p, sock = target()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert "SIGINT" in err
+    assert not os.path.exists(sock)
