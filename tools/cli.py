@@ -54,4 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, not this __main__ copy, so that CliError raised by
+    # subcommand modules (which import tools.cli) is the class main() catches.
+    from tools.cli import main as _main
+    sys.exit(_main())
