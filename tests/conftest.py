@@ -1,5 +1,6 @@
 """Suite-wide guards: no test may leave a shared-memory segment or a child process behind."""
 import os
+import re
 import time
 
 import psutil
@@ -13,6 +14,21 @@ def _our_segments():
         return {n for n in os.listdir(SHM_DIR) if "ringstack" in n}
     except FileNotFoundError:
         return set()
+
+
+def _owner_pid(entry: str):
+    m = re.match(r"^(?:sem\.)?ringstack\.(\d+)\.", entry)
+    return int(m.group(1)) if m else None
+
+
+def _ours(entry: str, descendants: set) -> bool:
+    """Whether a new /dev/shm entry came from this test: created by this process or one
+    of its children, or left by an owner that is gone.  Entries of live processes that are
+    not ours (another test run on the same machine) are not this test's leak."""
+    pid = _owner_pid(entry)
+    if pid is None or pid == os.getpid() or pid in descendants:
+        return True
+    return not psutil.pid_exists(pid)
 
 
 def _is_leak(proc) -> bool:
@@ -31,12 +47,15 @@ def _is_leak(proc) -> bool:
 def no_leaks():
     """Fail a test that leaves a ringstack segment in /dev/shm or a live child process."""
     before = _our_segments()
-    yield
     me = psutil.Process()
+    seen_children: set = set()
+    yield
     deadline = time.monotonic() + 5.0
     while True:
-        leaked = _our_segments() - before
-        children = [c for c in me.children(recursive=True) if _is_leak(c)]
+        kids = me.children(recursive=True)
+        seen_children.update(c.pid for c in kids)
+        leaked = {e for e in _our_segments() - before if _ours(e, seen_children)}
+        children = [c for c in kids if _is_leak(c)]
         if not leaked and not children:
             return
         if time.monotonic() > deadline:
