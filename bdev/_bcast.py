@@ -1,0 +1,84 @@
+"""Replication of control-plane changes to every reactor (DESIGN.md, Control plane).
+
+``broadcast(handler, args, cb)`` runs ``handler(done, *args)`` on the default thread of
+every reactor (all at once: one message each, FIFO behind earlier broadcasts from the
+same sender, so every replica applies changes in the order the main thread made them)
+and calls ``cb(rc)`` on the calling thread once every replica called ``done(rc)``; ``rc``
+is the first non-zero status, else 0.  ``handler`` must be ``@reactor.remote``; ``args``
+must be msgpack-encodable (lists arrive as tuples on other reactors).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import reactor as rx
+from reactor import wire
+
+log = logging.getLogger("ringstack.bdev")
+
+_seq = itertools.count(1)
+
+
+class _Done:
+    """The ``done(rc)`` a replicated handler receives."""
+
+    __slots__ = ("op", "origin", "fired")
+
+    def __init__(self, op, origin):
+        self.op = op
+        self.origin = origin
+        self.fired = False
+
+    def __call__(self, rc: int = 0) -> None:
+        if self.fired:
+            log.error("broadcast op %d: done() called twice", self.op)
+            return
+        self.fired = True
+        rx.current_reactor().send(self.origin, _bcast_done, (self.op, int(rc or 0)))
+
+
+def broadcast(handler, args=(), cb=None, include_self: bool = True) -> None:
+    """See the module docstring.  With ``include_self=False`` the calling reactor is
+    skipped (the caller applied the change itself, synchronously)."""
+    r = rx.current_reactor()
+    t = rx.get_thread()
+    targets = [i for i in range(r.n_reactors) if include_self or i != r.index]
+    if not targets:
+        if cb is not None:
+            rx.send_msg(t, cb, 0)
+        return
+    name = wire.name_of(handler)
+    if name is None:
+        raise TypeError(f"{handler!r} must be registered with @reactor.remote to be broadcast")
+    op = next(_seq)
+    r.locals.setdefault("bdev.bcast", {})[op] = [len(targets), 0, cb]
+    for i in targets:
+        r.send(r.default_tid(i), _bcast_run, (op, t.id, name, list(args)))
+
+
+@wire.remote("bdev.bcast_run")
+def _bcast_run(op, origin, name, args):
+    done = _Done(op, origin)
+    try:
+        wire.lookup(name)(done, *args)
+    except Exception:
+        log.exception("replicated handler %s raised", name)
+        if not done.fired:
+            done(-5)
+
+
+@wire.remote("bdev.bcast_done")
+def _bcast_done(op, rc):
+    pending = rx.current_reactor().locals.get("bdev.bcast", {})
+    entry = pending.get(op)
+    if entry is None:
+        log.error("completion of unknown broadcast %d", op)
+        return
+    entry[0] -= 1
+    if rc and not entry[1]:
+        entry[1] = rc
+    if entry[0] == 0:
+        del pending[op]
+        if entry[2] is not None:
+            entry[2](entry[1])

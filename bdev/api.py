@@ -1,0 +1,49 @@
+"""The bdev user API (SPDK's include/spdk/bdev.h).
+
+Conventions, as in SPDK:
+
+* Functions that can fail return a negative errno (``-EINVAL``...) and change nothing;
+  ``open``/``open_ext`` return ``(rc, desc)``.
+* An I/O call either returns a negative errno and never calls back, or returns 0 and
+  calls ``cb(bdev_io, success, cb_arg)`` exactly once, later, on the calling thread
+  (never inside the call).  The callback gives the bdev_io back with ``free_io``.
+* I/O calls run on the thread owning the channel (``get_io_channel(desc)`` on that
+  thread); descriptors are opened and closed on one thread.
+* ``-ENOMEM`` means no bdev_io is free on this thread: ``queue_io_wait`` an
+  :class:`IoWaitEntry` and retry from its callback.
+* Buffers: anything supporting the buffer protocol with the right length (bytearray,
+  memoryview); iovecs are lists of such.  A read may pass ``None`` and get a buffer
+  from the layer's shared pool in ``bdev_io.iovs[0]``.
+"""
+from __future__ import annotations
+
+from . import _core, _qos, _stats
+from ._const import (EVENT_REMOVE, EVENT_RESIZE, IO_STATUS_FAILED, IO_STATUS_NOMEM,  # noqa: F401
+                     IO_STATUS_NVME_ERROR, IO_STATUS_PENDING, IO_STATUS_SCSI_ERROR,
+                     IO_STATUS_SUCCESS, IO_TYPE_FLUSH, IO_TYPE_NVME_ADMIN, IO_TYPE_NVME_IO,
+                     IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_RESET, IO_TYPE_UNMAP,
+                     IO_TYPE_WRITE, IO_TYPE_WRITE_ZEROES, QOS_LIMIT_NOT_DEFINED,
+                     QOS_NUM_RATE_LIMIT_TYPES, QOS_R_BPS_RATE_LIMIT, QOS_RW_BPS_RATE_LIMIT,
+                     QOS_RW_IOPS_RATE_LIMIT, QOS_W_BPS_RATE_LIMIT)
+from ._core import (Bdev, BdevIo, Desc, IoStat, IoWaitEntry,  # noqa: F401
+                    alias_add, alias_del, alias_del_all, close, desc_get_bdev, dump_info_json,
+                    finish, first, first_leaf, flush, flush_blocks, free_io, get_aliases,
+                    get_block_size, get_buf_align, get_by_name, get_io_channel, get_name,
+                    get_num_blocks, get_opts, get_optimal_io_boundary, get_product_name,
+                    get_uuid, has_write_cache, initialize, io_type_supported, next, next_leaf,
+                    nvme_admin_passthru, nvme_io_passthru, nvme_io_passthru_md, open, open_ext,
+                    put_io_channel, queue_io_wait, read, read_blocks, readv, readv_blocks, reset,
+                    set_opts, subsystem_config_json, unmap, unmap_blocks, wait_for_examine,
+                    write, write_blocks, write_zeroes, write_zeroes_blocks, writev,
+                    writev_blocks, bdevs)
+from ._core import io_get_nvme_status, io_get_scsi_status, io_get_iovec, io_get_thread  # noqa: F401
+from ._stats import (get_channels_stat, get_device_stat, get_io_stat, get_io_time,  # noqa: F401
+                     get_qd, get_qd_sampling_period, get_weighted_io_time, histogram_enable,
+                     histogram_get, reset_device_stat, set_qd_sampling_period)
+
+get_qos_rate_limits = _qos.get_rate_limits
+set_qos_rate_limits = _qos.set_rate_limits
+get_qos_rpc_type = _qos.get_rpc_type
+bdev_unregister = _core.bdev_unregister   # users may hot-remove too (e.g. an RPC delete)
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations",)]
