@@ -35,6 +35,31 @@ _ids_by_fn: dict[object, int] = {}      # function -> id
 _ids_by_name: dict[str, int] = {}       # name -> id
 
 
+def lookup(name: str):
+    """The function registered as ``name``; CodecError if none."""
+    fn = _handlers.get(handler_id(name))
+    if fn is None:
+        raise CodecError(f"no handler registered as {name!r}")
+    return fn
+
+
+def handlers_by_id() -> dict:
+    """The live id -> function table (read-only by convention), for consumers that
+    decode on their own hot path (the reactor's inbound loop)."""
+    return _handlers
+
+
+def batch_header(n: int) -> bytes:
+    """The msgpack array header for ``n`` elements: a batch record is this header
+    followed by ``n`` records made by :func:`encode`, concatenated (each message was
+    encoded, and so validated, when it was sent; the batch costs one join)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
 def handler_id(name: str) -> int:
     """The stable id of handler ``name`` (same in every process)."""
     return zlib.crc32(name.encode())

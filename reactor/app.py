@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+from ipc import codec
 from ipc.mesh import Mesh
 from ipc.ring import Producer
 from ipc.shm import Instance, reap_dead_instances
@@ -127,21 +128,32 @@ def _set_parent_death_signal(sig=signal.SIGKILL) -> None:
 class RingTransport:
     """The process-mode transport: one SPSC ring per ordered pair of reactors.
 
-    ``send`` only queues locally; ``flush`` (end of each loop pass) publishes each
-    destination's batch with a single tail store and rings the destination's doorbell
-    if it sleeps.  ``drain`` takes bounded batches from the inbound rings in turn."""
+    ``send`` encodes the message (so a bad argument fails at the call) and queues it
+    locally; ``flush`` (end of each loop pass) joins each destination's queued messages
+    into batch records (``codec.batch_header`` + the encoded messages: the receiver
+    decodes a whole batch with one ``unpackb``), publishes them with a single tail store
+    and rings the destination's doorbell if it sleeps.  A full ring keeps the rest in the
+    producer's overflow for the next pass.  ``drain`` takes bounded batches of records."""
+
+    #: Messages per batch record: big enough to amortise framing and decoding, small
+    #: enough that a batch never approaches a ring's largest record.
+    BATCH = 64
 
     def __init__(self, mesh: Mesh, index: int, doorbells: list[FifoDoorbell]):
         self.mesh = mesh
         self.index = index
         self.producers: dict[int, Producer] = {
             j: Producer(mesh.ring(index, j), doorbells[j]) for j in range(mesh.n) if j != index}
-        self.dirty: set[int] = set()       # destinations with records queued locally
+        self.queued: dict[int, list] = {j: [] for j in self.producers}
+        self.dirty: set[int] = set()       # destinations with messages or overflow queued
         self.inbound = [ring for _, ring in mesh.inbound(index)]
         self._single = self.inbound[0] if len(self.inbound) == 1 else None
 
     def send(self, dest: int, record: bytes) -> None:
-        self.producers[dest].send(record)
+        if len(record) > self.producers[dest].max_record:
+            raise ValueError(f"message of {len(record)} bytes is larger than a ring record "
+                             f"({self.producers[dest].max_record} bytes); pass data through an arena")
+        self.queued[dest].append(record)
         self.dirty.add(dest)
 
     def drain(self, max_records: int):
@@ -167,10 +179,31 @@ class RingTransport:
             return 0
         left = set()
         for dest in dirty:
-            if not self.producers[dest].flush():
-                left.add(dest)  # ring full: keep the overflow, retry next pass
+            producer = self.producers[dest]
+            msgs = self.queued[dest]
+            if msgs:
+                self.queued[dest] = []
+                self._pack(producer, msgs)
+            if not producer.flush():
+                left.add(dest)  # ring full: the producer keeps the overflow, retry next pass
         self.dirty = left
         return 1
+
+    def _pack(self, producer: Producer, msgs: list) -> None:
+        if len(msgs) == 1:
+            producer.send(msgs[0])
+            return
+        limit = producer.max_record - 8
+        step = self.BATCH
+        for i in range(0, len(msgs), step):
+            chunk = msgs[i:i + step]
+            body = b"".join(chunk)
+            while len(body) > limit and len(chunk) > 1:   # large messages: smaller batches
+                half = len(chunk) // 2
+                self._pack(producer, chunk[:half])
+                chunk = chunk[half:]
+                body = b"".join(chunk)
+            producer.send(codec.batch_header(len(chunk)) + body if len(chunk) > 1 else body)
 
 
 # -------------------------------------------------------------------------- loop

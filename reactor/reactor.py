@@ -151,19 +151,22 @@ class Reactor:
         return 0
 
     def _deliver(self, record) -> None:
-        """Decode one inbound record and queue it on its thread; bad records are logged
-        and dropped (the reactor keeps running)."""
+        """Decode one inbound record (a message or a batch of them) and queue each on its
+        thread; bad records and messages are logged and dropped (the reactor keeps
+        running)."""
         try:
-            tid, fn, args = wire.decode_msg(record)
+            msgs = wire.decode_record(record)
         except wire.WireError as exc:
             log.error("reactor %d: dropped malformed record: %s", self.index, exc)
             return
-        t = self.threads_by_id.get(tid)
-        if t is None or t.state == _t.EXITED:
-            log.error("reactor %d: dropped message %s for unknown thread %d",
-                      self.index, getattr(fn, "__name__", fn), tid)
-            return
-        t._msgs.append((fn, args))
+        threads = self.threads_by_id
+        for tid, fn, args in msgs:
+            t = threads.get(tid)
+            if t is None or t.state == _t.EXITED:
+                log.error("reactor %d: dropped message %s for unknown thread %d",
+                          self.index, getattr(fn, "__name__", fn), tid)
+                continue
+            t._msgs.append((fn, args))
 
     # -------------------------------------------------------------------- loop
     def poll_once(self, now: int | None = None) -> int:

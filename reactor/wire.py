@@ -7,6 +7,8 @@ name that reads well at the call site.
 """
 from __future__ import annotations
 
+import msgpack
+
 from ipc import codec
 
 WireError = codec.CodecError
@@ -27,12 +29,7 @@ def is_remote(fn) -> bool:
     return codec.handler_name(fn) is not None
 
 
-def lookup(name: str):
-    """The function registered as ``name`` (CodecError if none)."""
-    fn = codec._handlers.get(codec.handler_id(name))
-    if fn is None:
-        raise WireError(f"no handler registered as {name!r}")
-    return fn
+lookup = codec.lookup
 
 
 def encode_msg(tid: int, fn, args) -> bytes:
@@ -47,6 +44,37 @@ def encode_msg(tid: int, fn, args) -> bytes:
 
 
 _encode = codec.encode
+
+
+_unpackb = msgpack.unpackb
+_HANDLERS = codec.handlers_by_id()
+
+
+def decode_record(record) -> list:
+    """``[(tid, fn, args), ...]`` for one inbound record: a single message
+    ``[hid, tid, *args]`` or a batch ``[[hid, tid, *args], ...]`` (see
+    ``codec.batch_header``).  Raises WireError for an undecodable record; a bad message
+    inside a batch is logged and skipped so the rest of the batch is delivered."""
+    try:
+        msg = _unpackb(record, use_list=False, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise WireError(f"undecodable record ({len(record)} bytes): {exc}") from None
+    if type(msg) is not tuple or not msg:
+        raise WireError(f"record is not a message or a batch: {type(msg).__name__}")
+    batch = msg if type(msg[0]) is tuple else (msg,)
+    out = []
+    handlers = _HANDLERS
+    for m in batch:
+        try:
+            fn = handlers[m[0]]
+            tid = m[1]
+            if type(tid) is not int:
+                raise TypeError
+        except (KeyError, IndexError, TypeError):
+            codec.log.error("dropping message: not [known handler id, thread id, args...]: %.60r", m)
+            continue
+        out.append((tid, fn, m[2:]))
+    return out
 
 
 def decode_msg(record):

@@ -25,6 +25,7 @@ N_LOCAL = 300_000
 N_PINGS = 20_000
 N_WALKS = 2_000
 POLLER_SECONDS = 0.5
+IDLE_SECONDS = 3
 
 _st: dict = {}
 
@@ -253,7 +254,7 @@ def _idle_main():
             app_stop(0)
             return 1
         rx.poller_unregister(box[0])
-        box[0] = rx.poller_register(finish, None, 1_000_000, "idle_finish")
+        box[0] = rx.poller_register(finish, None, IDLE_SECONDS * 1_000_000, "idle_finish")
         return 1
     box = [rx.poller_register(measure, None, 300_000, "idle_settle")]
 
