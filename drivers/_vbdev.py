@@ -1,0 +1,162 @@
+"""Helpers the driver modules share: per-reactor module state, replicated create, and the
+"forward a bdev_io to a base bdev" step every vbdev repeats.
+
+drivers/passthru.py spells each of these out with comments (it is the template); the
+other modules call them here so the mechanics live in one place.
+
+Replication (DESIGN.md, Control plane): a create RPC runs on the main reactor's app
+thread.  ``replicated_create`` builds the bdev there first (synchronously, so a bad
+request fails before anything is broadcast and changes nothing), then runs the same
+builder on every other reactor through ``bdev.module.broadcast`` and answers only when
+all of them applied it.  Deletion is ``bdev_unregister`` on the main thread, which the
+bdev layer replicates itself; each replica's ``destruct`` drops its own module state.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+import reactor as rx
+from bdev import api
+from bdev import module as bm
+
+log = logging.getLogger("ringstack.drivers")
+
+
+def state(module_name: str) -> dict:
+    """This reactor's state of a module (never a module global: the deterministic harness
+    runs several reactors in one process)."""
+    return rx.current_reactor().locals.setdefault("drivers." + module_name, {})
+
+
+def replicated_create(build, handler, args, cb) -> None:
+    """``build(*args) -> int`` here, then ``handler(done, *args)`` on every other reactor
+    (``handler`` is the ``@remote`` wrapper of the same build); ``cb(rc)`` on this thread
+    once all applied.  A failure here answers at once (as a message) and broadcasts
+    nothing."""
+    rc = build(*args)
+    t = rx.get_thread()
+    if rc:
+        rx.send_msg(t, cb, rc)
+        return
+    bm.broadcast(handler, list(args), cb, include_self=False)
+
+
+def unregister_by_name(name: str, module, cb) -> None:
+    """Delete RPCs: unregister bdev ``name`` if ``module`` owns it; ``cb(rc)`` with
+    -ENODEV when there is no such bdev of this module."""
+    bdev = api.get_by_name(name)
+    if bdev is None or bdev.module is not module or bdev.name != name:
+        rx.send_msg(rx.get_thread(), cb, -errno.ENODEV)
+        return
+    bm.bdev_unregister(bdev, lambda _arg, rc: cb(rc))
+
+
+def open_base(name: str, remove_cb, ctx, module):
+    """Open base bdev ``name`` read-write for a vbdev and claim it for ``module``.
+    Returns ``(rc, desc)``: -ENODEV when missing, -EPERM when another module claimed it."""
+    rc, desc = api.open_ext(name, True, remove_cb, ctx)
+    if rc:
+        return rc, None
+    rc = bm.module_claim_bdev(desc.bdev, desc, module)
+    if rc:
+        api.close(desc)
+        return rc, None
+    return 0, desc
+
+
+def close_base(desc) -> None:
+    """Release the claim and close (a vbdev's destruct).  The claim belongs to this replica."""
+    if desc is None:
+        return
+    b = desc.bdev
+    if b.claim_module is not None:
+        bm.module_release_bdev(b)
+    api.close(desc)
+
+
+def on_main_reactor() -> bool:
+    return rx.current_reactor().index == 0
+
+
+# -------------------------------------------------------------- forwarding
+_STATUS = {True: bm.IO_STATUS_SUCCESS, False: bm.IO_STATUS_FAILED}
+
+
+def _forward_done(child, success, parent) -> None:
+    # The base's status, NVMe/SCSI detail included, becomes the parent's; the child
+    # bdev_io goes back to the pool before the parent completes (its callback may submit).
+    st = child.status
+    sct_sc = child.get_nvme_status() if st == bm.IO_STATUS_NVME_ERROR else None
+    api.free_io(child)
+    if sct_sc is not None:
+        parent.complete_nvme_status(*sct_sc)
+    else:
+        parent.complete(_STATUS[success])
+
+
+def submit_to_base(io, desc, ch, offset_blocks=None, cb=_forward_done, cb_arg=None) -> int:
+    """Submit the equivalent of ``io`` to a base bdev (``desc``/``ch``) at ``offset_blocks``
+    (default: the same offset).  Returns what the base's call returned (0, -ENOMEM...).
+    ``cb(child, success, cb_arg or io)`` when it completes."""
+    off = io.offset_blocks if offset_blocks is None else offset_blocks
+    arg = io if cb_arg is None else cb_arg
+    t = io.type
+    if t == bm.IO_TYPE_READ:
+        return api.readv_blocks(desc, ch, _iovs(io), off, io.num_blocks, cb, arg)
+    if t == bm.IO_TYPE_WRITE:
+        return api.writev_blocks(desc, ch, _iovs(io), off, io.num_blocks, cb, arg)
+    if t == bm.IO_TYPE_UNMAP:
+        return api.unmap_blocks(desc, ch, off, io.num_blocks, cb, arg)
+    if t == bm.IO_TYPE_WRITE_ZEROES:
+        return api.write_zeroes_blocks(desc, ch, off, io.num_blocks, cb, arg)
+    if t == bm.IO_TYPE_FLUSH:
+        return api.flush_blocks(desc, ch, off, io.num_blocks, cb, arg)
+    if t == bm.IO_TYPE_RESET:
+        return api.reset(desc, ch, cb, arg)
+    return -errno.ENOTSUP
+
+
+def _iovs(io):
+    iovs = io.iovs
+    return iovs if len(iovs) == io.iovcnt else iovs[:io.iovcnt]
+
+
+class Resubmitter:
+    """Submit ``io`` through ``submit(io) -> rc``; on -ENOMEM wait for a free bdev_io on
+    the base (``queue_io_wait``) and try again; any other error fails ``io``."""
+
+    __slots__ = ("base_bdev", "base_ch", "submit")
+
+    def __init__(self, base_bdev, base_ch, submit):
+        self.base_bdev = base_bdev
+        self.base_ch = base_ch
+        self.submit = submit
+
+    def __call__(self, io) -> None:
+        rc = self.submit(io)
+        if rc == 0:
+            return
+        if rc == -errno.ENOMEM:
+            entry = api.IoWaitEntry(self.base_bdev, self, io)
+            if api.queue_io_wait(self.base_bdev, self.base_ch, entry) == 0:
+                return
+        log.error("%s: submit to base failed: %s", io.bdev.name, rc)
+        io.complete(bm.IO_STATUS_FAILED)
+
+
+def read_needs_buf(io) -> bool:
+    return io.type == bm.IO_TYPE_READ and io.iovs[0] is None
+
+
+def with_buf(io, then) -> None:
+    """Make sure a read has a data buffer (SPDK's spdk_bdev_io_get_buf), then ``then(io)``."""
+    if read_needs_buf(io):
+        def got(_ch, io):
+            if io.iovs[0] is None:
+                io.complete(bm.IO_STATUS_FAILED)
+                return
+            then(io)
+        io.get_buf(got, io.num_blocks * io.bdev.blocklen)
+    else:
+        then(io)
