@@ -48,6 +48,10 @@ def env(tmp_path):
     framework init hook."""
     store, log, box = {}, [], [None]
     table = make_table(box, store, log)
+    # Only this test's subsystem: others (bdev, nbd) registered by modules imported in this
+    # pytest process need a reactor, which this thread-driven server does not have.
+    saved = dict(subsystem._registry)
+    subsystem._registry.clear()
 
     def write_config():
         out = []
@@ -71,7 +75,8 @@ def env(tmp_path):
     finally:
         st.stop()
         rpc_config.set_framework_init_hook(None)
-        subsystem.unregister_subsystem("rpc_test_sub")
+        subsystem._registry.clear()
+        subsystem._registry.update(saved)
 
 
 CONFIG = {"subsystems": [
