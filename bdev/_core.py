@@ -339,14 +339,17 @@ class Manager:
 
 
 def _mgr(required=True) -> Manager | None:
-    m = rx.current_reactor().locals.get("bdev")
+    try:
+        m = rx.current_reactor().locals.get("bdev")
+    except rx.ThreadError:
+        m = None
     if m is None and required:
         raise RuntimeError("the bdev layer is not initialised on this reactor")
     return m
 
 
 def get_manager() -> Manager | None:
-    return rx.current_reactor().locals.get("bdev")
+    return _mgr(False)
 
 
 # ----------------------------------------------------------------- options
@@ -1720,7 +1723,8 @@ def _io_split_with_payload(io) -> None:
         ln = min(to_bytes, len(v) - poff)
         if mss and ln > mss:
             ln = mss
-        child.append(v[poff:poff + ln])
+        mv = v if type(v) is memoryview else memoryview(v)  # slices must alias, not copy
+        child.append(mv[poff:poff + ln])
         to_bytes -= ln
         poff += ln
         if poff >= len(v):
