@@ -19,8 +19,9 @@ venv: $(STAMP)
 sysdeps:
 	sh tools/install-sysdeps.sh
 
+# bdevperf on the embedded default (one malloc bdev), every core of this machine driving it (-C).
 run: venv
-	$(VENV)/bin/ringstack bench ipc --quick
+	$(VENV)/bin/ringstack bdevperf -m $$($(PY) -c 'import os; print(hex(sum(1 << c for c in os.sched_getaffinity(0))))') -C -q 32 -o 4096 -w randread -t 5
 
 test: venv sysdeps
 	$(PY) -m pytest -q

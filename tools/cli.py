@@ -17,6 +17,8 @@ from reactor.app import AppError
 SUBCOMMANDS = {
     "start": "tools.start",
     "bench": "tools.bench",
+    "bdevperf": "tools.bdevperf",
+    "plot": "tools.plot",
     "rpc": "tools.rpc",
 }
 

@@ -1,0 +1,166 @@
+"""`ringstack bdevperf`: flag errors, verify across reactors, corruption detection, JSON vs table.
+
+Runs bdevperf as a subprocess (it starts reactor processes); every run is short (1 s)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWO_CORES = len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
+
+
+def bdevperf(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "tools.cli", "bdevperf", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------ flag errors
+@pytest.mark.parametrize("args, needle", [
+    (["-q", "8", "-o", "4096", "-w", "randomread", "-t", "1"], "unknown workload 'randomread'"),
+    (["-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-M", "50"], "-M is only valid with -w rw or randrw"),
+    (["-q", "8", "-o", "4096", "-w", "randrw", "-t", "1"], "-M must be specified"),
+    (["-q", "8", "-o", "4096", "-w", "rw", "-t", "1", "-M", "101"], "-M must be specified"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-m", "0xZZ"], "bad -m"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-m", "0x0"], "selects no core"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-m", "0x10000"], "not available"),
+    (["-q", "8", "-o", "4q", "-w", "read", "-t", "1"], "invalid IO size '4q'"),
+    (["-q", "8", "-o", "0", "-w", "read", "-t", "1"], "must be greater than 0"),
+    (["-o", "4096", "-w", "read", "-t", "1"], "-q (queue depth) is required"),
+    (["-q", "8", "-w", "read", "-t", "1"], "-o (IO size) is required"),
+    (["-q", "8", "-o", "4096", "-t", "1"], "-w (workload) is required"),
+    (["-q", "8", "-o", "4096", "-w", "read"], "-t (run time in seconds) is required"),
+    (["-q", "x", "-o", "4096", "-w", "read", "-t", "1"], "-q expects an integer"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-c", "/nonexistent.json"], "cannot read config"),
+])
+def test_bad_flags_one_line(args, needle):
+    p = bdevperf(*args)
+    assert p.returncode != 0
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_bad_config_json(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"subsystems": [{"subsystem": "bdev", "config": [{"method": 3}]}]}')
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-c", str(cfg))
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1
+    assert "config[0]" in p.stderr
+
+
+def test_size_suffixes():
+    from tools.bdevperf import UsageError, parse_size
+    assert parse_size("4096") == 4096
+    assert parse_size("4k") == parse_size("4K") == parse_size("4KiB") == parse_size("4KB") == 4096
+    assert parse_size("1M") == 1 << 20
+    with pytest.raises(UsageError):
+        parse_size("-4")
+
+
+def test_histogram_buckets_cover_and_bound():
+    from tools.bdevperf_report import bucket_index, bucket_range
+    for lat in list(range(0, 300)) + [1000, 4095, 4096, 12345, 10**6, 10**9 + 7, 2**40]:
+        lo, hi = bucket_range(bucket_index(lat))
+        assert lo <= lat < hi
+        assert hi - lo <= max(1, lo // 64 + 1)
+
+
+# ------------------------------------------------------------------------------ runs
+def _table(stdout):
+    """Job rows and the Total row of the final table: name -> [floats]."""
+    rows = []
+    for ln in stdout.splitlines():
+        m = re.match(r"^\s*\t? (\S.*?)\s*:\s+(.*)$", ln.replace("\r", ""))
+        if m and not ln.lstrip().startswith(("Job:", "Device", "Verification")):
+            nums = m.group(2).split()
+            try:
+                rows.append((m.group(1).strip(), [float(x) for x in nums]))
+            except ValueError:
+                continue
+    return rows
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs cores 0 and 1")
+def test_verify_two_reactors_no_mismatch(tmp_path):
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "verify", "-t", "1", "-m", "0x3", "-C", "--json", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Running I/O for 1 seconds..." in p.stdout
+    assert "mismatch" not in p.stdout.lower()
+    res = json.loads(out.read_text())
+    assert res["core_count"] == 2
+    jobs = res["results"]
+    assert [j["core_mask"] for j in jobs] == ["0x1", "0x2"]
+    for j in jobs:
+        assert j["status"] == "finished" and j["io_failed"] == 0 and j["iops"] > 0
+        assert "mismatch" not in j
+    # -C: each core its own, disjoint LBA slice
+    a, b = (j["verify_range"] for j in jobs)
+    assert a["start"] + a["length"] <= b["start"]
+
+
+def test_json_matches_table(tmp_path):
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "16", "-o", "4k", "-w", "randread", "-t", "1", "-l", "--json", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(out.read_text())
+    rows = _table(p.stdout)
+    names = [n for n, _ in rows]
+    assert names == [j["job"] for j in res["results"]] + ["Total"], rows
+    for (name, nums), j in zip(rows, res["results"]):
+        runtime, iops, mibps, fail, to, avg, mn, mx = nums
+        assert runtime == pytest.approx(j["runtime"], abs=0.006)
+        assert iops == pytest.approx(j["iops"], abs=0.006)
+        assert mibps == pytest.approx(j["mibps"], abs=0.006)
+        assert fail == pytest.approx(j["io_failed"] / j["runtime"], abs=0.006)
+        assert (avg, mn, mx) == pytest.approx(
+            (j["avg_latency_us"], j["min_latency_us"], j["max_latency_us"]), abs=0.006)
+        for key in ("queue_depth", "io_size", "workload", "status", "io_timeout"):
+            assert key in j
+        assert j["queue_depth"] == 16 and j["io_size"] == 4096 and j["workload"] == "randread"
+        assert j["latency_percentiles_us"]["p50"] <= j["latency_percentiles_us"]["p99.9"]
+    total = rows[-1][1]
+    assert total[0] == pytest.approx(res["total"]["iops"], abs=0.006)
+    # -l: SPDK's percentile lines
+    assert " Latency summary" in p.stdout and re.search(r"99\.90000% :\s+[\d.]+us", p.stdout)
+    assert res["timeline"] and res["timeline"][0]["iops"] > 0
+
+
+@pytest.mark.parametrize("workload", ["rw", "unmap", "flush", "write_zeroes", "reset"])
+def test_other_workloads_run(workload):
+    extra = ["-M", "50"] if workload == "rw" else []
+    p = bdevperf("-q", "8", "-o", "4096", "-w", workload, "-t", "1", *extra)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"workload: {workload}" in p.stdout
+    total = _table(p.stdout)[-1]
+    assert total[0] == "Total" and total[1][0] > 0
+
+
+def test_error_bdev_corruption_names_offset(tmp_path):
+    try:
+        import drivers.error  # noqa: F401
+    except ImportError:
+        pytest.skip("drivers/error.py (bdev_error_create / bdev_error_inject_error) has not landed")
+    from tools import bdevperf_bdev
+    if bdevperf_bdev.BACKEND != "bdev":
+        pytest.skip("the bdev layer's malloc module has not landed")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 2048, "block_size": 512}},
+        {"method": "bdev_error_create", "params": {"base_name": "Malloc0"}},
+        {"method": "bdev_error_inject_error",
+         "params": {"name": "EE_Malloc0", "io_type": "read", "error_type": "corrupt_data", "num": 1}},
+    ]}]}))
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "4", "-o", "4096", "-w", "verify", "-t", "1", "-T", "EE_Malloc0", "-c", str(cfg),
+                 "--json", str(out))
+    assert p.returncode != 0
+    m = re.search(r"Buffer mismatch! Target: EE_Malloc0 Disk Offset: (\d+)", p.stdout)
+    assert m, p.stdout + p.stderr
+    j = json.loads(out.read_text())["results"][0]
+    assert j["status"] == "failed" and j["mismatch"]["offset_blocks"] == int(m.group(1))
