@@ -346,6 +346,7 @@ def _forward(io) -> bool:
         # outside the bdev-wide quota (documented limitation).
         _core._io_submit_now(io)
         return True
+    io.submit_tsc = io.ch.clock()   # latency is measured on the submitting side
     m.fwd_seq += 1
     token = m.fwd_seq
     m.fwd[token] = io

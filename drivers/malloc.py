@@ -1,0 +1,208 @@
+"""bdev_malloc: a RAM disk whose data lives in one shared-memory segment, so every
+reactor's replica of the bdev reads and writes the same bytes (DESIGN.md, Memory).
+
+The main reactor creates the segment (``/ringstack.<pid>.malloc<n>``, owned by the bdev
+layer's Instance, so it is unlinked on delete and on every exit path); each other reactor
+maps it in its replica.  I/O is a memoryview copy on the submitting thread; the bdev layer
+defers the completion out of the submit call.
+
+Python API for the RPC layer (main thread): ``create(name, num_blocks, block_size,
+uuid=None, optimal_io_boundary=0, cb=None)`` -> ``cb(rc, name)`` once every reactor has
+the bdev; ``delete(name, cb)`` -> ``cb(rc)`` once every reactor dropped it.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid as _uuid
+
+import reactor as rx
+from reactor import wire
+
+import bdev as _bdev
+from bdev import _core
+from bdev import module as bm
+
+log = logging.getLogger("ringstack.malloc")
+
+_seq = itertools.count()
+_SUPPORTED = {bm.IO_TYPE_READ, bm.IO_TYPE_WRITE, bm.IO_TYPE_FLUSH, bm.IO_TYPE_RESET,
+              bm.IO_TYPE_UNMAP, bm.IO_TYPE_WRITE_ZEROES}
+
+
+def _config_json(out: list) -> None:
+    pass  # per-bdev entries come from write_config_json
+
+
+malloc_module = bm.register_module(bm.BdevModule("malloc", config_json=_config_json))
+
+
+class _Channel:
+    __slots__ = ()
+
+
+def _ch_create(disk):
+    return _Channel()
+
+
+def _ch_destroy(disk, ctx):
+    pass
+
+
+class MallocDisk(bm.FnTable):
+    """One reactor's view of a malloc bdev."""
+
+    def __init__(self, name, segment, blocklen, blockcnt, owned):
+        self.name = name
+        self.segment = segment
+        self.buf = segment.buf
+        self.blocklen = blocklen
+        self.blockcnt = blockcnt
+        self.owned = owned
+        self.bdev = None
+        rx.io_device_register(self, _ch_create, _ch_destroy, name=f"malloc_{name}")
+
+    # ---- fn_table
+    def get_io_channel(self, ctxt):
+        return rx.get_io_channel(self)
+
+    def io_type_supported(self, ctxt, io_type):
+        return io_type in _SUPPORTED
+
+    def submit_request(self, ch, io):
+        t = io.type
+        if t == bm.IO_TYPE_READ:
+            if io.iovs[0] is None:
+                io.get_buf(_read_after_buf, io.num_blocks * self.blocklen)
+                return
+            self._read(io)
+        elif t == bm.IO_TYPE_WRITE:
+            off = io.offset_blocks * self.blocklen
+            buf = self.buf
+            for v in io.iovs:
+                n = len(v)
+                buf[off:off + n] = v
+                off += n
+            io.complete(bm.IO_STATUS_SUCCESS)
+        elif t == bm.IO_TYPE_UNMAP or t == bm.IO_TYPE_WRITE_ZEROES:
+            off = io.offset_blocks * self.blocklen
+            n = io.num_blocks * self.blocklen
+            self.buf[off:off + n] = bytes(n)
+            io.complete(bm.IO_STATUS_SUCCESS)
+        elif t == bm.IO_TYPE_FLUSH or t == bm.IO_TYPE_RESET:
+            io.complete(bm.IO_STATUS_SUCCESS)
+        else:
+            io.complete(bm.IO_STATUS_FAILED)
+
+    def _read(self, io):
+        off = io.offset_blocks * self.blocklen
+        buf = self.buf
+        for v in io.iovs:
+            n = len(v)
+            v[:] = buf[off:off + n]
+            off += n
+        io.complete(bm.IO_STATUS_SUCCESS)
+
+    def destruct(self, ctxt):
+        if rx.io_device_is_registered(self):
+            rx.io_device_unregister(self)
+        self.buf = None
+        seg = self.segment
+        if self.owned:
+            seg.unlink()
+        try:
+            seg.close()
+        except BufferError as exc:  # a view still alive somewhere: the name is gone anyway
+            log.warning("%s", exc)
+        return 0
+
+    def dump_info_json(self, ctxt, w):
+        w["malloc"] = {"segment": self.segment.name}
+
+    def write_config_json(self, bdev, out):
+        out.append({"method": "bdev_malloc_create",
+                    "params": {"name": bdev.name, "num_blocks": bdev.blockcnt, "block_size": bdev.blocklen,
+                               "uuid": bdev.uuid, "optimal_io_boundary": bdev.optimal_io_boundary}})
+
+
+def _read_after_buf(ch, io):
+    io.bdev.ctxt._read(io)
+
+
+def _build(name, segment, blocklen, blockcnt, uuid, boundary, owned):
+    disk = MallocDisk(name, segment, blocklen, blockcnt, owned)
+    b = bm.Bdev(name, blocklen=blocklen, blockcnt=blockcnt, module=malloc_module, fn_table=disk,
+                ctxt=disk, product_name="Malloc disk", uuid=uuid, write_cache=True,
+                optimal_io_boundary=boundary, split_on_optimal_io_boundary=bool(boundary))
+    disk.bdev = b
+    return b
+
+
+@wire.remote("malloc.create_replica")
+def _create_replica(done, name, seg_name, blocklen, blockcnt, uuid, boundary):
+    from ipc.shm import Segment
+    try:
+        seg = Segment.attach(seg_name)
+    except Exception:
+        log.exception("malloc %s: cannot map %s", name, seg_name)
+        done(-5)
+        return
+    b = _build(name, seg, blocklen, blockcnt, uuid, boundary, owned=False)
+    rc = bm.bdev_register(b)
+    if rc:
+        b.fn_table.destruct(b.ctxt)
+    done(rc)
+
+
+def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_boundary=0, cb=None) -> None:
+    """Create a malloc bdev on every reactor (main thread).  ``cb(rc, name)`` once all
+    have it: -EINVAL for a bad geometry, -EEXIST for a taken name, -ENOMEM when the
+    segment cannot be created."""
+    from ipc.shm import Segment
+    cb = cb or (lambda rc, name: None)
+    t = rx.get_thread()
+    if name is None:
+        n = 0
+        while _bdev.get_by_name(f"Malloc{n}") is not None:
+            n += 1
+        name = f"Malloc{n}"
+
+    def fail(rc):
+        rx.send_msg(t, cb, rc, name)
+    if block_size <= 0 or block_size % 512 or num_blocks <= 0 or optimal_io_boundary < 0:
+        fail(-_core.EINVAL)
+        return
+    if _bdev.get_by_name(name) is not None:
+        fail(-_core.EEXIST)
+        return
+    m = _core.get_manager()
+    inst = m.instance if m is not None else None
+    if inst is None:
+        fail(-_core.ENODEV)
+        return
+    try:
+        seg = Segment.create(inst, f"malloc{next(_seq)}", num_blocks * block_size)
+    except Exception:
+        log.exception("malloc %s: cannot create its segment", name)
+        fail(-_core.ENOMEM)
+        return
+    uuid = uuid or str(_uuid.uuid4())
+    b = _build(name, seg, block_size, num_blocks, uuid, optimal_io_boundary, owned=True)
+    rc = bm.bdev_register(b)
+    if rc:
+        b.fn_table.destruct(b.ctxt)
+        fail(rc)
+        return
+    bm.broadcast(_create_replica, [name, seg.name, block_size, num_blocks, uuid, optimal_io_boundary],
+                 lambda rc: cb(rc, name), include_self=False)
+
+
+def delete(name, cb=None) -> None:
+    """Unregister the malloc bdev ``name`` on every reactor; ``cb(rc)`` (-ENODEV if it is
+    not a malloc bdev).  The segment is unlinked when the main replica destructs."""
+    cb = cb or (lambda rc: None)
+    b = _bdev.get_by_name(name)
+    if b is None or b.module is not malloc_module:
+        rx.send_msg(rx.get_thread(), cb, -_core.ENODEV)
+        return
+    _core.bdev_unregister(b, lambda arg, rc: cb(rc))

@@ -1,0 +1,130 @@
+"""bdev_null: discards writes, reads return without moving data (a zero buffer when the
+caller gave none).  As SPDK's bdev_null, I/O is completed from a per-channel poller, so the
+completion never needs the bdev layer's deferral and comes in batches: the cheapest path
+through the layer, which is what bdevperf measures.
+
+Python API for the RPC layer (main thread): ``create(name, num_blocks, block_size=512,
+uuid=None, cb=None)`` -> ``cb(rc, name)`` once every reactor has it; ``delete(name, cb)``.
+"""
+from __future__ import annotations
+
+import logging
+import uuid as _uuid
+
+import reactor as rx
+from reactor import wire
+
+import bdev as _bdev
+from bdev import _core
+from bdev import module as bm
+
+log = logging.getLogger("ringstack.null")
+
+_SUPPORTED = {bm.IO_TYPE_READ, bm.IO_TYPE_WRITE, bm.IO_TYPE_WRITE_ZEROES, bm.IO_TYPE_UNMAP,
+              bm.IO_TYPE_FLUSH, bm.IO_TYPE_RESET}
+_ZERO = memoryview(bytes(1 << 17))   # what reads without a buffer see (read-only)
+
+null_module = bm.register_module(bm.BdevModule("null"))
+
+_SUCCESS = bm.IO_STATUS_SUCCESS
+
+
+class NullChannel:
+    __slots__ = ("io", "poller")
+
+    def __init__(self):
+        self.io = []
+        self.poller = rx.poller_register(_null_poll, self, 0, name="null_poll")
+
+
+def _null_poll(nch) -> int:
+    batch = nch.io
+    if not batch:
+        return 0
+    nch.io = []
+    for io in batch:
+        io.complete(_SUCCESS)
+    return 1
+
+
+def _ch_create(disk):
+    return NullChannel()
+
+
+def _ch_destroy(disk, nch):
+    rx.poller_unregister(nch.poller)
+    for io in nch.io:
+        io.complete(bm.IO_STATUS_FAILED)
+
+
+class NullDisk(bm.FnTable):
+    def __init__(self, name):
+        self.name = name
+        rx.io_device_register(self, _ch_create, _ch_destroy, name=f"null_{name}")
+
+    def get_io_channel(self, ctxt):
+        return rx.get_io_channel(self)
+
+    def io_type_supported(self, ctxt, io_type):
+        return io_type in _SUPPORTED
+
+    def submit_request(self, ch, io):
+        if io.type == 1 and io.iovs[0] is None:   # READ without a buffer
+            n = io.num_blocks * io.bdev.blocklen
+            io.iovs[0] = _ZERO[:n] if n <= len(_ZERO) else memoryview(bytes(n))
+        ch.ctx.io.append(io)
+
+    def destruct(self, ctxt):
+        if rx.io_device_is_registered(self):
+            rx.io_device_unregister(self)
+        return 0
+
+    def write_config_json(self, bdev, out):
+        out.append({"method": "bdev_null_create",
+                    "params": {"name": bdev.name, "num_blocks": bdev.blockcnt, "block_size": bdev.blocklen,
+                               "uuid": bdev.uuid}})
+
+
+def _build(name, num_blocks, block_size, uuid):
+    disk = NullDisk(name)
+    return bm.Bdev(name, blocklen=block_size, blockcnt=num_blocks, module=null_module, fn_table=disk,
+                   ctxt=disk, product_name="Null disk", uuid=uuid)
+
+
+@wire.remote("null.create_replica")
+def _create_replica(done, name, num_blocks, block_size, uuid):
+    b = _build(name, num_blocks, block_size, uuid)
+    rc = bm.bdev_register(b)
+    if rc:
+        b.fn_table.destruct(b.ctxt)
+    done(rc)
+
+
+def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
+    """Create a null bdev on every reactor (main thread); ``cb(rc, name)``."""
+    cb = cb or (lambda rc, name: None)
+    t = rx.get_thread()
+    if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0:
+        rx.send_msg(t, cb, -_core.EINVAL, name)
+        return
+    if _bdev.get_by_name(name) is not None:
+        rx.send_msg(t, cb, -_core.EEXIST, name)
+        return
+    uuid = uuid or str(_uuid.uuid4())
+    b = _build(name, num_blocks, block_size, uuid)
+    rc = bm.bdev_register(b)
+    if rc:
+        b.fn_table.destruct(b.ctxt)
+        rx.send_msg(t, cb, rc, name)
+        return
+    bm.broadcast(_create_replica, [name, num_blocks, block_size, uuid], lambda rc: cb(rc, name),
+                 include_self=False)
+
+
+def delete(name, cb=None) -> None:
+    cb = cb or (lambda rc: None)
+    b = _bdev.get_by_name(name)
+    if b is None or b.module is not null_module:
+        rx.send_msg(rx.get_thread(), cb, -_core.ENODEV)
+        return
+    _core.bdev_unregister(b, lambda arg, rc: cb(rc))

@@ -1,0 +1,303 @@
+"""Deterministic tests with two reactors in one process: every cross-reactor message is
+encoded exactly as in process mode.  Replication of creates and deletes, reset freezing
+channels on both reactors, QoS funnelling with shared-memory buffers, hot-remove reaching
+descs on both reactors, device stats summing both; and the malloc/null drivers."""
+import pytest
+
+import reactor as rx
+from reactor.testing import Harness
+
+import bdev as B
+import bdev_stub as S
+from drivers import malloc, null
+
+NOT = B.QOS_LIMIT_NOT_DEFINED
+
+
+@pytest.fixture
+def h():
+    # threads 0, 2 on reactor 0; threads 1, 3 on reactor 1
+    with Harness(4, n_reactors=2) as h:
+        S.init_layer(h)
+        yield h
+        h.set_thread(0)
+        h.poll_threads()
+        S.fini_layer(h)
+
+
+def on(h, i):
+    h.set_thread(i)
+    return rx.current_reactor()
+
+
+def test_layer_replicated_on_both_reactors(h):
+    for i in (0, 1):
+        assert on(h, i).locals.get("bdev") is not None
+
+
+def test_malloc_create_replicated_and_shared_data(h):
+    h.set_thread(0)
+    out = []
+    malloc.create("m0", 128, 512, cb=lambda rc, name: out.append((rc, name)))
+    assert out == []
+    h.poll_threads()
+    assert out == [(0, "m0")]
+    for i in (0, 1):
+        h.set_thread(i)
+        b = B.get_by_name("m0")
+        assert b is not None and b.blockcnt == 128
+    # write through reactor 1, read back through reactor 0: one segment
+    h.set_thread(1)
+    rc, d1 = B.open(B.get_by_name("m0"), True)
+    c1 = B.get_io_channel(d1)
+    cpl = S.Cpl()
+    data = bytearray(b"x" * 512 + b"y" * 512)
+    assert B.write_blocks(d1, c1, data, 10, 2, cpl, "w") == 0
+    h.poll_threads()
+    h.set_thread(0)
+    rc, d0 = B.open(B.get_by_name("m0"), False)
+    c0 = B.get_io_channel(d0)
+    back = bytearray(1024)
+    assert B.read_blocks(d0, c0, back, 10, 2, cpl, "r") == 0
+    h.poll_threads()
+    assert cpl.done == [("w", True), ("r", True)] and back == data
+    # read without a buffer: the layer's pool provides one
+    got = []
+    B.read_blocks(d0, c0, None, 10, 1, lambda io, ok, a: (got.append(bytes(io.iovs[0])), B.free_io(io)))
+    h.poll_threads()
+    assert got == [b"x" * 512]
+    # duplicate name
+    malloc.create("m0", 8, 512, cb=lambda rc, name: out.append(rc))
+    malloc.create("bad", 8, 100, cb=lambda rc, name: out.append(rc))
+    h.poll_threads()
+    assert out[-2:] == [-17, -22]
+    for i, c, d in ((0, c0, d0), (1, c1, d1)):
+        h.set_thread(i)
+        B.put_io_channel(c)
+        B.close(d)
+    h.set_thread(0)
+    deleted = []
+    malloc.delete("m0", deleted.append)
+    malloc.delete("m0", deleted.append)
+    h.poll_threads()
+    assert sorted(deleted) == [-19, 0]
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("m0") is None
+
+
+def test_hot_remove_reaches_descs_on_both_reactors(h):
+    h.set_thread(0)
+    S.create("hr")
+    h.poll_threads()
+    seen = []
+    descs = {}
+    for i in (0, 1, 3):
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name("hr"), False,
+                       lambda ctx: seen.append((ctx, rx.get_thread().name)), i)
+        assert rc == 0
+        descs[i] = d
+    h.set_thread(0)
+    done = []
+    B.bdev_unregister(B.get_by_name("hr"), lambda arg, rc: done.append(rc))
+    h.poll_threads()
+    assert sorted(seen) == [(0, "ut_thread0"), (1, "ut_thread1"), (3, "ut_thread3")]
+    for i in (0, 1):
+        h.set_thread(i)
+        B.close(descs[i])
+    h.poll_threads()
+    assert done == []                         # thread 3 still has it open
+    h.set_thread(3)
+    B.close(descs[3])
+    h.poll_threads()
+    assert done == [0]
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("hr") is None and S.disk("hr").destructed
+
+
+def test_reset_freezes_channels_on_both_reactors(h):
+    h.set_thread(0)
+    S.create("r")
+    h.poll_threads()
+    ctx = {}
+    for i in (0, 1):
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name("r"), True)
+        ctx[i] = (d, B.get_io_channel(d))
+    cpl = S.Cpl()
+    h.set_thread(1)
+    d1, c1 = ctx[1]
+    assert B.read_blocks(d1, c1, bytearray(512), 0, 1, cpl, "held") == 0
+    h.set_thread(0)
+    d0, c0 = ctx[0]
+    assert B.reset(d0, c0, cpl, "reset") == 0
+    h.poll_threads()
+    assert c1.ctx.flags & 1                       # frozen on reactor 1 too
+    h.set_thread(1)
+    assert B.write_blocks(d1, c1, bytearray(512), 0, 1, cpl, "during") == 0
+    h.poll_threads()
+    assert ("during", False) in cpl.done
+    S.complete("r")                               # the held I/O finishes normally
+    h.set_thread(0)
+    S.complete("r")                               # the reset
+    h.poll_threads()
+    assert ("reset", True) in cpl.done and not (c1.ctx.flags & 1)
+    # a reset from reactor 1 while one from reactor 0 is in progress waits for it
+    assert B.reset(d0, c0, cpl, "r0") == 0
+    h.poll_threads()
+    h.set_thread(1)
+    assert B.reset(d1, c1, cpl, "r1") == 0
+    h.poll_threads()
+    assert [io.type for io in S.outstanding("r")] == []          # r1 queued
+    h.set_thread(0)
+    S.complete("r")
+    h.poll_threads()
+    h.set_thread(1)
+    assert [io.type for io in S.outstanding("r")] == [B.IO_TYPE_RESET]
+    S.complete("r")
+    h.poll_threads()
+    assert cpl.args()[-2:] == ["r0", "r1"]
+    for i in (0, 1):
+        h.set_thread(i)
+        B.put_io_channel(ctx[i][1])
+        B.close(ctx[i][0])
+
+
+def test_qos_funnels_across_reactors_with_shared_buffers(h):
+    h.set_thread(0)
+    out = []
+    malloc.create("q", 256, 512, cb=lambda rc, n: out.append(rc))
+    h.poll_threads()
+    ctx = {}
+    for i in (0, 1):
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name("q"), True)
+        ctx[i] = (d, B.get_io_channel(d))
+    h.set_thread(0)
+    res = []
+    B.set_qos_rate_limits(B.get_by_name("q"), [10000, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+    h.poll_threads()
+    assert res == [0]
+    h.set_thread(1)
+    b1 = B.get_by_name("q")
+    assert b1.qos is not None and b1.qos.thread_id == h.threads[0].id   # replicated choice
+    assert B.get_qos_rate_limits(b1)[0] == 10000
+    d1, c1 = ctx[1]
+    cpl = S.Cpl()
+    for i in range(15):
+        data = bytearray(bytes([i]) * 512)
+        assert B.write_blocks(d1, c1, data, i, 1, cpl, i) == 0
+    h.poll_threads()
+    assert len(cpl.done) == 10                     # one timeslice worth
+    h.set_thread(0)
+    assert len(B.get_by_name("q").qos.queued) == 5  # proxies wait on the QoS thread
+    h.advance_time_us(1000)
+    h.poll_threads()
+    assert sorted(cpl.args()) == list(range(15))
+    # read back through the QoS path into a private buffer (bounced)
+    h.set_thread(1)
+    back = bytearray(15 * 512)
+    assert B.read_blocks(d1, c1, back, 0, 15, cpl, "r") == 0
+    h.advance_time_us(1000)
+    h.poll_threads()
+    assert cpl.done[-1] == ("r", True)
+    assert back == b"".join(bytes([i]) * 512 for i in range(15))
+    st = B.get_io_stat(b1, c1)
+    assert st.num_write_ops == 15 and st.num_read_ops == 1
+    assert on(h, 1).locals["bdev"].buf_pool.in_use == 0
+    # disable while I/O waits: the proxies come back to reactor 1 and go straight through
+    h.set_thread(1)
+    for i in range(20):
+        B.read_blocks(d1, c1, bytearray(512), i, 1, cpl, f"d{i}")
+    h.advance_time_us(1000)
+    h.poll_threads()
+    h.set_thread(0)
+    B.set_qos_rate_limits(B.get_by_name("q"), [0, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+    h.poll_threads()
+    assert res[-1] == 0
+    assert sum(1 for a in cpl.args() if str(a).startswith("d")) == 20
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("q").qos is None
+        B.put_io_channel(ctx[i][1])
+        B.close(ctx[i][0])
+
+
+def test_qos_thread_chosen_by_main_when_first_channel_is_remote(h):
+    h.set_thread(0)
+    S.create("qq")
+    h.poll_threads()
+    res = []
+    B.set_qos_rate_limits(B.get_by_name("qq"), [10000, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+    h.poll_threads()
+    assert res == [0]
+    h.set_thread(3)
+    rc, d = B.open(B.get_by_name("qq"), True)
+    c = B.get_io_channel(d)
+    cpl = S.Cpl()
+    assert B.read_blocks(d, c, bytearray(512), 0, 1, cpl, "x") == 0   # waits for the choice
+    h.poll_threads()
+    h.set_thread(0)
+    assert B.get_by_name("qq").qos.thread_id == h.threads[3].id
+    h.set_thread(3)
+    assert len(S.outstanding("qq")) == 1
+    S.complete("qq")
+    h.poll_threads()
+    assert cpl.done == [("x", True)]
+    B.put_io_channel(c)
+    B.close(d)
+
+
+def test_device_stat_sums_both_reactors(h):
+    h.set_thread(0)
+    null.create("n0", 1024, 512, cb=lambda rc, n: None)
+    h.poll_threads()
+    cpl = S.Cpl()
+    ctx = {}
+    for i in (0, 1, 3):
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name("n0"), True)
+        c = B.get_io_channel(d)
+        ctx[i] = (d, c)
+        for k in range(i + 1):
+            assert B.read_blocks(d, c, None, k, 1, cpl) == 0
+        assert B.write_blocks(d, c, bytearray(1024), 0, 2, cpl) == 0
+    h.poll_threads()
+    assert len(cpl.done) == 1 + 2 + 4 + 3
+    # close reactor 1's thread-3 channel: its history must stay in the device stats
+    h.set_thread(3)
+    B.put_io_channel(ctx[3][1])
+    B.close(ctx[3][0])
+    h.poll_threads()
+    h.set_thread(0)
+    out = []
+    B.get_device_stat(B.get_by_name("n0"), lambda b, s, a, rc: out.append(s))
+    h.poll_threads()
+    s = out[0]
+    assert s.num_read_ops == 7 and s.bytes_read == 7 * 512
+    assert s.num_write_ops == 3 and s.bytes_written == 3 * 1024
+    chans = []
+    B.get_channels_stat(B.get_by_name("n0"), lambda b, lst, a, rc: chans.append(lst))
+    h.poll_threads()
+    assert sorted(e["num_read_ops"] for e in chans[0]) == [1, 2]
+    B.set_qd_sampling_period(B.get_by_name("n0"), 10)
+    h.advance_time_us(10)
+    h.poll_threads()
+    assert B.get_qd(B.get_by_name("n0")) == 0
+    for i in (0, 1):
+        h.set_thread(i)
+        B.put_io_channel(ctx[i][1])
+        B.close(ctx[i][0])
+
+
+def test_finish_unregisters_everything_everywhere(h):
+    h.set_thread(0)
+    for n in ("a", "b"):
+        malloc.create(n, 16, 512)
+        null.create("n" + n, 16, 512)
+    h.poll_threads()
+    h.set_thread(1)
+    assert [b.name for b in B.bdevs()] == ["a", "na", "b", "nb"]
+    # the fixture's finish must unregister all of them on both reactors and unlink segments
