@@ -142,25 +142,33 @@ def test_other_workloads_run(workload):
 
 
 def test_error_bdev_corruption_names_offset(tmp_path):
+    """verify over an error bdev (drivers/error.py) whose next read is corrupted at byte 700:
+    the run fails and names the target and the offset."""
+    from tools import bdevperf_bdev
+    if not bdevperf_bdev.real_layer_available():
+        pytest.skip("the bdev layer (bdev/api.py) has not landed")
     try:
         import drivers.error  # noqa: F401
     except ImportError:
         pytest.skip("drivers/error.py (bdev_error_create / bdev_error_inject_error) has not landed")
-    from tools import bdevperf_bdev
-    if bdevperf_bdev.BACKEND != "bdev":
-        pytest.skip("the bdev layer's malloc module has not landed")
+    img = tmp_path / "base.img"
+    img.write_bytes(bytes(4 << 20))
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 2048, "block_size": 512}},
-        {"method": "bdev_error_create", "params": {"base_name": "Malloc0"}},
+        {"method": "bdev_aio_create", "params": {"name": "Base0", "filename": str(img), "block_size": 512}},
+        {"method": "bdev_error_create", "params": {"base_name": "Base0"}},
         {"method": "bdev_error_inject_error",
-         "params": {"name": "EE_Malloc0", "io_type": "read", "error_type": "corrupt_data", "num": 1}},
+         "params": {"name": "EE_Base0", "io_type": "read", "error_type": "corrupt_data", "num": 1,
+                    "corrupt_offset": 700}},
     ]}]}))
     out = tmp_path / "r.json"
-    p = bdevperf("-q", "4", "-o", "4096", "-w", "verify", "-t", "1", "-T", "EE_Malloc0", "-c", str(cfg),
-                 "--json", str(out))
+    p = bdevperf("-q", "4", "-o", "4096", "-w", "verify", "-t", "1", "-c", str(cfg), "--json", str(out))
     assert p.returncode != 0
-    m = re.search(r"Buffer mismatch! Target: EE_Malloc0 Disk Offset: (\d+)", p.stdout)
+    m = re.search(r"Buffer mismatch! Target: EE_Base0 Disk Offset: (\d+) \(first bad block (\d+), "
+                  r"byte offset (\d+)", p.stdout)
     assert m, p.stdout + p.stderr
+    offset, block, byte = map(int, m.groups())
+    assert byte == offset * 512 + 700 and block == offset + 1
     j = json.loads(out.read_text())["results"][0]
-    assert j["status"] == "failed" and j["mismatch"]["offset_blocks"] == int(m.group(1))
+    assert j["status"] == "failed"
+    assert j["mismatch"] == {"target": "EE_Base0", "offset_blocks": offset, "block": block, "byte_offset": byte}

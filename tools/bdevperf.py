@@ -970,11 +970,20 @@ def run_app(opts: dict) -> int:
     from reactor.app import App
     global _run, last_result
     last_result = None
-    imports = ["tools.bdevperf"] + [m for m in B.IMPORTS if m != "tools.bdevperf"]
+    if (opts.get("config") or opts.get("config_dict")) and B.BACKEND != "bdev" and B.real_layer_available():
+        B.use_backend("bdev")        # a config names real modules: never the stand-in
+    extra = B.prepare_real() if B.BACKEND == "bdev" else B.IMPORTS
+    imports = ["tools.bdevperf"] + [m for m in extra if m != "tools.bdevperf"]
+    saved = os.environ.get("RINGSTACK_BDEVPERF_BACKEND")
+    os.environ["RINGSTACK_BDEVPERF_BACKEND"] = B.BACKEND    # reactors bind the same backend
     try:
         rc = App(opts["cores"], mode=opts["mode"], imports=imports, name="bdevperf").run(_app_main, opts)
     finally:
         _run = None
+        if saved is None:
+            os.environ.pop("RINGSTACK_BDEVPERF_BACKEND", None)
+        else:
+            os.environ["RINGSTACK_BDEVPERF_BACKEND"] = saved
     return rc
 
 

@@ -4,9 +4,12 @@ Everything bdevperf calls on bdevs goes through the names below, so the integrat
 bdev layer is contained in this file.  Two backends:
 
 * ``bdev``: ringstack's bdev layer (``bdev/api.py`` and the modules in ``drivers/``), used
-  whenever it can be imported.
+  when it and its malloc module (the embedded default) exist, and always with ``-c``.
 * ``standin``: :mod:`tools.bdevperf_standin`, a minimal implementation of the same calls,
-  used only while the bdev layer does not exist yet.  bdevperf says so on stderr.
+  used only while the bdev layer is incomplete.  bdevperf says so on stderr.
+
+``RINGSTACK_BDEVPERF_BACKEND=bdev|standin`` forces one (bdevperf sets it for its reactor
+processes, so they bind the same backend as the launcher).
 
 The data-plane names (``read_blocks`` ... ``queue_io_wait``) are bound to the backend's own
 functions (no wrapper on the I/O path).  Their contract is SPDK's bdev.h:
@@ -45,39 +48,55 @@ def _pick_backend() -> str:
     return "bdev"
 
 
-BACKEND = _pick_backend()
+_NAMES = ("read_blocks", "write_blocks", "unmap_blocks", "flush_blocks", "write_zeroes_blocks",
+          "reset", "free_io", "queue_io_wait", "IoWaitEntry", "get_io_channel", "put_io_channel",
+          "close", "desc_get_bdev", "get_name", "get_block_size", "get_num_blocks",
+          "io_type_supported", "get_by_name")
 
-if BACKEND == "standin":
-    from tools import bdevperf_standin as _b
+BACKEND = ""
+IMPORTS: list[str] = []
+_b = None
 
-    #: Modules every reactor must import (their @remote handlers and registrations).
-    IMPORTS = ["tools.bdevperf_standin"]
-else:  # pragma: no cover - exercised once bdev/api.py lands
-    import bdev.api as _b
-    IMPORTS = ["bdev.api"] + [m for m in ("drivers.malloc", "drivers.null", "drivers.error")
-                              if importlib.util.find_spec(m) is not None]
 
-# -- data plane (bound to the backend's functions: no extra call on the I/O path)
-read_blocks = _b.read_blocks
-write_blocks = _b.write_blocks
-unmap_blocks = _b.unmap_blocks
-flush_blocks = _b.flush_blocks
-write_zeroes_blocks = _b.write_zeroes_blocks
-reset = _b.reset
-free_io = _b.free_io
-queue_io_wait = _b.queue_io_wait
-IoWaitEntry = _b.IoWaitEntry
+def use_backend(name: str) -> None:
+    """Bind this module's names to backend ``name`` ("bdev" or "standin").  Call before the
+    app starts: the choice goes to the reactor processes through the environment."""
+    global BACKEND, IMPORTS, _b
+    if name == "standin":
+        from tools import bdevperf_standin as mod
+        imports = ["tools.bdevperf_standin"]
+    else:
+        import bdev as mod
+        imports = ["bdev"]
+    _b = mod
+    BACKEND = name
+    IMPORTS = imports
+    g = globals()
+    for n in _NAMES:
+        g[n] = getattr(mod, n)
 
-# -- descriptors, channels, getters
-get_io_channel = _b.get_io_channel
-put_io_channel = _b.put_io_channel
-close = _b.close
-desc_get_bdev = _b.desc_get_bdev
-get_name = _b.get_name
-get_block_size = _b.get_block_size
-get_num_blocks = _b.get_num_blocks
-io_type_supported = _b.io_type_supported
-get_by_name = _b.get_by_name
+
+def real_layer_available() -> bool:
+    try:
+        return importlib.util.find_spec("bdev.api") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def prepare_real() -> list[str]:
+    """Import every module declaring RPC methods (bdev modules and their RPCs) so the
+    config loader finds them, and return the bdev/driver modules the reactors must import
+    too (their replicated handlers)."""
+    import sys
+    from reactor import rpc
+    rpc.discover()
+    mods = sorted(m for m in sys.modules
+                  if (m == "bdev" or m.startswith("bdev.") or m.startswith("drivers."))
+                  and not m.startswith("drivers.nbd"))
+    return mods
+
+
+use_backend(_pick_backend())
 
 
 def open_bdev(name: str, write: bool, event_cb=None, event_ctx=None):
@@ -87,16 +106,30 @@ def open_bdev(name: str, write: bool, event_cb=None, event_ctx=None):
 
 def leaf_names() -> list[str]:
     """Names of the bdevs nothing is built on (SPDK's spdk_for_each_bdev_leaf), in order."""
-    return _b.leaf_names()
+    if BACKEND == "standin":
+        return _b.leaf_names()
+    out = []
+    b = _b.first_leaf()
+    while b is not None:
+        out.append(_b.get_name(b))
+        b = _b.next_leaf(b)
+    return out
 
 
 def dma_malloc(size: int):
-    """``(buf, view)``: a buffer valid for I/O on this reactor and a writable memoryview."""
-    return _b.dma_malloc(size)
+    """``(buf, view)``: a buffer valid for I/O on this reactor and a writable memoryview.
+
+    The bdev layer takes any buffer-protocol object and bounce-copies a private one only
+    when an I/O has to cross reactors (QoS funnelling); it offers no dma_malloc outside its
+    own get_buf pools (which bdevperf must not drain), so this is a private bytearray."""
+    if BACKEND == "standin":
+        return _b.dma_malloc(size)
+    b = bytearray(size)
+    return b, memoryview(b)
 
 
 def dma_free(buf) -> None:
-    _b.dma_free(buf)
+    pass
 
 
 # ------------------------------------------------------------------- set-up on the app thread
@@ -107,7 +140,7 @@ def create_default(done) -> None:
         _b.create("malloc", spec["name"], spec["num_blocks"], spec["block_size"],
                   lambda rc: done(rc, None if not rc else f"cannot create {spec['name']}: {os.strerror(-rc)}"))
         return
-    _call_rpc("bdev_malloc_create", dict(spec), done)  # pragma: no cover
+    _call_rpc("bdev_malloc_create", dict(spec), done)
 
 
 def load_config(path: str, done) -> None:
@@ -121,7 +154,7 @@ def load_config(path: str, done) -> None:
     if BACKEND == "standin":
         _standin_config(config, done)
         return
-    _with_server(lambda server, finish: _load(server, config, finish), done)  # pragma: no cover
+    _with_server(lambda server, finish: _load(server, config, finish), done)
 
 
 def load_config_dict(config: dict, done) -> None:
@@ -135,7 +168,7 @@ def load_config_dict(config: dict, done) -> None:
     if BACKEND == "standin":
         _standin_config(config, done)
         return
-    _with_server(lambda server, finish: _load(server, config, finish), done)  # pragma: no cover
+    _with_server(lambda server, finish: _load(server, config, finish), done)
 
 
 def _standin_config(config, done) -> None:
@@ -164,7 +197,7 @@ def _standin_config(config, done) -> None:
     step(0)
 
 
-def _with_server(fn, done):  # pragma: no cover - needs the bdev layer
+def _with_server(fn, done):
     """Run ``fn(server, finish)`` with an RPC server on a private socket (the config loader
     replays entries through the RPC method table); closed when ``finish(rc, msg)`` runs."""
     from reactor.rpc_server import RpcServer
@@ -181,14 +214,12 @@ def _with_server(fn, done):  # pragma: no cover - needs the bdev layer
     fn(server, finish)
 
 
-def _load(server, config, finish):  # pragma: no cover
+def _load(server, config, finish):
     from reactor.rpc_config import load_config as _lc
-    from reactor.rpc_registry import RUNTIME
-    server.set_state(RUNTIME) if hasattr(server, "set_state") else None
     _lc(server, config, lambda rc, msg: finish(rc, msg))
 
 
-def _call_rpc(method, params, done):  # pragma: no cover
+def _call_rpc(method, params, done):
     def fn(server, finish):
         def cb(err, result):
             if err is not None:

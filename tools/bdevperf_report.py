@@ -111,7 +111,9 @@ def totals(stats: list[dict]) -> dict:
 
 
 def job_failed(r: dict) -> bool:
-    return r["io_failed"] > 0 and not r["reset"] and not r["continue_on_failure"]
+    """SPDK's rule (failed I/O without reset/-f), and also a job that ended on an error of
+    its own (a verify mismatch, a submit error): SPDK fails the run then, we say which job."""
+    return bool(r.get("rc")) or (r["io_failed"] > 0 and not r["reset"] and not r["continue_on_failure"])
 
 
 # ------------------------------------------------------------------------------- printing
