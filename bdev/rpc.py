@@ -1,0 +1,272 @@
+"""The bdev layer's JSON-RPC methods (SPDK's lib/bdev/bdev_rpc.c): names, parameters and
+result shapes as SPDK has them, so scripts/rpc.py and SPDK's Python client work.
+
+They run on the main reactor's app thread, against the main replica of the registry;
+anything that needs every reactor (stats, histograms, QoS) goes through the bdev layer's
+cross-reactor walks and answers when they finish.  Errors are negative errno with
+strerror (-19 "No such device" for an unknown bdev) and change nothing.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import struct
+
+import reactor as rx
+from reactor.rpc import RUNTIME, STARTUP, Param, rpc_method
+
+from . import _core, _qos, _stats
+from . import api
+from ._const import IO_TYPE_NAMES, QOS_LIMIT_NOT_DEFINED, QOS_RPC_TYPE
+
+#: The io types listed in supported_io_types, in SPDK's order and with SPDK's names.
+_IO_TYPES_LISTED = [(t, IO_TYPE_NAMES[t]) for t in sorted(IO_TYPE_NAMES)]
+_WAIT_POLL_US = 1000
+
+
+def _layer_up(request) -> bool:
+    if _core.get_manager() is None:
+        request.errno(-errno.ENODEV)
+        return False
+    return True
+
+
+def bdev_info(b) -> dict:
+    """One entry of bdev_get_bdevs (SPDK's rpc_dump_bdev_info)."""
+    limits = _qos.get_rate_limits(b)
+    out = {
+        "name": b.name,
+        "aliases": list(b.aliases),
+        "product_name": b.product_name,
+        "block_size": b.blocklen,
+        "num_blocks": b.blockcnt,
+        "uuid": str(b.uuid) if b.uuid else "",
+        "assigned_rate_limits": {
+            QOS_RPC_TYPE[i]: (limits[i] if i == 0 else limits[i] // (1024 * 1024))
+            for i in range(len(QOS_RPC_TYPE))},
+        "claimed": b.claim_module is not None,
+        "zoned": False,
+        "supported_io_types": {name: bool(api.io_type_supported(b, t))
+                               for t, name in _IO_TYPES_LISTED},
+        "driver_specific": {},
+    }
+    if b.optimal_io_boundary:
+        out["optimal_io_boundary"] = b.optimal_io_boundary
+    if b.claim_module is not None:
+        out["claim_type"] = "exclusive_write"
+    out["write_cache"] = bool(b.write_cache)
+    try:
+        api.dump_info_json(b, out["driver_specific"])
+    except Exception:  # noqa: BLE001 - one module's bug must not break the listing
+        import logging
+        logging.getLogger("ringstack.bdev").exception("dump_info_json of %s", b.name)
+    return out
+
+
+@rpc_method("bdev_get_bdevs", params=[
+    Param("name", str, required=False, help="bdev name or alias (default: all)"),
+    Param("timeout", int, default=0, min=0, help="ms to wait for the bdev to appear"),
+])
+def bdev_get_bdevs(request, params):
+    """Get information about block devices (all, or one by name)."""
+    if not _layer_up(request):
+        return
+    name = params["name"]
+    if name is None:
+        return [bdev_info(b) for b in api.bdevs()]
+    b = api.get_by_name(name)
+    if b is not None:
+        return [bdev_info(b)]
+    timeout = params["timeout"]
+    if not timeout:
+        request.errno(-errno.ENODEV)
+        return
+    # Wait for it to be registered (SPDK's spdk_bdev_open_async with a timeout).
+    deadline = rx.now_ns() + timeout * 1_000_000
+    holder = {}
+
+    def check(_arg):
+        b = api.get_by_name(name)
+        if b is None and rx.now_ns() < deadline:
+            return 0
+        rx.poller_unregister(holder["p"])
+        if b is None:
+            request.errno(-errno.ENODEV)
+        else:
+            request.result([bdev_info(b)])
+        return 1
+    holder["p"] = rx.poller_register(check, None, _WAIT_POLL_US, "bdev_get_bdevs_wait")
+
+
+def _iostat_entry(b, st) -> dict:
+    d = {"name": b.name}
+    d.update({f: getattr(st, f) for f in _core.IoStat.FIELDS})
+    d["queue_depth_polling_period"] = _stats.get_qd_sampling_period(b)
+    qd = _stats.get_qd(b)
+    d["queue_depth"] = 0 if qd == _core.U64 - 1 else qd
+    d["io_time"] = _stats.get_io_time(b)
+    d["weighted_io_time"] = _stats.get_weighted_io_time(b)
+    return d
+
+
+@rpc_method("bdev_get_iostat", params=[
+    Param("name", str, required=False, help="bdev name (default: all)"),
+    Param("per_channel", bool, default=False, help="one entry per channel instead of a sum"),
+])
+def bdev_get_iostat(request, params):
+    """Get I/O statistics of block devices (summed over every reactor, or per channel)."""
+    if not _layer_up(request):
+        return
+    name = params["name"]
+    if name is not None:
+        b = api.get_by_name(name)
+        if b is None:
+            request.errno(-errno.ENODEV)
+            return
+        todo = [b]
+    else:
+        if params["per_channel"]:
+            request.error(-32602, "Invalid parameters: per_channel requires a bdev name")
+            return
+        todo = list(api.bdevs())
+    head = {"tick_rate": 1_000_000_000, "ticks": rx.now_ns()}
+    if params["per_channel"]:
+        b = todo[0]
+
+        def got_channels(bdev, chans, _arg, rc):
+            if rc:
+                request.errno(rc)
+                return
+            request.result({**head, "name": bdev.name, "channels": chans})
+        _stats.get_channels_stat(b, got_channels)
+        return
+    out = []
+
+    def next_one(i):
+        if i == len(todo):
+            request.result({**head, "bdevs": out})
+            return
+
+        def got(bdev, st, _arg, rc):
+            if rc == 0:
+                out.append(_iostat_entry(bdev, st))
+            next_one(i + 1)
+        _stats.get_device_stat(todo[i], got)
+    next_one(0)
+
+
+@rpc_method("bdev_reset_iostat", params=[
+    Param("name", str, required=False, help="bdev name (default: all)"),
+    Param("mode", str, default="all", choices=("all", "maxmin"), help="accepted for SPDK compatibility"),
+])
+def bdev_reset_iostat(request, params):
+    """Reset I/O statistics of block devices on every reactor."""
+    if not _layer_up(request):
+        return
+    name = params["name"]
+    if name is not None:
+        b = api.get_by_name(name)
+        if b is None:
+            request.errno(-errno.ENODEV)
+            return
+        todo = [b]
+    else:
+        todo = list(api.bdevs())
+
+    def next_one(i):
+        if i == len(todo):
+            request.result(True)
+            return
+        _stats.reset_device_stat(todo[i], lambda bdev, arg, rc: next_one(i + 1))
+    next_one(0)
+
+
+@rpc_method("bdev_set_qos_limit", params=[
+    Param("name", str, help="bdev name"),
+    Param("rw_ios_per_sec", int, required=False, min=0, help="IO/s limit (0: none)"),
+    Param("rw_mbytes_per_sec", int, required=False, min=0, help="read+write MiB/s limit"),
+    Param("r_mbytes_per_sec", int, required=False, min=0, help="read MiB/s limit"),
+    Param("w_mbytes_per_sec", int, required=False, min=0, help="write MiB/s limit"),
+])
+def bdev_set_qos_limit(request, params):
+    """Set, change or remove QoS rate limits of a bdev (applies to the bdev as a whole)."""
+    if not _layer_up(request):
+        return
+    b = api.get_by_name(params["name"])
+    if b is None:
+        request.errno(-errno.ENODEV)
+        return
+    limits = [params[k] for k in QOS_RPC_TYPE]
+    if all(v is None for v in limits):
+        request.error(-32602, "Invalid parameters: no rate limits specified")
+        return
+    limits = [QOS_LIMIT_NOT_DEFINED if v is None else v for v in limits]
+    api.set_qos_rate_limits(b, limits, lambda _arg, rc: request.errno(rc) if rc
+                            else request.result(True))
+
+
+@rpc_method("bdev_set_options", params=[
+    Param("bdev_io_pool_size", int, required=False, min=1, help="bdev_io structures per reactor"),
+    Param("bdev_io_cache_size", int, required=False, min=0, help="bdev_io cached per thread"),
+    Param("bdev_auto_examine", bool, default=True, help="accepted for SPDK compatibility"),
+    Param("small_buf_pool_size", int, required=False, min=1, help="8 KiB buffers per reactor"),
+    Param("large_buf_pool_size", int, required=False, min=1, help="64 KiB buffers per reactor"),
+], states=STARTUP)
+def bdev_set_options(request, params):
+    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc)."""
+    opts = api.get_opts()
+    for k in ("bdev_io_pool_size", "bdev_io_cache_size", "small_buf_pool_size",
+              "large_buf_pool_size"):
+        if params[k] is not None:
+            opts[k] = params[k]
+    rc = api.set_opts(opts)
+    if rc:
+        request.errno(rc if rc < 0 else -errno.EINVAL)
+        return
+    return True
+
+
+@rpc_method("bdev_wait_for_examine", states=RUNTIME)
+def bdev_wait_for_examine(request, params):
+    """Answer once no bdev module has an init or examine in progress."""
+    if not _layer_up(request):
+        return
+    api.wait_for_examine(lambda _arg: request.result(True))
+
+
+@rpc_method("bdev_enable_histogram", params=[
+    Param("name", str, help="bdev name"),
+    Param("enable", bool, help="enable or disable"),
+    Param("opc", str, required=False, help="accepted for SPDK compatibility"),
+])
+def bdev_enable_histogram(request, params):
+    """Enable or disable latency histograms of a bdev on every reactor."""
+    if not _layer_up(request):
+        return
+    b = api.get_by_name(params["name"])
+    if b is None:
+        request.errno(-errno.ENODEV)
+        return
+    api.histogram_enable(b, lambda _arg, rc: request.errno(rc) if rc else request.result(True),
+                         None, params["enable"])
+
+
+@rpc_method("bdev_get_histogram", params=[Param("name", str, help="bdev name")])
+def bdev_get_histogram(request, params):
+    """Get a bdev's latency histogram: base64 of little-endian u64 bucket counts, bucket i
+    holding I/Os whose latency in ns has bit length i; tsc_rate 1e9 (ticks are ns)."""
+    if not _layer_up(request):
+        return
+    b = api.get_by_name(params["name"])
+    if b is None:
+        request.errno(-errno.ENODEV)
+        return
+
+    def got(_arg, rc, buckets):
+        if rc:
+            request.errno(rc)
+            return
+        blob = struct.pack(f"<{len(buckets)}Q", *buckets)
+        request.result({"histogram": base64.b64encode(blob).decode(), "bucket_shift": 0,
+                        "tsc_rate": 1_000_000_000, "buckets": buckets})
+    api.histogram_get(b, got)

@@ -1,0 +1,29 @@
+"""JSON-RPC methods of the malloc bdev (SPDK's bdev_malloc_create / bdev_malloc_delete)
+over drivers/malloc.py's create/delete."""
+from reactor.rpc import Param, rpc_method
+
+from . import malloc
+
+
+@rpc_method("bdev_malloc_create", params=[
+    Param("name", str, required=False, help="bdev name (default: MallocN)"),
+    Param("num_blocks", int, min=1, help="number of blocks"),
+    Param("block_size", int, min=512, help="block size in bytes (a multiple of 512)"),
+    Param("uuid", str, required=False, help="UUID of the new bdev"),
+    Param("optimal_io_boundary", int, default=0, min=0, help="split I/O at this many blocks"),
+])
+def bdev_malloc_create(request, params):
+    """Create a RAM disk in shared memory (every reactor maps the same data)."""
+    def done(rc, name):
+        if rc:
+            request.errno(rc)
+        else:
+            request.result(name)
+    malloc.create(params["name"], params["num_blocks"], params["block_size"], params["uuid"],
+                  params["optimal_io_boundary"], cb=done)
+
+
+@rpc_method("bdev_malloc_delete", params=[Param("name", str, help="malloc bdev name")])
+def bdev_malloc_delete(request, params):
+    """Delete a malloc bdev."""
+    malloc.delete(params["name"], lambda rc: request.errno(rc) if rc else request.result(True))

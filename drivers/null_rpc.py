@@ -1,0 +1,63 @@
+"""JSON-RPC methods of the null bdev (SPDK's bdev_null_create / _delete / _resize) over
+drivers/null.py's create/delete; the resize is replicated here."""
+import errno
+
+import reactor as rx
+from bdev import api
+from bdev import module as bm
+from reactor.rpc import Param, rpc_method
+
+from . import null
+
+
+@rpc_method("bdev_null_create", params=[
+    Param("name", str, help="bdev name"),
+    Param("num_blocks", int, min=1, help="number of blocks"),
+    Param("block_size", int, min=512, help="block size in bytes (a multiple of 512)"),
+    Param("uuid", str, required=False, help="UUID of the new bdev"),
+])
+def bdev_null_create(request, params):
+    """Create a null bdev (writes discarded, reads move no data): the benchmark baseline."""
+    def done(rc, name):
+        if rc:
+            request.errno(rc)
+        else:
+            request.result(name)
+    null.create(params["name"], params["num_blocks"], params["block_size"], params["uuid"],
+                cb=done)
+
+
+@rpc_method("bdev_null_delete", params=[Param("name", str, help="null bdev name")])
+def bdev_null_delete(request, params):
+    """Delete a null bdev."""
+    null.delete(params["name"], lambda rc: request.errno(rc) if rc else request.result(True))
+
+
+def _resize(name, new_size_mb) -> int:
+    b = api.get_by_name(name)
+    if b is None or b.module is not null.null_module:
+        return -errno.ENODEV
+    blocks = new_size_mb * 1024 * 1024 // b.blocklen
+    if blocks == 0:
+        return -errno.EINVAL
+    return bm.notify_blockcnt_change(b, blocks)
+
+
+@rx.remote("drivers.null.resize_replica")
+def _resize_replica(done, name, new_size_mb):
+    done(_resize(name, new_size_mb))
+
+
+@rpc_method("bdev_null_resize", params=[
+    Param("name", str, help="null bdev name"),
+    Param("new_size", int, min=1, help="new size in MiB"),
+])
+def bdev_null_resize(request, params):
+    """Resize a null bdev (growing always works; shrinking fails with EBUSY while open)."""
+    name, size = params["name"], params["new_size"]
+    rc = _resize(name, size)
+    if rc:
+        request.errno(rc)
+        return
+    bm.broadcast(_resize_replica, [name, size],
+                 lambda rc: request.errno(rc) if rc else request.result(True), include_self=False)
