@@ -1217,7 +1217,10 @@ def free_io(io) -> None:
     if io.buf is not None:
         _put_buf(io)
     mgmt = io.ch.mgmt
-    io.cb = io.caller_ctx = io.desc = None
+    # drop references to the caller's and the arena's memory (a pooled bdev_io must not
+    # keep a buffer alive, nor an arena mapping from being unmapped)
+    io.cb = io.caller_ctx = io.desc = io.child_iov = None
+    io._iov[0] = None
     if len(mgmt.cache) < mgmt.cache_size:
         mgmt.cache.append(io)
         q = mgmt.io_wait_queue
@@ -1292,6 +1295,8 @@ def io_get_buf(io, cb, length) -> None:
 def _put_buf(io) -> None:
     h = io.buf
     io.buf = None
+    if io.iovs:
+        io.iovs[0] = None
     mgmt = io.ch.mgmt
     m = mgmt.mgr
     small = io.buf_len <= SMALL_BUF_MAX_SIZE
