@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
                    help="wait for framework_start_init before initialising subsystems")
     p.add_argument("--mode", choices=(ADAPTIVE, POLL), default=ADAPTIVE,
                    help="adaptive: sleep when idle (default); poll: always spin")
+    p.add_argument("--nbd", metavar="SOCK",
+                   help="serve every bdev over NBD on SOCK (Unix path or host:port) once started")
     p.add_argument("--log-level", default="WARNING",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level")
     p.set_defaults(func=run)
@@ -34,5 +36,8 @@ def run(args) -> int:
 
 
 def _ready(args) -> None:
+    if getattr(args, "nbd", None):
+        from drivers.nbd.rpc import start_exporting_all
+        start_exporting_all(args.nbd)
     logging.getLogger("ringstack.start").warning(
         "ringstack target ready: reactors on cores %s, RPC on %s", args.cpumask, args.rpc_socket)

@@ -133,6 +133,7 @@ class Connection:
         self._sent = 0                           # bytes ever sent
         self._frees: deque = deque()             # (queued-mark, buf): free once sent past mark
         self._want_write = False
+        self._send_blocked = False               # the last flush left bytes the socket refused
 
         self._state = _S_CFLAGS
         self._no_zeroes = False
@@ -175,6 +176,24 @@ class Connection:
     def wants_write(self) -> bool:
         """True when replies are queued and the last send would have blocked."""
         return self._sock is not None and bool(self._out)
+
+    def needs_poll(self) -> bool:
+        """True when `poll()` has work to do without any new socket readiness: requests
+        in flight (their completions queue replies), parseable buffered input, replies
+        queued that the socket has not refused yet, or a close to finish.  A reactor polls
+        such connections every pass and waits for the others on epoll (`wants_read` ->
+        readable, `send_blocked` -> writable)."""
+        st = self._state
+        if st >= _S_DEAD:
+            return False
+        return bool(self._pending or (self._out and not self._send_blocked)
+                    or (self._rend > self._rstart and not self._stalled)
+                    or st == _S_CLOSING)
+
+    @property
+    def send_blocked(self) -> bool:
+        """Replies are queued and the socket refused more: wait for it to be writable."""
+        return self._send_blocked and bool(self._out) and self._sock is not None
 
     @property
     def done(self) -> bool:
@@ -545,6 +564,7 @@ class Connection:
                     out[i] = memoryview(b)[n:]
                     n = 0
             del out[:i]
+        self._send_blocked = bool(out)
         if sent:
             self._sent += sent
             frees = self._frees

@@ -1,0 +1,322 @@
+"""`BdevExport`: an NBD export over a bdev, through the bdev *user* API (bdev/api.py).
+
+One `BdevExport` object exists per reactor (each reactor holds its own replica of the bdev
+registry, DESIGN.md "Control plane"); the NBD server opens one `BdevHandle` per connection,
+on the reactor thread that serves the connection.  The handle owns a descriptor and an
+io_channel of that thread, so the data plane never leaves the thread:
+
+    NBD request -> read/write/flush/unmap/write_zeroes (bytes variants: the server has
+    already checked alignment to the bdev block size) -> cb(bdev_io, success, ctx) on the
+    same thread -> free_io -> the server's cb(errno)
+
+* ``-ENOMEM`` from a submit (no bdev_io free on this thread) queues an `IoWaitEntry` and
+  resubmits from its callback, in order (SPDK's vbdev_passthru pattern).
+* Hot-remove: the descriptor's REMOVE event becomes the server's ``"removed"`` event; the
+  server answers in-flight requests with ESHUTDOWN and closes the connection; the handle
+  closes the desc and puts the channel once every submitted op has completed.
+* Buffers (`alloc`): up to 64 KiB they come from the bdev layer's shared arena slice of this
+  reactor (the same pool `get_buf` uses, with the same accounting, so the layer's counters
+  stay right), cached per handle so a buffer goes back to the pool only when the connection
+  ends.  A handle takes at most half of either class (the layer keeps the rest for its own
+  `get_buf` users); beyond that, and for requests over 64 KiB, buffers are private memory.
+  Nothing here crosses processes, so a private buffer costs nothing extra; the bdev layer
+  bounce-copies through the arena whenever an I/O does cross (QoS funnelling).
+* FUA: a bdev without a volatile write cache (`has_write_cache` false) persists every write
+  it completes, so FUA needs nothing; with a write cache and FLUSH support, a FUA write or
+  trim is followed by a flush before it is answered; otherwise FUA is not advertised.
+* CAN_MULTI_CONN is advertised: every connection reaches the same bdev, whose flush covers
+  all completed writes whoever submitted them.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Optional
+
+import bdev.api as api
+
+from .backend import EVENT_REMOVED, Export, ExportHandle
+
+log = logging.getLogger("ringstack.nbd")
+
+_SMALL = 8 * 1024
+_LARGE = 64 * 1024
+#: The default NBD maximum payload, when the client asks (a multiple of any block size).
+MAX_PAYLOAD = 32 * 1024 * 1024
+
+
+def _manager():
+    """This reactor's bdev manager (its arena pool and buffer counters), or None."""
+    try:
+        from bdev import _core
+        return _core.get_manager()
+    except Exception:  # pragma: no cover - the layer is not initialised here
+        return None
+
+
+class BdevExport(Export):
+    """Export bdev `bdev_name` (looked up in *this* reactor's replica) as `name`.
+
+    Raises OSError(ENODEV) if the bdev does not exist here."""
+
+    def __init__(self, bdev_name: str, name: Optional[str] = None, *, readonly: bool = False,
+                 description: Optional[str] = None):
+        b = api.get_by_name(bdev_name)
+        if b is None:
+            raise OSError(errno.ENODEV, f"bdev {bdev_name!r} does not exist")
+        self.bdev_name = api.get_name(b)
+        bs = api.get_block_size(b)
+        size = bs * api.get_num_blocks(b)
+        can_write = bool(api.io_type_supported(b, api.IO_TYPE_WRITE)) and not readonly
+        can_flush = bool(api.io_type_supported(b, api.IO_TYPE_FLUSH))
+        write_cache = bool(api.has_write_cache(b))
+        super().__init__(
+            name if name is not None else self.bdev_name, size,
+            description=description if description is not None else
+            f"bdev {self.bdev_name} ({api.get_product_name(b) or 'bdev'})",
+            block_min=bs, block_preferred=max(bs, 4096), block_max=MAX_PAYLOAD,
+            readonly=not can_write,
+            can_flush=can_flush,
+            can_trim=bool(api.io_type_supported(b, api.IO_TYPE_UNMAP)),
+            can_write_zeroes=bool(api.io_type_supported(b, api.IO_TYPE_WRITE_ZEROES)),
+            can_fua=(not write_cache) or can_flush,
+            can_multi_conn=True)
+        self.requested_readonly = readonly
+        self.fua_needs_flush = write_cache and can_flush
+        self.handles: list["BdevHandle"] = []
+
+    def open(self, event_cb) -> "BdevHandle":
+        """Open a desc + channel on the calling reactor thread (OSError if the bdev is gone
+        or cannot be opened for writing, e.g. claimed by a module)."""
+        h = BdevHandle(self, event_cb)
+        self.handles.append(h)
+        return h
+
+    def info(self) -> dict:
+        return {"export_name": self.name, "bdev_name": self.bdev_name, "size": self.size,
+                "block_size": self.block_min, "readonly": self.readonly,
+                "flags": self.transmission_flags()}
+
+
+class BdevHandle(ExportHandle):
+    """One connection's desc + io_channel (see the module docstring)."""
+
+    __slots__ = ("export", "desc", "ch", "bdev", "_event_cb", "_bufs", "_free_small",
+                 "_free_large", "_taken_small", "_taken_large", "_cap_small", "_cap_large",
+                 "_mgr", "_pool", "_waiting", "_shift", "closed", "removed")
+
+    def __init__(self, export: BdevExport, event_cb):
+        self.export = export
+        self._event_cb = event_cb
+        rc, desc = api.open_ext(export.bdev_name, not export.readonly, self._on_bdev_event)
+        if rc:
+            raise OSError(-rc, f"cannot open bdev {export.bdev_name!r}: {errno.errorcode.get(-rc, rc)}")
+        ch = api.get_io_channel(desc)
+        if ch is None:
+            api.close(desc)
+            raise OSError(errno.ENOMEM, f"no io_channel for bdev {export.bdev_name!r}")
+        self.desc = desc
+        self.ch = ch
+        self.bdev = api.desc_get_bdev(desc)
+        self._bufs: dict = {}          # id(view handed out) -> (class list, full view, handle|None)
+        self._free_small: list = []     # cached (view, handle) of the arena, 8 KiB class
+        self._free_large: list = []     # 64 KiB class
+        self._taken_small = self._taken_large = 0
+        m = _manager()
+        self._mgr = m
+        self._pool = m.buf_pool if m is not None else None
+        if self._pool is not None:
+            self._cap_small = m.opts["small_buf_pool_size"] // 2
+            self._cap_large = m.opts["large_buf_pool_size"] // 2
+        else:
+            self._cap_small = self._cap_large = 0
+        self._waiting: list = []        # ops waiting for a bdev_io (ENOMEM), in order
+        self._shift = export.block_min.bit_length() - 1
+        self.closed = False
+        self.removed = False
+
+    # ------------------------------------------------------------------ events
+    def _on_bdev_event(self, event, bdev, ctx) -> None:
+        if event == api.EVENT_REMOVE:
+            if self.removed or self.closed:
+                return
+            self.removed = True
+            log.info("nbd: bdev %s hot-removed under export %r", self.export.bdev_name,
+                     self.export.name)
+            self._event_cb(EVENT_REMOVED, self.export)
+
+    # ------------------------------------------------------------------ buffers
+    def alloc(self, length: int) -> Optional[memoryview]:
+        if length <= _SMALL:
+            free, cls = self._free_small, 0
+        elif length <= _LARGE:
+            free, cls = self._free_large, 1
+        else:
+            return memoryview(bytearray(length))
+        if free:
+            full, h = free.pop()
+        else:
+            full, h = self._take(cls, length)
+            if full is None:
+                return memoryview(bytearray(length))
+        v = full[:length] if len(full) != length else full
+        self._bufs[id(v)] = (free, full, h)
+        return v
+
+    def _take(self, cls: int, length: int):
+        """A new arena buffer of class `cls` (None, None when over this handle's share or
+        the pool is empty)."""
+        m = self._mgr
+        if m is None:
+            return None, None
+        if cls == 0:
+            if self._taken_small >= self._cap_small or m.small_avail <= 0:
+                return None, None
+            h = self._pool.get(_SMALL)
+            if h is None:
+                return None, None
+            m.small_avail -= 1
+            self._taken_small += 1
+        else:
+            if self._taken_large >= self._cap_large or m.large_avail <= 0:
+                return None, None
+            h = self._pool.get(_LARGE)
+            if h is None:
+                return None, None
+            m.large_avail -= 1
+            self._taken_large += 1
+        return self._pool.view(h), h
+
+    def free(self, buf: memoryview) -> None:
+        ent = self._bufs.pop(id(buf), None)
+        if ent is not None:
+            ent[0].append((ent[1], ent[2]))
+
+    def _release_buffers(self) -> None:
+        if self._bufs:
+            log.error("nbd: export %r: %d buffers not returned at close", self.export.name,
+                      len(self._bufs))
+            for free, full, h in self._bufs.values():
+                free.append((full, h))
+            self._bufs.clear()
+        m, pool = self._mgr, self._pool
+        if m is None:
+            return
+        for free, small in ((self._free_small, True), (self._free_large, False)):
+            for full, h in free:
+                full.release()
+                try:
+                    pool.put(h)
+                except ValueError:
+                    log.exception("nbd: arena buffer %s could not be returned", h)
+                    continue
+                if small:
+                    m.small_avail += 1
+                else:
+                    m.large_avail += 1
+            free.clear()
+        self._taken_small = self._taken_large = 0
+
+    # ------------------------------------------------------------------ I/O
+    # Each op is (submit function, args); `_go` submits it and handles ENOMEM.  The
+    # completion context is the server's cb (or a FUA chain), so no per-I/O object is made.
+    def _go(self, fn, args, cb) -> None:
+        if self._waiting:                       # keep order behind earlier ENOMEM waiters
+            self._waiting.append((fn, args, cb))
+            return
+        rc = fn(self.desc, self.ch, *args, _done, cb)
+        if rc == 0:
+            return
+        if rc == -errno.ENOMEM:
+            self._waiting.append((fn, args, cb))
+            self._queue_wait()
+            return
+        cb(-rc)                                 # EINVAL/EBADF...: the server logs it
+
+    def _queue_wait(self) -> None:
+        entry = api.IoWaitEntry(self.bdev, self._retry, None)
+        rc = api.queue_io_wait(self.bdev, self.ch, entry)
+        if rc:
+            # A bdev_io is available again already (the cache refilled in between).
+            _defer(self._retry)
+
+    def _retry(self, _arg=None) -> None:
+        waiting = self._waiting
+        while waiting:
+            fn, args, cb = waiting[0]
+            rc = fn(self.desc, self.ch, *args, _done, cb)
+            if rc == -errno.ENOMEM:
+                self._queue_wait()
+                return
+            waiting.pop(0)
+            if rc:
+                cb(-rc)
+
+    def read(self, offset, length, buf, cb):
+        # The server checked alignment to block_min (the bdev block size): blocks variant.
+        sh = self._shift
+        self._go(api.read_blocks, (buf, offset >> sh, length >> sh), cb)
+
+    def write(self, offset, data, fua, cb):
+        if fua and self.export.fua_needs_flush:
+            cb = _ThenFlush(self, cb)
+        sh = self._shift
+        self._go(api.write_blocks, (data, offset >> sh, len(data) >> sh), cb)
+
+    def flush(self, cb):
+        self._go(api.flush, (0, self.export.size), cb)
+
+    def trim(self, offset, length, fua, cb):
+        if fua and self.export.fua_needs_flush:
+            cb = _ThenFlush(self, cb)
+        self._go(api.unmap, (offset, length), cb)
+
+    def write_zeroes(self, offset, length, fua, cb):
+        if fua and self.export.fua_needs_flush:
+            cb = _ThenFlush(self, cb)
+        self._go(api.write_zeroes, (offset, length), cb)
+
+    def close(self) -> None:
+        assert not self.closed, "handle closed twice"
+        self.closed = True
+        if self._waiting:   # cannot happen (the server closes after every op completed)
+            log.error("nbd: export %r closed with %d ops waiting for a bdev_io",
+                      self.export.name, len(self._waiting))
+        self._release_buffers()
+        api.put_io_channel(self.ch)
+        api.close(self.desc)
+        try:
+            self.export.handles.remove(self)
+        except ValueError:
+            pass
+
+
+class _ThenFlush:
+    """FUA on a bdev with a write cache: after the write succeeds, flush, then answer."""
+
+    __slots__ = ("h", "cb")
+
+    def __init__(self, h, cb):
+        self.h = h
+        self.cb = cb
+
+    def __call__(self, err: int) -> None:
+        if err:
+            self.cb(err)
+            return
+        h = self.h
+        h._go(api.flush, (0, h.export.size), self.cb)
+
+
+def _done(bdev_io, success, cb) -> None:
+    """The bdev completion (on the handle's thread): free the bdev_io, answer the server."""
+    # A pooled bdev_io keeps its iovs after free_io; drop our (arena) buffer from it, or
+    # the arena's mapping stays exported and cannot be unmapped at shutdown.
+    bdev_io.iovs[0] = None
+    api.free_io(bdev_io)
+    cb(0 if success else errno.EIO)
+
+
+def _defer(fn) -> None:
+    import reactor as rx
+    rx.send_msg(rx.get_thread(), fn, None)

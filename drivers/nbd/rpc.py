@@ -1,0 +1,426 @@
+"""NBD server control plane on the main reactor: JSON-RPC methods, the "nbd" subsystem
+(JSON config: save_config writes, load_config replays), and `start_exporting_all` behind
+``ringstack start --nbd SOCK``.
+
+Methods (all RUNTIME, on the app thread; each answers once every reactor applied it):
+
+  nbd_server_start {listen}            Unix socket path, or host:port (":port" = loopback)
+  nbd_export_add {bdev_name, export_name?, readonly?}  -> export name
+  nbd_export_remove {export_name}      connections of that export get ESHUTDOWN and close
+  nbd_get_exports                      [{export_name, bdev_name, size, ..., connections}]
+  nbd_get_stats                        per-reactor counters (placement, requests, bytes)
+  nbd_server_stop                      connections finish in-flight requests, then close
+
+Operations run one at a time, in arrival order (a queue on the app thread), so an export
+added while a stop is under way cannot slip between two reactors' tables.  The main
+reactor keeps a read-only *watch* descriptor per export: when the bdev is hot-removed,
+its REMOVE event takes the export out of every reactor's table (each connection got its
+own REMOVE event on its own reactor and closed itself).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import deque
+
+import bdev.api as api
+import reactor as rx
+from reactor import subsystem
+from reactor.rpc import Param, rpc_method
+
+from . import reactor_glue as glue
+from .listener import parse_address
+
+log = logging.getLogger("ringstack.nbd")
+
+#: Upper bound on a whole stop (the per-reactor drain plus the walk), used at app shutdown
+#: so that a dead reactor cannot hold the shutdown forever.
+FINI_TIMEOUT_S = glue.STOP_DRAIN_S + 3.0
+
+
+class _Server:
+    """What the main reactor knows about the running server."""
+
+    def __init__(self, listen: str):
+        self.listen = listen
+        self.exports: dict = {}      # export name -> {"bdev_name", "readonly"}
+        self.watch: dict = {}        # export name -> read-only desc on the app thread
+
+
+_server: _Server | None = None
+_queue: deque = deque()
+_busy = False
+
+
+def _serial(fn) -> None:
+    """Run ``fn(done)`` after every earlier operation called its ``done()``."""
+    _queue.append(fn)
+    if not _busy:
+        _next()
+
+
+def _next() -> None:
+    global _busy
+    if not _queue:
+        _busy = False
+        return
+    _busy = True
+    fn = _queue.popleft()
+    fired = []
+
+    def done():
+        if not fired:
+            fired.append(1)
+            rx.send_msg(rx.get_thread(), _next)
+    try:
+        fn(done)
+    except Exception:
+        log.exception("nbd control operation failed")
+        done()
+
+
+def _fail(cb, rc: int, message: str | None = None) -> None:
+    cb(rc if rc < 0 else -rc, message or os.strerror(abs(rc)), None)
+
+
+# ====================================================================== operations
+# Each takes cb(rc, message, result) and runs inside _serial.
+
+def server_start(listen: str, cb, conn_opts: dict | None = None) -> None:
+    def op(done):
+        global _server
+
+        def reply(rc, msg, result):
+            done()
+            cb(rc, msg, result)
+        if _server is not None:
+            _fail(reply, -errno.EEXIST, f"NBD server already listening on {_server.listen}")
+            return
+        try:
+            parse_address(listen)
+        except ValueError as exc:
+            _fail(reply, -errno.EINVAL, str(exc))
+            return
+        r = rx.current_reactor()
+        if r.locals.get("nbd") is not None:
+            _fail(reply, -errno.EBUSY, "a previous NBD server is still stopping")
+            return
+        svc = glue.ReactorNbd(r, conn_opts=conn_opts)
+        try:
+            svc.listen(listen)
+        except (OSError, ValueError) as exc:
+            svc.stop(lambda: None)
+            code = getattr(exc, "errno", None) or errno.EINVAL
+            _fail(reply, -code, f"cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}")
+            return
+        r.locals["nbd"] = svc
+        _server = _Server(listen)
+
+        def started(rc, outs, msg):
+            svc.accept_peers()
+            if rc:
+                log.error("nbd_server_start: %s", msg)
+                glue.run_on_all_reactors("stop", {}, lambda *_: reply(rc, msg, None))
+                _reset()
+                return
+            log.info("nbd: serving on %s (reactors %s)", svc.listener.uri, svc.rr)
+            reply(0, None, True)
+        glue.run_on_all_reactors("start", {"ctl": svc.ctl_name, "main_pid": os.getpid(),
+                                           "conn_opts": conn_opts}, started)
+    _serial(op)
+
+
+def _reset() -> None:
+    global _server
+    s, _server = _server, None
+    if s is not None:
+        for desc in s.watch.values():
+            api.close(desc)
+        s.watch.clear()
+
+
+def server_stop(cb) -> None:
+    def op(done):
+        if _server is None:
+            done()
+            _fail(cb, -errno.EINVAL, "NBD server is not running")
+            return
+        _reset()
+
+        def stopped(rc, outs, msg):
+            done()
+            cb(0, None, True)
+        glue.run_on_all_reactors("stop", {}, stopped)
+    _serial(op)
+
+
+def export_add(bdev_name: str, export_name: str | None, readonly: bool, cb) -> None:
+    def op(done):
+        def reply(rc, msg, result):
+            done()
+            cb(rc, msg, result)
+        s = _server
+        if s is None:
+            _fail(reply, -errno.EINVAL, "NBD server is not running (nbd_server_start first)")
+            return
+        name = export_name if export_name is not None else bdev_name
+        if not name or len(name.encode()) > 4096 or "\0" in name:
+            _fail(reply, -errno.EINVAL, f"invalid export name {name!r}")
+            return
+        if name in s.exports:
+            _fail(reply, -errno.EEXIST, f"export {name!r} already exists")
+            return
+        if api.get_by_name(bdev_name) is None:
+            _fail(reply, -errno.ENODEV, f"bdev {bdev_name!r} does not exist")
+            return
+        if not readonly:   # a claimed bdev cannot be written: say so now, not per client
+            rc, desc = api.open_ext(bdev_name, True, _ignore_event)
+            if rc:
+                _fail(reply, rc, f"cannot open bdev {bdev_name!r} for writing: {os.strerror(-rc)}")
+                return
+            api.close(desc)
+        rc, watch = api.open_ext(bdev_name, False, _on_watch_event, name)
+        if rc:
+            _fail(reply, rc, f"cannot open bdev {bdev_name!r}: {os.strerror(-rc)}")
+            return
+
+        def added(rc, outs, msg):
+            if rc:
+                api.close(watch)
+                glue.run_on_all_reactors("export_remove", {"export_name": name},
+                                         lambda *_: reply(rc, msg, None))
+                return
+            s.exports[name] = {"bdev_name": api.get_name(api.desc_get_bdev(watch)),
+                               "readonly": bool(readonly)}
+            s.watch[name] = watch
+            reply(0, None, name)
+        glue.run_on_all_reactors("export_add", {"bdev_name": bdev_name, "export_name": name,
+                                                "readonly": bool(readonly)}, added)
+    _serial(op)
+
+
+def export_remove(export_name: str, cb) -> None:
+    def op(done):
+        s = _server
+        if s is None or export_name not in s.exports:
+            done()
+            _fail(cb, -errno.ENOENT, f"export {export_name!r} does not exist")
+            return
+        del s.exports[export_name]
+        w = s.watch.pop(export_name, None)
+        if w is not None:
+            api.close(w)
+
+        def removed(rc, outs, msg):
+            done()
+            cb(0, None, True)
+        glue.run_on_all_reactors("export_remove", {"export_name": export_name}, removed)
+    _serial(op)
+
+
+def _ignore_event(event, bdev, ctx) -> None:
+    pass
+
+
+def _on_watch_event(event, bdev, name) -> None:
+    """REMOVE on the main reactor's watch desc: take the export out everywhere."""
+    if event != api.EVENT_REMOVE:
+        return
+    s = _server
+    if s is None or name not in s.exports:
+        return
+    log.warning("nbd: bdev %s was removed; removing export %r", api.get_name(bdev), name)
+
+    def done_cb(rc, msg, result):
+        if rc:
+            log.error("nbd: removing export %r after hot-remove: %s", name, msg)
+    export_remove(name, done_cb)
+
+
+def get_info(cb) -> None:
+    def op(done):
+        s = _server
+        if s is None:
+            done()
+            cb(0, None, [])
+            return
+
+        def got(rc, outs, msg):
+            done()
+            cb(rc, msg, outs)
+        glue.run_on_all_reactors("info", {}, got)
+    _serial(op)
+
+
+def _exports_result(infos) -> list:
+    s = _server
+    if s is None:
+        return []
+    svc = glue.current()
+    out = []
+    for name, cfg in s.exports.items():
+        e = None
+        if svc is not None:
+            e = next((x for x in svc.exports if x.name == name), None)
+        entry = {"export_name": name, "bdev_name": cfg["bdev_name"],
+                 "readonly": e.readonly if e is not None else cfg["readonly"],
+                 "size": e.size if e is not None else 0,
+                 "block_size": e.block_min if e is not None else 0,
+                 "transmission_flags": e.transmission_flags() if e is not None else 0,
+                 "connections": []}
+        for info in infos:
+            if not info:
+                continue
+            for c in info["connections"]:
+                if c["export_name"] == name:
+                    entry["connections"].append(dict(c, reactor=info["reactor"], lcore=info["lcore"]))
+        out.append(entry)
+    return out
+
+
+def start_exporting_all(listen: str, cb=None) -> None:
+    """``ringstack start --nbd SOCK``: start the server on ``listen`` and export every bdev
+    registered now, each under its own name.  ``cb(rc, message)`` when done."""
+    def started(rc, msg, _):
+        if rc:
+            log.error("--nbd %s: %s", listen, msg)
+            if cb:
+                cb(rc, msg)
+            return
+        names = [api.get_name(b) for b in api.bdevs()]
+        if not names:
+            log.warning("--nbd %s: no bdev to export yet (add them with nbd_export_add)", listen)
+        left = [len(names)]
+        errs = []
+
+        def one(rc, msg, _):
+            if rc:
+                errs.append(msg)
+            left[0] -= 1
+            if left[0] == 0:
+                for m in errs:
+                    log.error("--nbd: %s", m)
+                log.warning("NBD server on %s exporting %s", listen, ", ".join(names) or "nothing")
+                if cb:
+                    cb(-errno.EIO if errs else 0, "; ".join(errs) or None)
+        for n in names:
+            export_add(n, None, False, one)
+        if not names and cb:
+            cb(0, None)
+    server_start(listen, started)
+
+
+# ====================================================================== RPC methods
+def _answer(request):
+    def cb(rc, msg, result):
+        if rc:
+            request.error(rc, msg or os.strerror(-rc))
+        else:
+            request.result(result)
+    return cb
+
+
+@rpc_method("nbd_server_start", params=[
+    Param("listen", str, help="Unix socket path, or host:port (TCP; ':port' binds 127.0.0.1)"),
+    Param("max_inflight", int, default=256, min=1, max=65536,
+          help="requests in flight per connection before it stops reading"),
+])
+def _nbd_server_start(request, params):
+    """Start the NBD server: listener on the main reactor, connections spread over every
+    reactor."""
+    opts = {"max_inflight": params["max_inflight"]} if params["max_inflight"] != 256 else None
+    server_start(params["listen"], _answer(request), opts)
+
+
+@rpc_method("nbd_server_stop")
+def _nbd_server_stop(request, params):
+    """Stop the NBD server: connections finish in-flight requests and close; every export
+    is dropped."""
+    server_stop(_answer(request))
+
+
+@rpc_method("nbd_export_add", params=[
+    Param("bdev_name", str, help="bdev to export"),
+    Param("export_name", str, required=False, help="NBD export name (default: the bdev name)"),
+    Param("readonly", bool, default=False, help="export read-only"),
+])
+def _nbd_export_add(request, params):
+    """Export a bdev over NBD; returns the export name."""
+    export_add(params["bdev_name"], params["export_name"], params["readonly"], _answer(request))
+
+
+@rpc_method("nbd_export_remove", params=[Param("export_name", str, help="export to remove")])
+def _nbd_export_remove(request, params):
+    """Stop exporting: its connections get ESHUTDOWN for in-flight requests and close."""
+    export_remove(params["export_name"], _answer(request))
+
+
+@rpc_method("nbd_get_exports")
+def _nbd_get_exports(request, params):
+    """List the exports with their geometry and open connections (reactor of each)."""
+    get_info(lambda rc, msg, infos: request.error(rc, msg) if rc else
+             request.result(_exports_result(infos)))
+
+
+@rpc_method("nbd_get_stats")
+def _nbd_get_stats(request, params):
+    """Per-reactor NBD counters: connections accepted/open, requests, errors, bytes."""
+    def got(rc, msg, infos):
+        if rc:
+            request.error(rc, msg)
+            return
+        s = _server
+        request.result({"listen": s.listen if s else None,
+                        "reactors": [dict(i["stats"], reactor=i["reactor"], lcore=i["lcore"])
+                                     for i in infos if i]})
+    get_info(got)
+
+
+# ====================================================================== subsystem
+def _write_config() -> list:
+    s = _server
+    if s is None:
+        return []
+    out = [{"method": "nbd_server_start", "params": {"listen": s.listen}}]
+    for name, cfg in s.exports.items():
+        out.append({"method": "nbd_export_add", "params": {
+            "bdev_name": cfg["bdev_name"], "export_name": name, "readonly": cfg["readonly"]}})
+    return out
+
+
+def _fini(done) -> None:
+    """App shutdown: stop the server on every reactor (bounded: a reactor that died cannot
+    hold the shutdown), before the bdev layer finishes."""
+    if _server is None and glue.current() is None:
+        done()
+        return
+    fired = []
+    timer = []
+
+    def finish(*_):
+        if fired:
+            return
+        fired.append(1)
+        if timer:
+            rx.poller_unregister(timer[0])
+        svc = glue.current()
+        if svc is not None:        # the walk never came back: close what is local at least
+            svc.stop(lambda: None)
+            svc._finish_stop()
+        done()
+
+    def expired(_arg):
+        log.error("nbd: server stop did not finish in %.0f s; continuing the shutdown", FINI_TIMEOUT_S)
+        finish()
+        return 1
+    timer.append(rx.poller_register(expired, None, int(FINI_TIMEOUT_S * 1e6), "nbd_fini_timeout"))
+    if _server is None:
+        glue.run_on_all_reactors("stop", {}, finish)
+    else:
+        server_stop(finish)
+
+
+subsystem.register_subsystem("nbd", fini=_fini,
+                             depends=("bdev",) if "bdev" in subsystem._registry else (),
+                             write_config=_write_config)
