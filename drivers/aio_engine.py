@@ -1,7 +1,7 @@
 """File I/O off the reactor loop, for the aio bdev (drivers/aio.py).
 
 Why io_uring, driven through ctypes (measured here, 4 KiB random reads of a 64 MiB file
-from a spinning poll loop pinned to one core, ``/tmp/aiobench``, see docs/drivers.md):
+from a spinning poll loop pinned to one core; method in docs/drivers.md):
 
 =========================================  ===========  =================  ==================
 backend                                     QD1 IOPS     QD32 IOPS          loop CPU per I/O
@@ -10,7 +10,8 @@ inline ``os.preadv`` (blocks the loop)      489 k        323 k              1.7-
 worker threads + ``os.preadv`` (1, 2, 4)    193          4.4-6.0 k          125-5000 us
 Linux AIO (ctypes), O_DIRECT                21.9 k       84 k               11-44 us
 Linux AIO (ctypes), buffered                192 k        279 k              3.3-4.9 us
-io_uring (ctypes, this file), buffered      see docs/drivers.md
+io_uring (ctypes, this file), buffered      83 k         199 k              5-12 us
+io_uring (ctypes, this file), O_DIRECT      11.9 k       30 k               24-60 us
 =========================================  ===========  =================  ==================
 
 * **Worker threads lose**, by three orders of magnitude: ``preadv`` releases the GIL, but a
@@ -18,6 +19,12 @@ io_uring (ctypes, this file), buffered      see docs/drivers.md
   A thread pool only works beside a loop that sleeps, and ours must not sleep under load.
 * **Linux AIO** is asynchronous only with O_DIRECT; buffered, ``io_submit`` copies inside
   the syscall (it is a synchronous read with extra steps).
+* With a hot page cache the synchronous paths post the best raw numbers (nothing ever
+  blocks); that is the case the table measures, not the case that matters: a cache miss,
+  a buffered write-back or an ``fsync`` blocks the whole reactor for milliseconds there.
+  Our io_uring path costs 5-12 us of loop CPU per I/O, mostly ctypes (pinning each buffer
+  and building the iovec array), which is the price of never blocking.  The O_DIRECT rows
+  were taken minutes apart on a shared 2-core VM; treat them as the same order.
 * **io_uring** is asynchronous for buffered files too (the kernel punts a read that would
   block to its own workers) and reaping is a memory read of the completion ring, no syscall.
   The PyPI bindings we looked at (``liburing``: a Zig wrapper whose docs mark functions
