@@ -25,16 +25,6 @@ def run_until(h, pred, timeout=10.0):
         h.advance_time_us(100)
 
 
-def call(h, fn, *args, thread=0, **kw):
-    """Run a module API ``fn(*args, cb)`` on ``thread``; return what cb got."""
-    out = []
-    h.set_thread(thread)
-    fn(*args, cb=lambda *a: out.append(a), **kw) if kw.pop("_kwcb", False) else \
-        fn(*args, lambda *a: out.append(a), **kw)
-    assert run_until(h, lambda: out), f"{fn.__module__}.{fn.__name__} did not call back"
-    return out[0][0] if len(out[0]) == 1 else out[0]
-
-
 def mk_malloc(h, name, blocks=256, bs=512, boundary=0):
     out = []
     h.set_thread(0)
