@@ -172,3 +172,66 @@ def test_error_bdev_corruption_names_offset(tmp_path):
     j = json.loads(out.read_text())["results"][0]
     assert j["status"] == "failed"
     assert j["mismatch"] == {"target": "EE_Base0", "offset_blocks": offset, "block": block, "byte_offset": byte}
+
+
+def test_show_period_prints_tables():
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randwrite", "-t", "2", "-S", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    # one Total row per period, plus the final one
+    assert sum(1 for ln in p.stdout.splitlines() if ln.lstrip("\r ").startswith("Total")) >= 2
+
+
+def test_sigint_drains_and_reports_terminated(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "bdevperf", "-q", "8", "-o", "4096",
+                             "-w", "randread", "-t", "30", "--json", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        line = ""
+        while "IOPS" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()          # the first progress line: jobs are running
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout + stderr
+    assert "Received shutdown signal, test time was about" in stdout
+    assert "Traceback" not in stderr
+    j = json.loads(out.read_text())
+    assert j["results"][0]["status"] == "terminated" and j["results"][0]["runtime"] < 25
+
+
+def _write_result(tmp_path):
+    res = tmp_path / "r.json"
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "--json", str(res))
+    assert p.returncode == 0, p.stderr
+    return res
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = _write_result(tmp_path)
+    png = tmp_path / "out.png"
+    p = subprocess.run([sys.executable, "-m", "tools.cli", "plot", str(res), "-o", str(png)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    p = subprocess.run([sys.executable, "-m", "tools.cli", "plot", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "results" in p.stderr
+    # without matplotlib: a clear message, not a traceback
+    res = _write_result(tmp_path)
+    code = ("import sys; sys.modules['matplotlib'] = None; from tools.cli import main; "
+            f"sys.exit(main(['plot', {str(res)!r}, '-o', {str(tmp_path / 'x.png')!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "matplotlib is not installed" in p.stderr and "Traceback" not in p.stderr

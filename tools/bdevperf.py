@@ -205,6 +205,7 @@ class Job:
         self.errors: list[str] = []
         self.mismatch = None
         self.ended = False
+        self.shutting_down = False
         self.counters = lambda: (0, 0, 0)     # (completed, failed, timeout), replaced at start
         self.drain = lambda: None
         self.kick = lambda: None
@@ -690,10 +691,14 @@ def _build_verify(job: Job) -> None:
 
 
 def _on_bdev_event(event_type, bdev, job_id):
-    """Hot-remove: drain the job (SPDK's bdevperf_bdev_removed)."""
+    """Hot-remove: drain the job (SPDK's bdevperf_bdev_removed).  During an app shutdown the
+    bdev layer removes every bdev; that is the end of the run, not an error."""
     job = _jobs().get(job_id)
     if job is not None and str(event_type).lower().endswith("remove"):
-        job.fail(-errno.ENODEV, f"bdev {job.name} was removed")
+        if job.shutting_down:
+            job.drain()
+        else:
+            job.fail(-errno.ENODEV, f"bdev {job.name} was removed")
 
 
 # ------------------------------------------------------------------ job-side handlers
@@ -721,9 +726,10 @@ def _job_start(job_id, start_ns):
 
 
 @rx.remote("bdevperf.job_drain")
-def _job_drain(job_id):
+def _job_drain(job_id, shutdown=False):
     job = _jobs().get(job_id)
     if job is not None:
+        job.shutting_down = job.shutting_down or shutdown
         job.drain()
 
 
@@ -767,6 +773,7 @@ class Run:
         self.start_ns = 0
         self.collecting = False
         self.done = False
+        self.shutdown = False
 
     def out(self, text: str) -> None:
         if not self.o.get("quiet"):
@@ -924,12 +931,26 @@ class Run:
         global last_result
         last_result = {
             "json": R.perform_tests_json(results, len({s["reactor"] for s in self.specs.values()}),
-                                         self.timeline, {"backend": B.BACKEND}),
+                                         self.timeline, {"backend": B.BACKEND}, terminated=self.shutdown),
             "results": results,
             "rc": self.rc,
             "mismatches": mismatches,
         }
         self.finish(1 if self.rc else 0)
+
+    def on_shutdown(self) -> None:
+        """SIGINT/SIGTERM (SPDK's spdk_bdevperf_shutdown_cb): drain every job; their
+        results still arrive and the table is printed with status "terminated"."""
+        if self.done or self.shutdown:
+            return
+        self.shutdown = True
+        if self.start_ns:
+            self.out("Received shutdown signal, test time was about %.6f seconds"
+                     % ((time.perf_counter_ns() - self.start_ns) / 1e9))
+        r = rx.current_reactor()
+        for spec in self.specs.values():
+            if not spec.get("failed"):
+                rx.send_msg(r.default_tid(spec["reactor"]), _job_drain, spec["id"], True)
 
     def finish(self, rc: int) -> None:
         self.done = True
@@ -956,6 +977,11 @@ def _job_ended(result):
         _run.ended(result)
 
 
+def _on_app_shutdown():
+    if _run is not None:
+        _run.on_shutdown()
+
+
 def _app_main(opts):
     from reactor.app import app_stop
     global _run
@@ -977,7 +1003,8 @@ def run_app(opts: dict) -> int:
     saved = os.environ.get("RINGSTACK_BDEVPERF_BACKEND")
     os.environ["RINGSTACK_BDEVPERF_BACKEND"] = B.BACKEND    # reactors bind the same backend
     try:
-        rc = App(opts["cores"], mode=opts["mode"], imports=imports, name="bdevperf").run(_app_main, opts)
+        rc = App(opts["cores"], mode=opts["mode"], imports=imports, name="bdevperf",
+                 shutdown_cb=_on_app_shutdown).run(_app_main, opts)
     finally:
         _run = None
         if saved is None:

@@ -217,9 +217,11 @@ def job_json(r: dict, s: dict, terminated: bool = False) -> dict:
     return j
 
 
-def perform_tests_json(results: list[dict], core_count: int, timeline=None, extra=None) -> dict:
+def perform_tests_json(results: list[dict], core_count: int, timeline=None, extra=None,
+                       terminated: bool = False) -> dict:
     stats = [job_stats(r) for r in results]
-    out = {"results": [job_json(r, s) for r, s in zip(results, stats)], "core_count": core_count}
+    out = {"results": [job_json(r, s, terminated) for r, s in zip(results, stats)],
+           "core_count": core_count}
     t = totals(stats)
     out["total"] = {k: t[k] for k in ("iops", "mibps", "fail_per_s", "timeout_per_s",
                                       "avg_latency_us", "min_latency_us", "max_latency_us")}
