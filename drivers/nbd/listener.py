@@ -89,6 +89,7 @@ class Listener:
             try:
                 sock.bind(tmp)
                 os.chmod(tmp, 0o600)
+                sock.listen(backlog)   # before the rename: a client that sees the path can connect
                 os.rename(tmp, self.path)
             except BaseException:
                 sock.close()
@@ -116,7 +117,7 @@ class Listener:
             self.host, self.port = sock.getsockname()[:2]
             h = f"[{self.host}]" if fam == socket.AF_INET6 else self.host
             self.uri = f"nbd://{h}:{self.port}/"
-        sock.listen(backlog)
+            sock.listen(backlog)
         sock.setblocking(False)
         self._sock: Optional[socket.socket] = sock
         self.accepted = 0

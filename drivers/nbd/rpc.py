@@ -371,7 +371,9 @@ def _nbd_get_stats(request, params):
             request.error(rc, msg)
             return
         s = _server
-        request.result({"listen": s.listen if s else None,
+        svc = glue.current()
+        uri = svc.listener.uri if svc is not None and svc.listener is not None else None
+        request.result({"listen": s.listen if s else None, "uri": uri,
                         "reactors": [dict(i["stats"], reactor=i["reactor"], lcore=i["lcore"])
                                      for i in infos if i]})
     get_info(got)
