@@ -504,6 +504,38 @@ def _build_rw(job: Job) -> None:
         if rc:
             submit_error(task, rc)
 
+    if rand and not mixed and nobuf is None:
+        # The benchmark case (randread/randwrite): the same loop without the branches.
+        mask = RAND_TABLE - 1
+
+        def done(bdev_io, success, task):  # noqa: F811 - replaces the general one
+            nonlocal completed, failed, lat_sum, ri
+            now = clock()
+            lat = now - task.t0
+            free_io(bdev_io)
+            lat_sum += lat
+            b = lat.bit_length()
+            if b > 7:
+                hist[((b - 7) << 6) + (lat >> (b - 7))] += 1
+            else:
+                hist[lat] += 1
+            if success:
+                completed += 1
+            else:
+                failed += 1
+                if not continue_on_failure:
+                    job.fail(-1, f"task offset: {task.offset} on job bdev={job.name} fails")
+            if draining:
+                end_one()
+                return
+            off = table[ri]
+            ri = (ri + 1) & mask
+            task.offset = off
+            task.t0 = now
+            rc = fixed(desc, ch, task.buf, off, nb, done, task)
+            if rc:
+                submit_error(task, rc)
+
     def kick():
         nonlocal inflight
         now = clock()
@@ -996,7 +1028,8 @@ def run_app(opts: dict) -> int:
     from reactor.app import App
     global _run, last_result
     last_result = None
-    if (opts.get("config") or opts.get("config_dict")) and B.BACKEND != "bdev" and B.real_layer_available():
+    if (opts.get("config") or opts.get("config_dict")) and B.BACKEND != "bdev" and B.real_layer_available() \
+            and not os.environ.get("RINGSTACK_BDEVPERF_BACKEND"):
         B.use_backend("bdev")        # a config names real modules: never the stand-in
     extra = B.prepare_real() if B.BACKEND == "bdev" else B.IMPORTS
     imports = ["tools.bdevperf"] + [m for m in extra if m != "tools.bdevperf"]
