@@ -676,9 +676,12 @@ def subsystem_config_json() -> list:
         if mod.config_json is not None:
             mod.config_json(out)
     for b in m.bdevs:
-        _qos.write_config_json(b, out)
+        # The bdev's own create entry first, then its QoS limits: the seed wrote QoS first,
+        # which cannot load back (the limit names a bdev that does not exist yet); later
+        # SPDK writes it after, as here.
         if getattr(b.fn_table, "write_config_json", None) is not None:
             b.fn_table.write_config_json(b, out)
+        _qos.write_config_json(b, out)
     return out
 
 
