@@ -49,11 +49,13 @@ EVENT_RESIZE = "resize"
 # The seed's #defines.
 BDEV_IO_POOL_SIZE = 64 * 1024
 BDEV_IO_CACHE_SIZE = 256
-# The seed sizes the buffer pools at 8192 small / 1024 large *for the whole app*.  Ours
-# live in a shared arena with one slice per reactor, so the defaults are per reactor and
-# smaller (16 MiB per reactor instead of 128 MiB); set_opts can raise them.
-BUF_SMALL_POOL_SIZE = 1024
-BUF_LARGE_POOL_SIZE = 128
+# The seed's buffer pools: 8192 small / 1024 large buffers *for the whole app*.  The
+# options (small_buf_pool_size / large_buf_pool_size, as later SPDK names them) keep that
+# meaning: global counts, split over the reactors (reactor i gets count // n, plus one for
+# the first count % n reactors), each share in its own slice of the shared arena.  The
+# arena is a sparse tmpfs segment: pages cost memory only once a buffer is used.
+BUF_SMALL_POOL_SIZE = 8192
+BUF_LARGE_POOL_SIZE = 1024
 SMALL_BUF_MAX_SIZE = 8192
 LARGE_BUF_MAX_SIZE = 65536
 NOMEM_THRESHOLD_COUNT = 8
@@ -97,3 +99,12 @@ SCSI_ASC_LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE = 0x21
 SCSI_ASC_WRITE_ERROR = 0x0C
 SCSI_ASC_UNRECOVERED_READ_ERROR = 0x11
 SCSI_ASC_INTERNAL_TARGET_FAILURE = 0x44
+
+# The bdev layer's buffer arenas (ipc.arena ids).  ipc.arena keys attached arenas by id in
+# each process and a BufferHandle names its arena by id, so ids must never collide.  The
+# bdev layer owns every id whose bits 48..63 are BDEV_ARENA_ID_TAG; the rest of the id is
+# the creating process's pid (bits 16..47) and a per-process sequence (bits 0..15), so two
+# initialisations -- in one process or in two live processes -- never share an id.  Other
+# arena users must keep their ids below 2**48 (this is the one place that reserves ids).
+BDEV_ARENA_ID_TAG = 0xBD
+BDEV_ARENA_ID_SHIFT = 48

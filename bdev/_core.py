@@ -17,7 +17,9 @@ reactor; I/O functions run on the thread that owns the channel; completions run 
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 from collections import deque
 
 import reactor as rx
@@ -36,14 +38,26 @@ from ._const import (BDEV_IO_CACHE_SIZE, BDEV_IO_NUM_CHILD_IOV, BDEV_IO_POOL_SIZ
                      NVME_SCT_GENERIC, SCSI_ASC_NO_ADDITIONAL_SENSE,
                      SCSI_ASCQ_CAUSE_NOT_REPORTABLE, SCSI_SENSE_ABORTED_COMMAND,
                      SCSI_SENSE_NO_SENSE, SCSI_STATUS_CHECK_CONDITION, SCSI_STATUS_GOOD,
-                     SMALL_BUF_MAX_SIZE, STATUS_READY, STATUS_REMOVING, ZERO_BUFFER_SIZE)
+                     SMALL_BUF_MAX_SIZE, STATUS_READY, STATUS_REMOVING, ZERO_BUFFER_SIZE,
+                     BDEV_ARENA_ID_SHIFT, BDEV_ARENA_ID_TAG)
 
 log = logging.getLogger("ringstack.bdev")
 
 U64 = 1 << 64
 BDEV_CH_RESET_IN_PROGRESS = 1 << 0
 BDEV_CH_QOS_ENABLED = 1 << 1
-ARENA_ID = 0xBD  # the bdev layer's buffer arena (ipc.arena ids are per process)
+_arena_seq = itertools.count(1)
+
+
+def _new_arena_id() -> int:
+    """An arena id no other arena can have (see BDEV_ARENA_ID_TAG in _const.py)."""
+    return ((BDEV_ARENA_ID_TAG << BDEV_ARENA_ID_SHIFT) | ((os.getpid() & 0xFFFFFFFF) << 16)
+            | (_arena_seq.__next__() & 0xFFFF))
+
+
+def pool_share(total: int, n_reactors: int, index: int) -> int:
+    """Reactor ``index``'s share of a global buffer count (the seed's pools are global)."""
+    return total // n_reactors + (1 if index < total % n_reactors else 0)
 
 # The zero buffer only ever feeds writes, so one immutable buffer per process serves all.
 _ZERO_BUFFER = memoryview(bytes(ZERO_BUFFER_SIZE))
@@ -325,8 +339,12 @@ class Manager:
         self.arena = None
         self.arena_owned_here = False
         self.buf_pool = None
-        self.small_avail = self.opts["small_buf_pool_size"]
-        self.large_avail = self.opts["large_buf_pool_size"]
+        n, i = reactor.n_reactors, reactor.index
+        # This reactor's share of the global buffer pools (what it may hand out).
+        self.small_count = pool_share(self.opts["small_buf_pool_size"], n, i)
+        self.large_count = pool_share(self.opts["large_buf_pool_size"], n, i)
+        self.small_avail = self.small_count
+        self.large_avail = self.large_count
         self.examine_waiters: list = []
         self.fwd: dict = {}            # token -> forwarded bdev_io (QoS funnelling)
         self.fwd_seq = 0
@@ -362,19 +380,27 @@ def get_opts() -> dict:
 def set_opts(opts: dict) -> int:
     """spdk_bdev_set_opts (before initialize): -1 when the pool cannot feed every
     thread's cache (seed rule: pool >= cache * (threads + 1)), -EINVAL for an unknown
-    key or a buffer pool size < 1; nothing changes on error."""
+    key, a negative cache size, or a buffer pool smaller than the number of reactors
+    (small/large_buf_pool_size are app-wide counts, split over the reactors); nothing
+    changes on error."""
     new = dict(_default_opts)
     for k, v in opts.items():
         if k not in new:
             log.error("unknown bdev option %r", k)
             return -EINVAL
         new[k] = int(v)
-    if new["small_buf_pool_size"] < 1 or new["large_buf_pool_size"] < 1 or new["bdev_io_cache_size"] < 0:
+    if new["bdev_io_cache_size"] < 0:
         return -EINVAL
     try:
-        n_threads = len(rx.current_reactor().threads)
+        r = rx.current_reactor()
+        n_threads, n_reactors = len(r.threads), r.n_reactors
     except Exception:
-        n_threads = 1
+        n_threads, n_reactors = 1, 1
+    # The buffer pools are global and split over the reactors: each needs one of each.
+    for k in ("small_buf_pool_size", "large_buf_pool_size"):
+        if new[k] < n_reactors:
+            log.error("%s %d must be at least the number of reactors (%d)", k, new[k], n_reactors)
+            return -EINVAL
     min_pool = new["bdev_io_cache_size"] * (n_threads + 1)
     if new["bdev_io_pool_size"] < min_pool:
         log.error("bdev_io_pool_size %d is not compatible with bdev_io_cache_size %d and %d threads; "
@@ -472,10 +498,10 @@ def _init_complete(m: Manager, rc: int) -> None:
 
 
 # ----------------------------------------------------------------- initialize / finish
-def _create_replica(r, opts, arena_name=None) -> Manager:
+def _create_replica(r, opts, arena_id, arena_name=None) -> Manager:
     from ipc import arena as _arena
     m = Manager(r, opts)
-    a = _arena.attached_arena(ARENA_ID)
+    a = _arena.attached_arena(arena_id)
     if a is None and arena_name:
         a = _arena.Arena.attach(arena_name)
         m.arena_owned_here = True
@@ -509,30 +535,31 @@ def initialize(cb, cb_arg=None, conf: dict | None = None) -> None:
             return
     opts = dict(_default_opts)
     instance = Instance()
+    n = r.n_reactors
     try:
-        if _arena.attached_arena(ARENA_ID) is not None:  # a previous instance left it: stale
-            _arena.attached_arena(ARENA_ID).release()
-        arena = _arena.Arena.create(instance, ARENA_ID, r.n_reactors, opts["small_buf_pool_size"],
-                                    opts["large_buf_pool_size"])
+        # One slice per reactor, sized for the largest share (reactor 0's).
+        arena = _arena.Arena.create(instance, _new_arena_id(), n,
+                                    pool_share(opts["small_buf_pool_size"], n, 0),
+                                    pool_share(opts["large_buf_pool_size"], n, 0))
     except Exception:
         log.exception("could not create the bdev buffer arena")
         instance.close()
         cb(cb_arg, -1)
         return
-    m = _create_replica(r, opts)
+    m = _create_replica(r, opts, arena.arena_id)
     m.instance = instance
     m.arena_owned_here = True
     m.init_cb = (cb, cb_arg)
     m.qos_conf = {k: list(v) for k, v in conf.items() if k.startswith("Limit_")}
-    _bcast.broadcast(_replica_init, [opts, arena.name], lambda rc: _modules_init(m),
+    _bcast.broadcast(_replica_init, [opts, arena.arena_id, arena.name], lambda rc: _modules_init(m),
                      include_self=False)
 
 
 @wire.remote("bdev.replica_init")
-def _replica_init(done, opts, arena_name):
+def _replica_init(done, opts, arena_id, arena_name):
     r = rx.current_reactor()
     if r.locals.get("bdev") is None:
-        _create_replica(r, dict(opts), arena_name)
+        _create_replica(r, dict(opts), arena_id, arena_name)
     done(0)
 
 
@@ -671,7 +698,9 @@ def subsystem_config_json() -> list:
     m = _mgr()
     out = [{"method": "bdev_set_options",
             "params": {"bdev_io_pool_size": m.opts["bdev_io_pool_size"],
-                       "bdev_io_cache_size": m.opts["bdev_io_cache_size"]}}]
+                       "bdev_io_cache_size": m.opts["bdev_io_cache_size"],
+                       "small_buf_pool_size": m.opts["small_buf_pool_size"],
+                       "large_buf_pool_size": m.opts["large_buf_pool_size"]}}]
     for mod in _modules:
         if mod.config_json is not None:
             mod.config_json(out)

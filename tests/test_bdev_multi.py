@@ -301,3 +301,61 @@ def test_finish_unregisters_everything_everywhere(h):
     h.set_thread(1)
     assert [b.name for b in B.bdevs()] == ["a", "na", "b", "nb"]
     # the fixture's finish must unregister all of them on both reactors and unlink segments
+
+
+# ------------------------------------------------------------------ arena ids, pool split
+@pytest.fixture
+def restore_opts():
+    from bdev import _core
+    saved = dict(_core._default_opts)
+    yield
+    _core._default_opts.update(saved)
+
+
+def test_arena_id_cannot_collide_with_other_arenas():
+    """The bdev arena id is allocated, not fixed: an arena another user attached under the
+    old fixed id (0xBD) stays untouched, and two initialisations get different ids."""
+    from ipc import arena as A
+    from ipc.shm import Instance
+    inst = Instance()
+    other = A.Arena.create(inst, 0xBD, 1, 1, 1)
+    try:
+        ids = []
+        for _ in range(2):
+            with Harness(2, n_reactors=2) as h2:
+                S.init_layer(h2)
+                for i in (0, 1):
+                    m = on(h2, i).locals["bdev"]
+                    assert m.arena.arena_id >> 48 == 0xBD and m.arena.arena_id != 0xBD
+                ids.append(on(h2, 0).locals["bdev"].arena.arena_id)
+                S.fini_layer(h2)
+        assert ids[0] != ids[1]
+        assert A.attached_arena(0xBD) is other           # never released behind its back
+        h = other.pool(0).get(512)
+        assert h is not None
+        other.pool(0).put(h)
+    finally:
+        other.close()
+        inst.close()
+
+
+def test_buffer_pools_are_global_counts_split_over_reactors(restore_opts):
+    assert B.get_opts()["small_buf_pool_size"] == 8192          # the seed's global pools
+    assert B.get_opts()["large_buf_pool_size"] == 1024
+    with Harness(2, n_reactors=2) as h2:
+        before = B.get_opts()
+        assert B.set_opts({"small_buf_pool_size": 1}) == -22     # fewer than the reactors
+        assert B.set_opts({"large_buf_pool_size": 1}) == -22
+        assert B.get_opts() == before
+        assert B.set_opts({"small_buf_pool_size": 5, "large_buf_pool_size": 3}) == 0
+        S.init_layer(h2)
+        shares = [(on(h2, i).locals["bdev"].small_count, on(h2, i).locals["bdev"].large_count)
+                  for i in (0, 1)]
+        assert shares == [(3, 2), (2, 1)]                        # sums are the options
+        # reactor 1 really hands out only its share
+        h2.set_thread(1)
+        m1 = rx.current_reactor().locals["bdev"]
+        assert m1.small_avail == 2 and m1.large_avail == 1
+        cfg = B.subsystem_config_json()
+        assert cfg[0]["params"]["small_buf_pool_size"] == 5
+        S.fini_layer(h2)
