@@ -1376,8 +1376,9 @@ def _io_init(io, bdev, cb_arg, cb) -> None:
     io.fwd = None
 
 
-def _io_submit_now(io) -> None:
-    """The seed's _spdk_bdev_io_submit, on the thread owning io.ch."""
+def _io_submit_now(io, bypass_qos=False) -> None:
+    """The seed's _spdk_bdev_io_submit, on the thread owning io.ch.  ``bypass_qos``: the
+    QoS thread already took this I/O's quota (a passthru admitted from another reactor)."""
     bdev = io.bdev
     ch = io.ch
     sr = ch.shared_resource
@@ -1386,6 +1387,8 @@ def _io_submit_now(io) -> None:
     sr.io_outstanding += 1
     io.in_submit_request = True
     flags = ch.flags
+    if bypass_qos:
+        flags &= ~BDEV_CH_QOS_ENABLED
     if flags == 0:
         if not sr.nomem_io:
             bdev._submit(ch.channel, io)

@@ -29,7 +29,8 @@ from reactor import wire
 from reactor.reactor import TID_SHIFT
 
 from . import _bcast, _core
-from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SUCCESS,
+from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
+                     IO_STATUS_SUCCESS, IO_TYPE_NVME_ADMIN,
                      IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_UNMAP,
                      IO_TYPE_WRITE, IO_TYPE_WRITE_ZEROES, LARGE_BUF_MAX_SIZE, QOS_CONF_TYPE,
                      QOS_LIMIT_NOT_DEFINED, QOS_MIN_BYTE_PER_TIMESLICE, QOS_MIN_BYTES_PER_SEC,
@@ -43,6 +44,10 @@ log = logging.getLogger("ringstack.bdev.qos")
 N = QOS_NUM_RATE_LIMIT_TYPES
 NOT_DEFINED = QOS_LIMIT_NOT_DEFINED
 _RESUBMIT = 99   # answer to a forwarded I/O: "QoS went away, submit it yourself"
+_ADMITTED = 98   # answer to a forwarded passthru: "quota taken, submit it yourself"
+PROXY_DATA = 1   # BdevIo.proxy: a stand-in for an I/O of another reactor (data path)
+PROXY_ADMIT = 2  # BdevIo.proxy: a passthru's quota ticket (the command stays home)
+_NVME_TYPES = (IO_TYPE_NVME_ADMIN, IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD)
 
 
 def is_iops_limit(i: int) -> bool:
@@ -118,8 +123,6 @@ def io_submit(ch) -> None:
             if mx[i] > 0 and rem[i] <= 0 and _limit_applies(i, io):
                 return
         q.popleft()
-        ch.io_outstanding += 1
-        sr.io_outstanding += 1
         if _io_to_limit(io):
             size = _io_size(io)
             if mx[QOS_RW_IOPS_RATE_LIMIT]:
@@ -130,6 +133,14 @@ def io_submit(ch) -> None:
                 rem[QOS_R_BPS_RATE_LIMIT] -= size
             if mx[QOS_W_BPS_RATE_LIMIT] and io.type == IO_TYPE_WRITE:
                 rem[QOS_W_BPS_RATE_LIMIT] -= size
+        if io.proxy == PROXY_ADMIT:
+            # A passthru of another reactor: its quota is taken, it runs where it was
+            # submitted (an NVMe command is an opaque object that does not cross).
+            origin, token = io.caller_ctx
+            rx.current_reactor().send(origin, _qos_fwd_done, (token, _ADMITTED, 0, 0, None))
+            continue
+        ch.io_outstanding += 1
+        sr.io_outstanding += 1
         bdev._submit(ch.channel, io)
 
 
@@ -341,11 +352,12 @@ def _forward(io) -> bool:
                 left -= n
             if t == IO_TYPE_WRITE:
                 _copy_iovs_to(io.iovs, bounce, m)
-    elif t == IO_TYPE_NVME_IO or t == IO_TYPE_NVME_IO_MD:
-        # Passthru commands are opaque objects that do not cross reactors: submitted here,
-        # outside the bdev-wide quota (documented limitation).
-        _core._io_submit_now(io)
-        return True
+    # NVMe I/O passthru counts against the quota as in the seed (_spdk_bdev_qos_io_to_limit),
+    # but its command is an opaque object that does not cross reactors: only a ticket
+    # (type, nbytes) travels; the QoS thread queues it under the quota and answers
+    # _ADMITTED, and the command is submitted here (_qos_fwd_done).  Admin passthru is not
+    # limited (seed) but keeps its place in the QoS queue the same way.
+    nbytes = (io.nvme_nbytes or 0) if t in _NVME_TYPES else 0
     io.submit_tsc = io.ch.clock()   # latency is measured on the submitting side
     m.fwd_seq += 1
     token = m.fwd_seq
@@ -353,7 +365,7 @@ def _forward(io) -> bool:
     io.fwd = bounce
     r = rx.current_reactor()
     r.send(io.bdev.qos.thread_id, _qos_fwd_submit,
-           (rx.get_thread().id, token, bdev.name, t, io.offset_blocks, io.num_blocks, handles))
+           (rx.get_thread().id, token, bdev.name, t, io.offset_blocks, io.num_blocks, handles, nbytes))
     return True
 
 
@@ -405,13 +417,13 @@ def retry_fwd_wait(mgmt) -> None:
 
 
 @wire.remote("bdev.qos_fwd_submit")
-def _qos_fwd_submit(origin, token, name, io_type, offset_blocks, num_blocks, handles) -> None:
+def _qos_fwd_submit(origin, token, name, io_type, offset_blocks, num_blocks, handles, nbytes=0) -> None:
     from ipc import arena as _arena
     r = rx.current_reactor()
     bdev = _core.get_by_name(name)
     qos = bdev.qos if bdev is not None else None
     if qos is None or qos.ch is None or qos.thread is not rx.get_thread():
-        r.send(origin, _qos_fwd_done, (token, _RESUBMIT, 0, 0))
+        r.send(origin, _qos_fwd_done, (token, _RESUBMIT, 0, 0, None))
         return
     p = _core.BdevIo()
     p.ch = qos.ch
@@ -425,7 +437,8 @@ def _qos_fwd_submit(origin, token, name, io_type, offset_blocks, num_blocks, han
         p.iovs = [None]
     p.iovcnt = len(p.iovs) if handles else 0
     _core._io_init(p, bdev, (origin, token), _proxy_done)
-    p.proxy = True
+    p.nvme_nbytes = nbytes
+    p.proxy = PROXY_ADMIT if io_type in _NVME_TYPES else PROXY_DATA
     _core._io_submit_now(p)
 
 
@@ -436,11 +449,17 @@ def _proxy_done(p, success, ctx) -> None:
             if isinstance(v, memoryview):
                 v.release()
     p.iovs = None
-    rx.current_reactor().send(origin, _qos_fwd_done, (token, p.status, p.nvme_sct, p.nvme_sc))
+    scsi = None
+    if p.status == IO_STATUS_SCSI_ERROR:
+        scsi = (p.scsi_sc, p.scsi_sk, p.scsi_asc, p.scsi_ascq)
+    rx.current_reactor().send(origin, _qos_fwd_done, (token, p.status, p.nvme_sct, p.nvme_sc, scsi))
 
 
 @wire.remote("bdev.qos_fwd_done")
-def _qos_fwd_done(token, status, sct, sc) -> None:
+def _qos_fwd_done(token, status, sct, sc, scsi=None) -> None:
+    """On the submitting thread: the QoS thread's answer for a forwarded I/O -- its
+    status (NVMe sct/sc and SCSI sense travel with it), _ADMITTED (a passthru may go to
+    the module now) or _RESUBMIT (QoS went away)."""
     m = _core.get_manager()
     io = m.fwd.pop(token, None) if m is not None else None
     if io is None:
@@ -452,6 +471,9 @@ def _qos_fwd_done(token, status, sct, sc) -> None:
             _free(m, h)
         _core._io_submit_now(io)
         return
+    if status == _ADMITTED:
+        _core._io_submit_now(io, bypass_qos=True)
+        return
     if bounce:
         if status == IO_STATUS_SUCCESS and io.type == IO_TYPE_READ:
             _copy_to_iovs(bounce, io.iovs, m)
@@ -462,6 +484,8 @@ def _qos_fwd_done(token, status, sct, sc) -> None:
     io.status = status
     if status == IO_STATUS_NVME_ERROR:
         io.nvme_sct, io.nvme_sc = sct, sc
+    elif status == IO_STATUS_SCSI_ERROR and scsi is not None:
+        io.scsi_sc, io.scsi_sk, io.scsi_asc, io.scsi_ascq = scsi
     _core._io_complete(io)
 
 
@@ -692,7 +716,7 @@ def _disable_qos_done(qos, done) -> None:
         io = qos.queued.popleft()
         if io.proxy:
             origin, token = io.caller_ctx
-            r.send(origin, _qos_fwd_done, (token, _RESUBMIT, 0, 0))
+            r.send(origin, _qos_fwd_done, (token, _RESUBMIT, 0, 0, None))
             continue
         if io.io_submit_ch is not None:
             io.ch = io.io_submit_ch

@@ -359,3 +359,85 @@ def test_buffer_pools_are_global_counts_split_over_reactors(restore_opts):
         cfg = B.subsystem_config_json()
         assert cfg[0]["params"]["small_buf_pool_size"] == 5
         S.fini_layer(h2)
+
+
+# ------------------------------------------------------------------ passthru and status under QoS
+def _qos_on_thread0(h, name, limits):
+    """Stub ``name`` with a channel on thread 0 (so the QoS thread is thread 0) and one on
+    thread 1 (reactor 1); QoS ``limits`` set.  Returns {thread: (desc, ch)}."""
+    h.set_thread(0)
+    S.create(name)
+    h.poll_threads()
+    ctx = {}
+    for i in (0, 1):
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name(name), True)
+        ctx[i] = (d, B.get_io_channel(d))
+    h.set_thread(0)
+    res = []
+    B.set_qos_rate_limits(B.get_by_name(name), limits, lambda a, rc: res.append(rc))
+    h.poll_threads()
+    assert res == [0]
+    return ctx
+
+
+def _close_all(h, ctx):
+    for i, (d, c) in ctx.items():
+        h.set_thread(i)
+        B.put_io_channel(c)
+        B.close(d)
+    h.poll_threads()
+
+
+def test_nvme_io_passthru_from_another_reactor_counts_against_qos(h):
+    ctx = _qos_on_thread0(h, "np", [10000, NOT, NOT, NOT])      # 10 I/O per 1 ms timeslice
+    d1, c1 = ctx[1]
+    h.set_thread(1)
+    cmds = [object() for _ in range(15)]
+    got = []
+
+    def cb(io, ok, arg):
+        got.append((arg, ok, io.get_nvme_status()))
+        B.free_io(io)
+    for i, cmd in enumerate(cmds):
+        assert B.nvme_io_passthru(d1, c1, cmd, None, 4096, cb, i) == 0
+    h.poll_threads()
+    h.set_thread(1)
+    q = S.outstanding("np")
+    assert len(q) == 10                                # the quota held the other 5
+    assert [io.nvme_cmd for io in q] == cmds[:10]      # the commands never left reactor 1
+    h.set_thread(0)
+    assert len(S.outstanding("np")) == 0
+    h.advance_time_us(1000)
+    h.poll_threads()
+    h.set_thread(1)
+    assert len(S.outstanding("np")) == 15
+    S.outstanding("np").popleft().complete_nvme_status(0, 0x06)
+    S.complete("np")
+    h.poll_threads()
+    assert sorted(a for a, _, _ in got) == list(range(15))
+    assert got[0] == (0, False, (0, 0x06)) and all(ok for _, ok, _ in got[1:])
+    _close_all(h, ctx)
+
+
+def test_scsi_and_nvme_status_travel_back_on_forwarded_io(h):
+    ctx = _qos_on_thread0(h, "st", [10000, NOT, NOT, NOT])
+    d1, c1 = ctx[1]
+    h.set_thread(1)
+    got = {}
+
+    def cb(io, ok, arg):
+        got[arg] = (ok, io.get_scsi_status(), io.get_nvme_status())
+        B.free_io(io)
+    for k in ("scsi", "nvme"):
+        assert B.write_blocks(d1, c1, bytearray(512), 0, 1, cb, k) == 0
+    h.poll_threads()
+    h.set_thread(0)                                    # the proxies sit on the QoS thread
+    q = S.outstanding("st")
+    assert len(q) == 2
+    q.popleft().complete_scsi_status(0x02, 0x03, 0x11, 0x00)
+    q.popleft().complete_nvme_status(2, 0x81)
+    h.poll_threads()
+    assert got["scsi"] == (False, (0x02, 0x03, 0x11, 0x00), (0, 0x06))
+    assert got["nvme"] == (False, (0x02, 0x03, 0x11, 0x00), (2, 0x81))   # translated
+    _close_all(h, ctx)
