@@ -60,6 +60,9 @@ _OUT = select.EPOLLOUT
 STOP_DRAIN_S = 5.0
 #: fds received per pass from the fd-passing channel (bounded: a flood cannot starve I/O).
 RECV_FDS_PER_POLL = 32
+#: While connections are busy, check epoll (listener, fd channel, idle connections) once
+#: every this many passes.
+EPOLL_EVERY = 8
 _UCRED = struct.Struct("3i")
 _seq = itertools.count(1)
 
@@ -94,6 +97,8 @@ class ReactorNbd:
         self.ep = select.epoll()
         self._fds: dict = {}        # fd -> (owner, registered mask)
         self._conn_seq = itertools.count(1)
+        self._pass = 0
+        self._hot = 0
         self.poller = rx.poller_register(self._poll, None, 0, "nbd_target", fd=self.ep.fileno())
         self.listener = None        # main reactor only
         self.ctl = None             # main: abstract listening socket for the channels
@@ -197,28 +202,34 @@ class ReactorNbd:
     def _poll(self, _arg) -> int:
         work = 0
         fds = self._fds
-        events = self.ep.poll(0)
         ready = None
-        if events:
-            for fd, ev in events:
-                ent = fds.get(fd)
-                if ent is None:
-                    continue
-                owner = ent[0]
-                if owner is self.listener:
-                    work += self.listener.poll()
-                elif owner is self.chan:
-                    work += self._recv_fds()
-                elif owner is self.ctl:
-                    work += self.accept_peers()
-                elif owner.__class__ is socket.socket:
-                    # a peer channel became readable: only EOF/errors arrive there
-                    self._peer_event(owner)
-                else:
-                    if ready is None:
-                        ready = set()
-                    ready.add(owner)
+        self._pass += 1
+        # While some connection is hot it is polled directly; epoll (new clients, fds,
+        # idle connections waking up) is then checked every EPOLL_EVERY passes only: one
+        # syscall less per pass on the busy path, a few microseconds more for a newcomer.
+        if not self._hot or not self._pass % EPOLL_EVERY:
+            events = self.ep.poll(0)
+            if events:
+                for fd, ev in events:
+                    ent = fds.get(fd)
+                    if ent is None:
+                        continue
+                    owner = ent[0]
+                    if owner is self.listener:
+                        work += self.listener.poll()
+                    elif owner is self.chan:
+                        work += self._recv_fds()
+                    elif owner is self.ctl:
+                        work += self.accept_peers()
+                    elif owner.__class__ is socket.socket:
+                        # a peer channel became readable: only EOF/errors arrive there
+                        self._peer_event(owner)
+                    else:
+                        if ready is None:
+                            ready = set()
+                        ready.add(owner)
         conns = self.target.connections
+        hot = 0
         if conns:
             reap = False
             for c in conns:
@@ -226,12 +237,21 @@ class ReactorNbd:
                     work += c.poll()
                     if c.done:
                         reap = True
-                    else:
-                        self._watch(c)
+                        continue
+                    if c.needs_poll():
+                        hot += 1
+                    # epoll interest: readable while it wants input, writable while the
+                    # socket refuses replies
+                    fd = c._fd
+                    want = (_IN if c.wants_read() else 0) | (_OUT if c.send_blocked else 0)
+                    ent = fds.get(fd)
+                    if ent is None or ent[0] is not c or ent[1] != want:
+                        self._set_mask(fd, c, want)
                 elif c.done:
                     reap = True
             if reap:
                 self._reap()
+        self._hot = hot
         if self.stopping is not None and not self.target.connections:
             self._finish_stop()
         return work
