@@ -138,6 +138,7 @@ class Bdev:
         # --- internal (spdk_bdev.internal)
         self.status = 0
         self.open_descs: list = []
+        self.open_elsewhere: dict = {}   # main replica: reactor index -> has open descs
         self.aliases: list = []
         self.claim_module = None
         self.reset_in_progress = None
@@ -1032,6 +1033,8 @@ def open(bdev, write: bool, remove_cb=None, remove_ctx=None):  # noqa: A001
         return -EPERM, None
     desc = Desc(bdev, thread, bool(write), remove_cb, remove_ctx)
     bdev.open_descs.append(desc)
+    if len(bdev.open_descs) == 1:
+        _qos.report_open_descs(bdev, True)
     return 0, desc
 
 
@@ -1054,8 +1057,8 @@ def open_ext(bdev_name: str, write: bool, event_cb, event_ctx=None):
 
 def close(desc) -> None:
     """spdk_bdev_close, on the desc's thread.  The last close of a removing bdev lets its
-    unregister proceed; the last close stops QoS (seed rule, one reactor) and the queue
-    depth poller."""
+    unregister proceed; the last close over all reactors stops QoS (seed rule; the next
+    channel or I/O re-creates it with the same limits) and the queue depth poller."""
     bdev = desc.bdev
     if desc.thread is not rx.get_thread():
         log.error("desc of %s closed on thread %s, opened on %s", bdev.name,
@@ -1063,8 +1066,10 @@ def close(desc) -> None:
     if desc in bdev.open_descs:
         bdev.open_descs.remove(desc)
     desc.closed = True
-    if bdev.qos is not None and not bdev.open_descs:
-        _qos.on_last_close(bdev)
+    if not bdev.open_descs:
+        # The seed stops QoS when the last desc closes.  With several reactors the last
+        # desc of the *bdev* decides: each replica reports to the main one (_qos.py).
+        _qos.report_open_descs(bdev, False)
     _stats.set_qd_sampling_period(bdev, 0)
     if bdev.status == STATUS_REMOVING and not bdev.open_descs:
         _unregister_local(bdev, bdev.unregister_cb, bdev.unregister_ctx)

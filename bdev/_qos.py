@@ -184,15 +184,22 @@ def enable_on_channel(bdev, ch) -> None:
     if qos is None:
         return
     if qos.thread_id is None:
-        r = rx.current_reactor()
-        if r.n_reactors == 1 or r.index == 0:
-            _setup_local(bdev, ch, rx.get_io_channel(bdev))
-            if r.n_reactors > 1:
-                _bcast.broadcast(_qos_thread_set, [bdev.name, qos.thread_id], None, include_self=False)
-        elif not qos.requested:
-            qos.requested = True
-            r.send(r.default_tid(0), _qos_choose_req, (bdev.name, ch.thread.id))
+        _choose_thread(bdev, ch)
     ch.flags |= _core.BDEV_CH_QOS_ENABLED
+
+
+def _choose_thread(bdev, ch) -> None:
+    """On ch's thread, while the bdev has no QoS thread: on the main reactor (or the only
+    one) ch's thread becomes it; elsewhere ch's thread is proposed to the main reactor."""
+    qos = bdev.qos
+    r = rx.current_reactor()
+    if r.n_reactors == 1 or r.index == 0:
+        _setup_local(bdev, ch, rx.get_io_channel(bdev))   # (ch may still be being created)
+        if r.n_reactors > 1:
+            _bcast.broadcast(_qos_thread_set, [bdev.name, qos.thread_id], None, include_self=False)
+    elif not qos.requested:
+        qos.requested = True
+        r.send(r.default_tid(0), _qos_choose_req, (bdev.name, ch.thread.id))
 
 
 @wire.remote("bdev.qos_choose_req")
@@ -278,7 +285,13 @@ def route(io) -> None:
         if rx.current_reactor().n_reactors == 1:
             _core._io_submit_now(io)  # seed: no QoS thread (QoS being rebuilt): submit here
         else:
+            # QoS was torn down (last desc closed) and this channel still has it on:
+            # wait for a QoS thread, asking for one (this thread, if it is on the main
+            # reactor) -- the limit keeps holding for the bdev as a whole.
             qos.pending.append(io)
+            _choose_thread(io.bdev, io.ch)
+            if qos.thread is t:
+                _flush_pending(io.bdev)
         return
     if qos.thread is not None:
         io.io_submit_ch = io.ch
@@ -469,7 +482,7 @@ def _qos_fwd_done(token, status, sct, sc, scsi=None) -> None:
     if status == _RESUBMIT:
         for h in bounce:
             _free(m, h)
-        _core._io_submit_now(io)
+        _resubmit_pending(io)   # QoS moved or went away: route again (or submit, if off)
         return
     if status == _ADMITTED:
         _core._io_submit_now(io, bypass_qos=True)
@@ -500,11 +513,8 @@ def _qos_channel_destroy(qos) -> None:
 
 
 def on_last_close(bdev) -> None:
-    """The seed's spdk_bdev_qos_destroy, on the last close.  One reactor: swap in a fresh
-    QoS with the same limits; the next channel re-selects a thread.  Several reactors:
-    other reactors may still have descs, so QoS stays where it is."""
-    if rx.current_reactor().n_reactors > 1:
-        return
+    """The seed's spdk_bdev_qos_destroy, on the last close (one reactor): swap in a fresh
+    QoS with the same limits; the next channel re-selects a thread."""
     old = bdev.qos
     new = Qos()
     new.limit = list(old.limit)
@@ -512,6 +522,82 @@ def on_last_close(bdev) -> None:
     if old.thread is not None:
         new.queued = old.queued  # keep queued I/O with the bdev (the next QoS thread runs it)
         rx.send_msg(old.thread, _qos_channel_destroy, old)
+
+
+# The last close across reactors.  Every replica tells the main one when its count of open
+# descs of a bdev goes 0 -> 1 or 1 -> 0 (one message per transition, FIFO per reactor
+# pair, so the main replica's view of each reactor is the last state that reactor sent).
+# When no reactor has a desc open, the main replica destroys QoS everywhere: each replica
+# swaps in a fresh Qos with the same limits and the old QoS thread gives back what it
+# queued.  A desc opened meanwhile (its report still in flight) is harmless: its channel
+# still has QoS on, and its next I/O asks the main reactor for a new QoS thread.
+def report_open_descs(bdev, is_open: bool) -> None:
+    r = rx.current_reactor()
+    if r.n_reactors == 1:
+        if not is_open and bdev.qos is not None:
+            on_last_close(bdev)
+        return
+    if r.index == 0:
+        _maybe_destroy(bdev)
+    else:
+        r.send(r.default_tid(0), _open_descs_report, (bdev.name, r.index, bool(is_open)))
+
+
+@wire.remote("bdev.open_descs_report")
+def _open_descs_report(name, index, is_open) -> None:
+    bdev = _core.get_by_name(name)
+    if bdev is None:
+        return
+    bdev.open_elsewhere[index] = is_open
+    if not is_open:
+        _maybe_destroy(bdev)
+
+
+def _maybe_destroy(bdev) -> None:
+    """Main replica: destroy QoS if no reactor has a desc of ``bdev`` open."""
+    qos = bdev.qos
+    if qos is None or bdev.open_descs or any(bdev.open_elsewhere.values()):
+        return
+    if qos.thread_id is None or bdev.qos_mod_in_progress:
+        return   # nothing to tear down yet, or a change in flight decides
+    _swap_replica(bdev)
+    _bcast.broadcast(_qos_destroy_replica, [bdev.name], None, include_self=False)
+
+
+@wire.remote("bdev.qos_destroy_replica")
+def _qos_destroy_replica(done, name) -> None:
+    bdev = _core.get_by_name(name)
+    if bdev is not None and bdev.qos is not None:
+        _swap_replica(bdev)
+    done(0)
+
+
+def _swap_replica(bdev) -> None:
+    old = bdev.qos
+    new = Qos()
+    new.limit = list(old.limit)
+    new.pending = old.pending     # waiting for a QoS thread: still are (route asks again)
+    old.pending = deque()
+    bdev.qos = new
+    if old.thread is not None:
+        rx.send_msg(old.thread, _qos_teardown, old)
+
+
+def _qos_teardown(qos) -> None:
+    """On the old QoS thread: queued I/O goes back to its thread to be routed again
+    (proxies to their reactor), then the channel reference and the poller go."""
+    r = rx.current_reactor()
+    while qos.queued:
+        io = qos.queued.popleft()
+        if io.proxy:
+            origin, token = io.caller_ctx
+            r.send(origin, _qos_fwd_done, (token, _RESUBMIT, 0, 0, None))
+            continue
+        if io.io_submit_ch is not None:
+            io.ch = io.io_submit_ch
+            io.io_submit_ch = None
+        rx.send_msg(io.ch.thread, _resubmit_pending, io)
+    _qos_channel_destroy(qos)
 
 
 def on_fini(bdev) -> None:

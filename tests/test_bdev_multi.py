@@ -441,3 +441,82 @@ def test_scsi_and_nvme_status_travel_back_on_forwarded_io(h):
     assert got["scsi"] == (False, (0x02, 0x03, 0x11, 0x00), (0, 0x06))
     assert got["nvme"] == (False, (0x02, 0x03, 0x11, 0x00), (2, 0x81))   # translated
     _close_all(h, ctx)
+
+
+# ------------------------------------------------------------------ QoS teardown on the last close
+def test_last_close_over_all_reactors_destroys_qos_and_next_io_recreates_it(h):
+    ctx = _qos_on_thread0(h, "qt", [10000, NOT, NOT, NOT])
+    tid0 = h.threads[0].id
+    old = on(h, 0).locals["bdev"].names["qt"].qos
+    # reactor 0 closes: reactor 1 still has a desc, QoS stays where it is
+    h.set_thread(0)
+    B.put_io_channel(ctx[0][1])
+    B.close(ctx[0][0])
+    h.poll_threads()
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("qt").qos.thread_id == tid0
+    # reactor 1 closes the last desc of the bdev: QoS is torn down everywhere
+    h.set_thread(1)
+    B.put_io_channel(ctx[1][1])
+    B.close(ctx[1][0])
+    h.poll_threads()
+    for i in (0, 1):
+        h.set_thread(i)
+        b = B.get_by_name("qt")
+        assert b.qos is not old and b.qos.thread_id is None and b.qos.ch is None
+        assert B.get_qos_rate_limits(b) == [10000, 0, 0, 0]        # limits kept
+    assert old.poller is None and old.io_ch is None                 # poller and channel gone
+    # the next channel (on reactor 1, thread 3) re-creates it there, quota and all
+    h.set_thread(3)
+    rc, d = B.open(B.get_by_name("qt"), True)
+    c = B.get_io_channel(d)
+    cpl = S.Cpl()
+    for i in range(15):
+        assert B.read_blocks(d, c, bytearray(512), i, 1, cpl, i) == 0
+    h.poll_threads()
+    h.set_thread(0)
+    assert B.get_by_name("qt").qos.thread_id == h.threads[3].id
+    h.set_thread(3)
+    assert len(S.outstanding("qt")) == 10
+    h.advance_time_us(1000)
+    h.poll_threads()
+    h.set_thread(3)
+    assert len(S.outstanding("qt")) == 15
+    S.complete("qt")
+    h.poll_threads()
+    assert sorted(cpl.args()) == list(range(15))
+    B.put_io_channel(c)
+    B.close(d)
+    h.poll_threads()
+
+
+def test_io_of_an_open_channel_waits_for_the_new_qos_thread(h):
+    """A channel that outlives the last close keeps QoS on (as in the seed); its next I/O
+    asks for a QoS thread instead of bypassing the limit."""
+    ctx = _qos_on_thread0(h, "qw", [10000, NOT, NOT, NOT])
+    d1, c1 = ctx[1]
+    h.set_thread(1)
+    B.close(d1)                      # reactor 1 closes its desc but keeps the channel
+    h.set_thread(0)
+    B.close(ctx[0][0])
+    h.poll_threads()
+    h.set_thread(1)
+    assert B.get_by_name("qw").qos.thread_id is None
+    cpl = S.Cpl()
+    for i in range(12):
+        assert B.read_blocks(d1, c1, bytearray(512), i, 1, cpl, i) == 0
+    h.poll_threads()
+    h.set_thread(1)
+    assert B.get_by_name("qw").qos.thread is h.threads[1]
+    assert len(S.outstanding("qw")) == 10
+    h.advance_time_us(1000)
+    h.poll_threads()
+    h.set_thread(1)
+    S.complete("qw")
+    h.poll_threads()
+    assert sorted(cpl.args()) == list(range(12))
+    for i in (0, 1):
+        h.set_thread(i)
+        B.put_io_channel(ctx[i][1])
+    h.poll_threads()
