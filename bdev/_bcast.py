@@ -82,3 +82,63 @@ def _bcast_done(op, rc):
         del pending[op]
         if entry[2] is not None:
             entry[2](entry[1])
+
+
+# ------------------------------------------------------------------ hop to the main thread
+# DESIGN.md: the main thread owns the registry.  A registry change requested on any other
+# thread (another thread of reactor 0, or another reactor) first hops to the main thread
+# (reactor 0's default thread), which applies it and broadcasts it in its order; the
+# answer comes back to the requesting thread as a message.
+
+def on_main_thread() -> bool:
+    r = rx.current_reactor()
+    t = rx.get_thread()
+    return t is not None and r.index == 0 and t.id == r.default_tid(0)
+
+
+def to_main(handler, args=(), cb=None) -> None:
+    """Run ``handler(done, *args)`` on the main thread; ``done(*values)`` calls
+    ``cb(*values)`` back on the calling thread (later, as a message).  ``handler`` must
+    be ``@reactor.remote``; ``args`` and ``values`` msgpack-encodable."""
+    r = rx.current_reactor()
+    t = rx.get_thread()
+    name = wire.name_of(handler)
+    if name is None:
+        raise TypeError(f"{handler!r} must be registered with @reactor.remote")
+    op = next(_seq)
+    r.locals.setdefault("bdev.to_main", {})[op] = cb
+    r.send(r.default_tid(0), _to_main_run, (op, t.id, name, list(args)))
+
+
+class _MainDone:
+    __slots__ = ("op", "origin", "fired")
+
+    def __init__(self, op, origin):
+        self.op = op
+        self.origin = origin
+        self.fired = False
+
+    def __call__(self, *values) -> None:
+        if self.fired:
+            log.error("to_main op %d: done() called twice", self.op)
+            return
+        self.fired = True
+        rx.current_reactor().send(self.origin, _to_main_done, (self.op, list(values)))
+
+
+@wire.remote("bdev.to_main_run")
+def _to_main_run(op, origin, name, args):
+    done = _MainDone(op, origin)
+    try:
+        wire.lookup(name)(done, *args)
+    except Exception:
+        log.exception("main-thread handler %s raised", name)
+        if not done.fired:
+            done(-5)
+
+
+@wire.remote("bdev.to_main_done")
+def _to_main_done(op, values):
+    cb = rx.current_reactor().locals.get("bdev.to_main", {}).pop(op, None)
+    if cb is not None:
+        cb(*values)

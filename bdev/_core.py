@@ -787,6 +787,10 @@ def bdevs() -> list:
 
 
 def alias_add(bdev, alias) -> int:
+    """spdk_bdev_alias_add: -EINVAL for an empty alias, -EEXIST when the name is taken.
+    Replicated: on the main thread it applies here, then on every other replica; on
+    any other thread it is checked against this replica and then applied by the main
+    thread (which owns the registry), so it shows here once that broadcast arrives."""
     if alias is None or alias == "":
         log.error("empty alias passed")
         return -EINVAL
@@ -794,23 +798,68 @@ def alias_add(bdev, alias) -> int:
     if alias in m.names:
         log.error("bdev name/alias %s already exists", alias)
         return -EEXIST
-    bdev.aliases.append(alias)
-    m.names[alias] = bdev
+    if not _bcast.on_main_thread() and rx.get_thread() is not None:
+        _bcast.to_main(_alias_on_main, [bdev.name, alias, True], None)
+        return 0
+    _alias_apply(m, bdev, alias, True)
+    if m.reactor.n_reactors > 1 and rx.get_thread() is not None:
+        _bcast.broadcast(_alias_replica, [bdev.name, alias, True], None, include_self=False)
     return 0
 
 
 def alias_del(bdev, alias) -> int:
-    if alias in bdev.aliases:
-        bdev.aliases.remove(alias)
-        m = _mgr()
-        if m.names.get(alias) is bdev:
-            del m.names[alias]
+    """spdk_bdev_alias_del: -ENOENT if ``alias`` is not one of the bdev's.  Replicated
+    as alias_add."""
+    if alias not in bdev.aliases:
+        log.info("alias %s does not exist", alias)
+        return -ENOENT
+    m = _mgr()
+    if not _bcast.on_main_thread() and rx.get_thread() is not None:
+        _bcast.to_main(_alias_on_main, [bdev.name, alias, False], None)
         return 0
-    log.info("alias %s does not exist", alias)
-    return -ENOENT
+    _alias_apply(m, bdev, alias, False)
+    if m.reactor.n_reactors > 1 and rx.get_thread() is not None:
+        _bcast.broadcast(_alias_replica, [bdev.name, alias, False], None, include_self=False)
+    return 0
+
+
+def _alias_apply(m, bdev, alias, add) -> int:
+    if add:
+        if alias in m.names:
+            return -EEXIST
+        bdev.aliases.append(alias)
+        m.names[alias] = bdev
+        return 0
+    if alias not in bdev.aliases:
+        return -ENOENT
+    bdev.aliases.remove(alias)
+    if m.names.get(alias) is bdev:
+        del m.names[alias]
+    return 0
+
+
+@wire.remote("bdev.alias_on_main")
+def _alias_on_main(done, name, alias, add):
+    m = _mgr()
+    b = m.names.get(name)
+    rc = -ENODEV if b is None else _alias_apply(m, b, alias, add)
+    if rc:
+        log.error("alias %s %s bdev %s refused by the main replica: %d", alias,
+                  "for" if add else "of", name, rc)
+        done(rc)
+        return
+    _bcast.broadcast(_alias_replica, [name, alias, add], done, include_self=False)
+
+
+@wire.remote("bdev.alias_replica")
+def _alias_replica(done, name, alias, add):
+    m = _mgr(False)
+    b = m.names.get(name) if m is not None else None
+    done(_alias_apply(m, b, alias, add) if b is not None else 0)
 
 
 def alias_del_all(bdev) -> None:
+    """spdk_bdev_alias_del_all, on this replica (the bdev is going away everywhere)."""
     m = _mgr()
     for a in bdev.aliases:
         if m.names.get(a) is bdev:
@@ -969,18 +1018,37 @@ class _UnregisterJoin:
 
 
 def bdev_unregister(bdev, cb=None, cb_arg=None) -> None:
-    """spdk_bdev_unregister (main thread for replicated bdevs): every replica marks the
-    bdev removing and notifies each open desc on the desc's thread; each replica
-    destructs its module context after its last desc closes; ``cb(cb_arg, rc)`` on the
-    calling thread when all replicas are done (-ENOTSUP outside a ringstack thread)."""
+    """spdk_bdev_unregister (any thread): every replica marks the bdev removing and
+    notifies each open desc on the desc's thread; each replica destructs its module
+    context after its last desc closes; ``cb(cb_arg, rc)`` on the calling thread when all
+    replicas are done (-ENOTSUP outside a ringstack thread).  Called on another thread
+    than the main one, the request first hops to the main thread (which owns the
+    registry and orders its changes); -ENODEV if the main replica has no such bdev."""
     r = rx.current_reactor()
-    if r.n_reactors == 1 or rx.get_thread() is None:
+    t = rx.get_thread()
+    if t is None:
+        _unregister_local(bdev, cb, cb_arg)
+        return
+    if not _bcast.on_main_thread():
+        _bcast.to_main(_unregister_on_main, [bdev.name],
+                       lambda rc: cb(cb_arg, rc) if cb is not None else None)
+        return
+    if r.n_reactors == 1:
         _unregister_local(bdev, cb, cb_arg)
         return
     join = _UnregisterJoin(cb, cb_arg)
     name = bdev.name
     _unregister_local(bdev, join.part, None)
     _bcast.broadcast(_unregister_replica, [name], join.remote, include_self=False)
+
+
+@wire.remote("bdev.unregister_on_main")
+def _unregister_on_main(done, name):
+    b = get_by_name(name)
+    if b is None:
+        done(-ENODEV)
+        return
+    bdev_unregister(b, lambda _arg, rc: done(rc))
 
 
 @wire.remote("bdev.unregister_replica")

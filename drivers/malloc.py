@@ -20,7 +20,7 @@ import reactor as rx
 from reactor import wire
 
 import bdev as _bdev
-from bdev import _core
+from bdev import _bcast, _core
 from bdev import module as bm
 
 log = logging.getLogger("ringstack.malloc")
@@ -160,6 +160,9 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
     segment cannot be created."""
     from ipc.shm import Segment
     cb = cb or (lambda rc, name: None)
+    if not _bcast.on_main_thread():   # the main thread owns the registry: hop there
+        _bcast.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary], cb)
+        return
     t = rx.get_thread()
     if name is None:
         n = 0
@@ -195,6 +198,11 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
         return
     bm.broadcast(_create_replica, [name, seg.name, block_size, num_blocks, uuid, optimal_io_boundary],
                  lambda rc: cb(rc, name), include_self=False)
+
+
+@wire.remote("malloc.create_on_main")
+def _create_on_main(done, name, num_blocks, block_size, uuid, optimal_io_boundary):
+    create(name, num_blocks, block_size, uuid, optimal_io_boundary, cb=lambda rc, name: done(rc, name))
 
 
 def delete(name, cb=None) -> None:

@@ -15,7 +15,7 @@ import reactor as rx
 from reactor import wire
 
 import bdev as _bdev
-from bdev import _core
+from bdev import _bcast, _core
 from bdev import module as bm
 
 log = logging.getLogger("ringstack.null")
@@ -103,6 +103,9 @@ def _create_replica(done, name, num_blocks, block_size, uuid):
 def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
     """Create a null bdev on every reactor (main thread); ``cb(rc, name)``."""
     cb = cb or (lambda rc, name: None)
+    if not _bcast.on_main_thread():   # the main thread owns the registry: hop there
+        _bcast.to_main(_create_on_main, [name, num_blocks, block_size, uuid], cb)
+        return
     t = rx.get_thread()
     if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0:
         rx.send_msg(t, cb, -_core.EINVAL, name)
@@ -119,6 +122,11 @@ def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
         return
     bm.broadcast(_create_replica, [name, num_blocks, block_size, uuid], lambda rc: cb(rc, name),
                  include_self=False)
+
+
+@wire.remote("null.create_on_main")
+def _create_on_main(done, name, num_blocks, block_size, uuid):
+    create(name, num_blocks, block_size, uuid, cb=lambda rc, name: done(rc, name))
 
 
 def delete(name, cb=None) -> None:

@@ -373,3 +373,15 @@ def test_enomem_across_threads_independent(h):
     S.complete("ut")
     S.complete("ut")
     assert sorted(cpl.args()) == ["a", "b", "c"]
+
+
+def test_unregister_from_another_thread_hops_to_the_main_thread(h):
+    import reactor as rx
+    S.create("other")
+    h.set_thread(2)
+    b = B.get_by_name("other")
+    done = []
+    B.bdev_unregister(b, lambda arg, rc: done.append((rc, rx.get_thread().name)))
+    assert b.status != 2                 # STATUS_REMOVING: the main thread applies it, later
+    h.poll_threads()
+    assert done == [(0, "ut_thread2")] and B.get_by_name("other") is None

@@ -520,3 +520,53 @@ def test_io_of_an_open_channel_waits_for_the_new_qos_thread(h):
         h.set_thread(i)
         B.put_io_channel(ctx[i][1])
     h.poll_threads()
+
+
+# ------------------------------------------------------------------ registry changes hop to main
+def test_registry_changes_from_another_reactor_hop_to_the_main_thread(h):
+    # a create requested on reactor 1 is made by the main thread, answered on reactor 1
+    h.set_thread(3)
+    out = []
+    null.create("hop", 64, 512, cb=lambda rc, name: out.append((rc, name, rx.get_thread().name)))
+    assert B.get_by_name("hop") is None              # nothing applied before the main thread
+    h.poll_threads()
+    assert out == [(0, "hop", "ut_thread3")]
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("hop") is not None
+    # an alias requested on reactor 1 races a create of the same name on the main thread:
+    # the main thread orders them, so both replicas agree (the create wins)
+    h.set_thread(1)
+    assert B.alias_add(B.get_by_name("hop"), "dup") == 0
+    assert B.get_by_name("dup") is None              # not applied locally first
+    h.set_thread(0)
+    null.create("dup", 64, 512, cb=lambda rc, name: out.append((rc, name)))
+    h.poll_threads()
+    assert out[-1] == (0, "dup")
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("dup").name == "dup"    # a bdev, not an alias, everywhere
+        assert B.get_aliases(B.get_by_name("hop")) == []
+    # an alias from reactor 1 that does not clash reaches every replica
+    h.set_thread(1)
+    assert B.alias_add(B.get_by_name("hop"), "hop-alias") == 0
+    h.poll_threads()
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("hop-alias") is B.get_by_name("hop")
+    h.set_thread(1)
+    assert B.alias_del(B.get_by_name("hop"), "hop-alias") == 0
+    h.poll_threads()
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("hop-alias") is None
+    # an unregister requested on reactor 1 (thread 3) is made by the main thread
+    h.set_thread(3)
+    done = []
+    B.bdev_unregister(B.get_by_name("hop"), lambda arg, rc: done.append((arg, rc, rx.get_thread().name)), "a")
+    assert B.get_by_name("hop").status == B._core.STATUS_READY    # not applied locally first
+    h.poll_threads()
+    assert done == [("a", 0, "ut_thread3")]
+    for i in (0, 1):
+        h.set_thread(i)
+        assert B.get_by_name("hop") is None
