@@ -362,11 +362,11 @@ def test_buffer_pools_are_global_counts_split_over_reactors(restore_opts):
 
 
 # ------------------------------------------------------------------ passthru and status under QoS
-def _qos_on_thread0(h, name, limits):
+def _qos_on_thread0(h, name, limits, blockcnt=1024):
     """Stub ``name`` with a channel on thread 0 (so the QoS thread is thread 0) and one on
     thread 1 (reactor 1); QoS ``limits`` set.  Returns {thread: (desc, ch)}."""
     h.set_thread(0)
-    S.create(name)
+    S.create(name, blockcnt=blockcnt)
     h.poll_threads()
     ctx = {}
     for i in (0, 1):
@@ -570,3 +570,148 @@ def test_registry_changes_from_another_reactor_hop_to_the_main_thread(h):
     for i in (0, 1):
         h.set_thread(i)
         assert B.get_by_name("hop") is None
+
+
+# ------------------------------------------------------------------ untested paths
+def test_bounce_buffer_exhaustion_queues_forwarded_io(h, restore_opts):
+    S.fini_layer(h)
+    assert B.set_opts({"small_buf_pool_size": 2, "large_buf_pool_size": 2}) == 0   # 1 + 1 each
+    S.init_layer(h)
+    ctx = _qos_on_thread0(h, "bb", [10000, NOT, NOT, NOT])
+    d1, c1 = ctx[1]
+    h.set_thread(1)
+    m1 = rx.current_reactor().locals["bdev"]
+    mgmt1 = c1.ctx.mgmt
+    cpl = S.Cpl()
+    for i in range(3):               # private buffers: each needs reactor 1's one small bounce
+        assert B.write_blocks(d1, c1, bytearray(bytes([i + 1]) * 512), i, 1, cpl, i) == 0
+    h.poll_threads()
+    assert len(mgmt1.fwd_wait) == 2 and m1.small_avail == 0
+    for i in range(3):
+        h.set_thread(0)
+        q = S.outstanding("bb")
+        assert len(q) == 1 and bytes(q[0].iovs[0]) == bytes([i + 1]) * 512   # copied in order
+        S.complete("bb")
+        h.poll_threads()
+    assert cpl.args() == [0, 1, 2] and all(cpl.statuses())
+    h.set_thread(1)
+    assert not mgmt1.fwd_wait and m1.small_avail == 1 and m1.buf_pool.in_use == 0
+    _close_all(h, ctx)
+
+
+def test_write_zeroes_emulation_through_cross_reactor_qos(h):
+    ctx = _qos_on_thread0(h, "wz", [10000, NOT, NOT, NOT], blockcnt=8192)
+    h.set_thread(0)
+    S.disk("wz").supported.discard(B.IO_TYPE_WRITE_ZEROES)
+    h.set_thread(1)
+    S.disk("wz").supported.discard(B.IO_TYPE_WRITE_ZEROES)
+    d1, c1 = ctx[1]
+    cpl = S.Cpl()
+    assert B.write_zeroes_blocks(d1, c1, 100, 3000, cpl, "wz") == 0   # > the 1 MiB zero buffer
+    seen = []
+    for _ in range(2):
+        h.poll_threads()
+        h.set_thread(0)                      # each child write is funnelled to thread 0
+        q = S.outstanding("wz")
+        assert len(q) == 1
+        io = q[0]
+        seen.append((io.type, io.offset_blocks, io.num_blocks))
+        assert not any(bytes(io.iovs[0])) if len(io.iovs) == 1 else all(not any(bytes(v)) for v in io.iovs)
+        S.complete("wz")
+        h.set_thread(1)
+    h.poll_threads()
+    assert seen == [(B.IO_TYPE_WRITE, 100, 2048), (B.IO_TYPE_WRITE, 2148, 952)]
+    assert cpl.done == [("wz", True)]
+    assert rx.current_reactor().locals["bdev"].buf_pool.in_use == 0
+    _close_all(h, ctx)
+
+
+def test_histograms_iostat_reset_and_per_channel_stats_across_reactors(h):
+    h.set_thread(0)
+    null.create("hs", 1024, 512)
+    h.poll_threads()
+    b0 = B.get_by_name("hs")
+    out = []
+    B.histogram_enable(b0, lambda a, rc: out.append(rc))
+    h.poll_threads()
+    assert out == [0]
+    ctx = {}
+    cpl = S.Cpl()
+    for i in (0, 1, 3):                      # thread 0 on reactor 0; 1 and 3 on reactor 1
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name("hs"), True)
+        c = B.get_io_channel(d)
+        ctx[i] = (d, c)
+        for k in range(i + 1):
+            assert B.read_blocks(d, c, None, k, 1, cpl) == 0
+        assert B.write_blocks(d, c, bytearray(512), 0, 1, cpl) == 0
+        h.advance_time_us(3)                 # a latency for the histogram
+    h.poll_threads()
+    assert len(cpl.done) == 1 + 2 + 4 + 3
+    h.set_thread(0)
+    hist, chans, dev = [], [], []
+    B.histogram_get(b0, lambda a, rc, buckets: hist.append((rc, buckets)))
+    B.get_channels_stat(b0, lambda b, lst, a, rc: chans.append(lst))
+    B.get_device_stat(b0, lambda b, s, a, rc: dev.append(s))
+    h.poll_threads()
+    assert hist[0][0] == 0 and sum(hist[0][1]) == 10         # every read and write, both reactors
+    per = {e["thread"]: (e["num_read_ops"], e["num_write_ops"]) for e in chans[0]}
+    assert per == {"ut_thread0": (1, 1), "ut_thread1": (2, 1), "ut_thread3": (4, 1)}
+    assert dev[0].num_read_ops == 7 and dev[0].num_write_ops == 3
+    # reset from the main thread zeroes every channel and replica (and the histograms)
+    B.reset_device_stat(b0, lambda b, a, rc: out.append(("reset", rc)))
+    h.poll_threads()
+    assert out[-1] == ("reset", 0)
+    B.get_channels_stat(b0, lambda b, lst, a, rc: chans.append(lst))
+    B.get_device_stat(b0, lambda b, s, a, rc: dev.append(s))
+    B.histogram_get(b0, lambda a, rc, buckets: hist.append((rc, buckets)))
+    h.poll_threads()
+    assert all(e["num_read_ops"] == 0 and e["num_write_ops"] == 0 for e in chans[1]) and len(chans[1]) == 3
+    assert dev[1].num_read_ops == 0 and dev[1].bytes_written == 0
+    assert sum(hist[1][1]) == 0
+    # counting resumes on reactor 1 after the reset; disabling stops the histograms
+    h.set_thread(3)
+    assert B.read_blocks(ctx[3][0], ctx[3][1], None, 0, 1, cpl) == 0
+    h.poll_threads()
+    h.set_thread(0)
+    B.histogram_get(b0, lambda a, rc, buckets: hist.append((rc, buckets)))
+    h.poll_threads()
+    assert sum(hist[2][1]) == 1
+    B.histogram_enable(b0, lambda a, rc: out.append(rc), enable=False)
+    h.poll_threads()
+    B.histogram_get(b0, lambda a, rc, buckets: hist.append((rc, buckets)))
+    h.poll_threads()
+    assert hist[3] == (-14, None)
+    for i, (d, c) in ctx.items():
+        h.set_thread(i)
+        B.put_io_channel(c)
+        B.close(d)
+    h.poll_threads()
+
+
+def test_malloc_and_null_config_json_has_spdk_shapes_and_replays(h):
+    h.set_thread(0)
+    malloc.create("cm", 64, 4096, uuid="6f2f3f5e-1d1b-4c3c-9a1a-0a0b0c0d0e0f")
+    null.create("cn", 2048, 512, uuid="11111111-2222-3333-4444-555555555555")
+    h.poll_threads()
+    cfg = B.subsystem_config_json()
+    ent = {e["method"]: e["params"] for e in cfg if e["method"] in ("bdev_malloc_create", "bdev_null_create")}
+    assert ent["bdev_malloc_create"] == {"name": "cm", "num_blocks": 64, "block_size": 4096,
+                                         "uuid": "6f2f3f5e-1d1b-4c3c-9a1a-0a0b0c0d0e0f",
+                                         "optimal_io_boundary": 0}
+    assert ent["bdev_null_create"] == {"name": "cn", "num_blocks": 2048, "block_size": 512,
+                                       "uuid": "11111111-2222-3333-4444-555555555555"}
+    assert [e["method"] for e in cfg][0] == "bdev_set_options"
+    # the entries recreate the same bdevs (what load_config does with them)
+    out = []
+    malloc.delete("cm", out.append)
+    null.delete("cn", out.append)
+    h.poll_threads()
+    assert out == [0, 0]
+    malloc.create(cb=lambda rc, n: out.append(rc), **ent["bdev_malloc_create"])
+    null.create(cb=lambda rc, n: out.append(rc), **ent["bdev_null_create"])
+    h.poll_threads()
+    assert out[2:] == [0, 0]
+    h.set_thread(1)
+    assert B.get_uuid(B.get_by_name("cm")) == "6f2f3f5e-1d1b-4c3c-9a1a-0a0b0c0d0e0f"
+    assert B.get_block_size(B.get_by_name("cm")) == 4096 and B.get_num_blocks(B.get_by_name("cn")) == 2048
