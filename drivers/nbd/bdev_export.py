@@ -41,6 +41,10 @@ log = logging.getLogger("ringstack.nbd")
 
 _SMALL = 8 * 1024
 _LARGE = 64 * 1024
+#: Arena buffers one connection may hold (8 KiB and 64 KiB classes; at most a quarter of
+#: the reactor's pool each).  Beyond that its buffers are private memory.
+CACHE_SMALL = 256
+CACHE_LARGE = 32
 #: The default NBD maximum payload, when the client asks (a multiple of any block size).
 MAX_PAYLOAD = 32 * 1024 * 1024
 
@@ -101,8 +105,7 @@ class BdevExport(Export):
 class BdevHandle(ExportHandle):
     """One connection's desc + io_channel (see the module docstring)."""
 
-    __slots__ = ("export", "desc", "ch", "bdev", "_event_cb", "_bufs", "_free_small",
-                 "_free_large", "_taken_small", "_taken_large", "_cap_small", "_cap_large",
+    __slots__ = ("export", "desc", "ch", "bdev", "_event_cb", "_bufs", "_by_len", "_taken_small", "_taken_large", "_cap_small", "_cap_large",
                  "_mgr", "_pool", "_waiting", "_shift", "closed", "removed")
 
     def __init__(self, export: BdevExport, event_cb):
@@ -118,16 +121,15 @@ class BdevHandle(ExportHandle):
         self.desc = desc
         self.ch = ch
         self.bdev = api.desc_get_bdev(desc)
-        self._bufs: dict = {}          # id(view handed out) -> (class list, full view, handle|None)
-        self._free_small: list = []     # cached (view, handle) of the arena, 8 KiB class
-        self._free_large: list = []     # 64 KiB class
+        self._bufs: dict = {}          # id(view) -> (its free list, view, full buffer view, handle)
+        self._by_len: dict = {}        # length -> free views of that length
         self._taken_small = self._taken_large = 0
         m = _manager()
         self._mgr = m
         self._pool = m.buf_pool if m is not None else None
         if self._pool is not None:
-            self._cap_small = m.opts["small_buf_pool_size"] // 2
-            self._cap_large = m.opts["large_buf_pool_size"] // 2
+            self._cap_small = min(CACHE_SMALL, m.opts["small_buf_pool_size"] // 4)
+            self._cap_large = min(CACHE_LARGE, m.opts["large_buf_pool_size"] // 4)
         else:
             self._cap_small = self._cap_large = 0
         self._waiting: list = []        # ops waiting for a bdev_io (ENOMEM), in order
@@ -147,20 +149,20 @@ class BdevHandle(ExportHandle):
 
     # ------------------------------------------------------------------ buffers
     def alloc(self, length: int) -> Optional[memoryview]:
-        if length <= _SMALL:
-            free, cls = self._free_small, 0
-        elif length <= _LARGE:
-            free, cls = self._free_large, 1
-        else:
+        # Hot path: a cached view of exactly this length (dict get + list pop).
+        lst = self._by_len.get(length)
+        if lst:
+            return lst.pop()
+        if length > _LARGE:
             return memoryview(bytearray(length))
-        if free:
-            full, h = free.pop()
-        else:
-            full, h = self._take(cls, length)
-            if full is None:
-                return memoryview(bytearray(length))
+        full, h = self._take(0 if length <= _SMALL else 1, length)
+        if full is None:
+            return memoryview(bytearray(length))
         v = full[:length] if len(full) != length else full
-        self._bufs[id(v)] = (free, full, h)
+        if lst is None:
+            lst = self._by_len[length] = []
+        # A view stays bound to its length while this handle caches it.
+        self._bufs[id(v)] = (lst, v, full, h)
         return v
 
     def _take(self, cls: int, length: int):
@@ -188,33 +190,32 @@ class BdevHandle(ExportHandle):
         return self._pool.view(h), h
 
     def free(self, buf: memoryview) -> None:
-        ent = self._bufs.pop(id(buf), None)
+        ent = self._bufs.get(id(buf))
         if ent is not None:
-            ent[0].append((ent[1], ent[2]))
+            ent[0].append(buf)
 
     def _release_buffers(self) -> None:
-        if self._bufs:
+        cached = sum(len(lst) for lst in self._by_len.values())
+        if cached != len(self._bufs):
             log.error("nbd: export %r: %d buffers not returned at close", self.export.name,
-                      len(self._bufs))
-            for free, full, h in self._bufs.values():
-                free.append((full, h))
-            self._bufs.clear()
+                      len(self._bufs) - cached)
         m, pool = self._mgr, self._pool
-        if m is None:
-            return
-        for free, small in ((self._free_small, True), (self._free_large, False)):
-            for full, h in free:
-                full.release()
-                try:
-                    pool.put(h)
-                except ValueError:
-                    log.exception("nbd: arena buffer %s could not be returned", h)
-                    continue
-                if small:
-                    m.small_avail += 1
-                else:
-                    m.large_avail += 1
-            free.clear()
+        for _lst, v, full, h in self._bufs.values():
+            v.release()
+            full.release()
+            if m is None:
+                continue
+            try:
+                pool.put(h)
+            except ValueError:
+                log.exception("nbd: arena buffer %s could not be returned", h)
+                continue
+            if h.length <= _SMALL:
+                m.small_avail += 1
+            else:
+                m.large_avail += 1
+        self._bufs.clear()
+        self._by_len.clear()
         self._taken_small = self._taken_large = 0
 
     # ------------------------------------------------------------------ I/O
@@ -255,13 +256,27 @@ class BdevHandle(ExportHandle):
     def read(self, offset, length, buf, cb):
         # The server checked alignment to block_min (the bdev block size): blocks variant.
         sh = self._shift
-        self._go(api.read_blocks, (buf, offset >> sh, length >> sh), cb)
+        if not self._waiting:
+            rc = _read_blocks(self.desc, self.ch, buf, offset >> sh, length >> sh, _done, cb)
+            if not rc:
+                return
+            if rc != _ENOMEM:
+                cb(-rc)
+                return
+        self._go(_read_blocks, (buf, offset >> sh, length >> sh), cb)
 
     def write(self, offset, data, fua, cb):
         if fua and self.export.fua_needs_flush:
             cb = _ThenFlush(self, cb)
         sh = self._shift
-        self._go(api.write_blocks, (data, offset >> sh, len(data) >> sh), cb)
+        if not self._waiting:
+            rc = _write_blocks(self.desc, self.ch, data, offset >> sh, len(data) >> sh, _done, cb)
+            if not rc:
+                return
+            if rc != _ENOMEM:
+                cb(-rc)
+                return
+        self._go(_write_blocks, (data, offset >> sh, len(data) >> sh), cb)
 
     def flush(self, cb):
         self._go(api.flush, (0, self.export.size), cb)
@@ -289,6 +304,11 @@ class BdevHandle(ExportHandle):
             self.export.handles.remove(self)
         except ValueError:
             pass
+
+
+_read_blocks = api.read_blocks
+_write_blocks = api.write_blocks
+_ENOMEM = -errno.ENOMEM
 
 
 class _ThenFlush:

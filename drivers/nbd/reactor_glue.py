@@ -387,6 +387,7 @@ class ReactorNbd:
             for k in ("requests", "errors", "bytes_read", "bytes_written"):
                 totals[k] += c.stats[k]
         totals["connections_open"] = len(self.target.connections)
+        totals["polls"] = self._pass
         return {"reactor": self.index, "lcore": self.reactor.core, "connections": conns,
                 "stats": totals}
 
