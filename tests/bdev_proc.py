@@ -26,7 +26,7 @@ class Worker:
     """Submits I/O at a fixed queue depth on the current thread until told to stop or
     ``total`` I/O completed; verifies data for malloc (each worker owns a region)."""
 
-    def __init__(self, origin, name, region, qd, total, mode, duration):
+    def __init__(self, origin, name, region, qd, total, mode, duration, window=None):
         self.origin = origin
         self.name = name
         self.region = region
@@ -37,6 +37,9 @@ class Worker:
         self.index = rx.current_reactor().index
         self.ok = self.failed = self.submitted = self.inflight = 0
         self.window = 0
+        # completions counted between these two absolute time.monotonic() values
+        # (CLOCK_MONOTONIC is one clock for every process of the machine)
+        self.win = tuple(window) if window else None
         self.stopping = False
         self.removed = False
         rc, self.desc = B.open(B.get_by_name(name), True, self.on_remove, None)
@@ -86,9 +89,14 @@ class Worker:
         self.inflight -= 1
         if success:
             self.ok += 1
-            now = time.monotonic() - self.t0
-            if 0.3 <= now < 1.3:
-                self.window += 1
+            if self.win is not None:
+                now = time.monotonic()
+                if self.win[0] <= now < self.win[1]:
+                    self.window += 1
+            else:
+                now = time.monotonic() - self.t0
+                if 0.3 <= now < 1.3:
+                    self.window += 1
             kind, lba = arg
             if kind == "r":
                 want = bytes([(self.index * 16 + lba) & 0xFF]) * self.bs
@@ -112,8 +120,8 @@ def _workers():
 
 
 @wire.remote("test.bdev_proc.start")
-def start(origin, name, region, qd, total, mode, duration):
-    w = Worker(origin, name, region, qd, total, mode, duration)
+def start(origin, name, region, qd, total, mode, duration, window=None):
+    w = Worker(origin, name, region, qd, total, mode, duration, window)
     _workers().append(w)
     w.kick()
 
@@ -128,12 +136,14 @@ def close_all(origin):
     _send_report(origin, "closed", rx.current_reactor().index)
 
 
-def start_everywhere(name, qd, total, mode="rw", duration=0.0):
-    """From the app thread: one worker on reactor 0's app thread, one on reactor 1."""
+def start_everywhere(name, qd, total, mode="rw", duration=0.0, window=None):
+    """From the app thread: one worker on reactor 0's app thread, one on reactor 1.
+    ``window``: (start, end) in absolute time.monotonic() seconds to count completions."""
     r = rx.current_reactor()
     me = rx.get_thread().id
     for i in range(r.n_reactors):
-        r.send(r.default_tid(i), start, (me, name, i, qd, total, mode, duration))
+        r.send(r.default_tid(i), start, (me, name, i, qd, total, mode, duration,
+                                         list(window) if window else None))
 
 
 def close_everywhere():

@@ -93,7 +93,15 @@ def test_reset_while_both_reactors_submit():
 
 
 def test_qos_limit_honoured_in_aggregate():
+    """The issue's rule: over a second, the sum over all reactors stays within 5% of the
+    limit.  Made robust for a loaded 2-core box: the null bdev (no data movement), a
+    limit far below what one reactor does alone (10k IO/s, the seed's minimum), a deep
+    queue on both reactors (so the QoS catch-up after a descheduled reactor has I/O to
+    release and the limit stays saturated), a 0.5 s warm-up, and completions counted on
+    one machine-wide clock over a 2 s window (edge effects shrink to ~1%)."""
+    import time
     LIMIT = 10000
+    WARMUP, WINDOW = 0.5, 2.0
 
     def main():
         null.create("Q", 1 << 20, 512, cb=created)
@@ -106,7 +114,9 @@ def test_qos_limit_honoured_in_aggregate():
 
     def limited(arg, rc):
         P.report("qos", rc)
-        P.start_everywhere("Q", qd=32, total=10 ** 9, mode="read", duration=1.4)
+        t = time.monotonic()
+        P.start_everywhere("Q", qd=128, total=10 ** 9, mode="read", duration=WARMUP + WINDOW + 0.3,
+                           window=(t + WARMUP, t + WARMUP + WINDOW))
         P.wait_for("worker", 2, done, deadline_s=30)
 
     def done():
@@ -118,8 +128,9 @@ def test_qos_limit_honoured_in_aggregate():
     rc, res = run_app(main)
     assert rc == 0, res
     assert res["qos"] == [0]
-    total = sum(w["window"] for w in res["worker"])      # completions in one 1 s window
     per = {w["reactor"]: w["window"] for w in res["worker"]}
-    assert total <= LIMIT * 1.05, per
-    assert total >= LIMIT * 0.3, per                     # loaded 2-core box: generous floor
+    rate = sum(per.values()) / WINDOW                    # I/O per second, both reactors
+    assert all(w["failed"] == 0 for w in res["worker"]), res["worker"]
+    assert rate <= LIMIT * 1.05, (rate, per)             # the issue's bound
+    assert rate >= LIMIT * 0.90, (rate, per)             # the workload saturates the limit
     assert all(v > 0 for v in per.values()), per         # both reactors got through
