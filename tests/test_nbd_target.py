@@ -420,6 +420,23 @@ def test_slow_and_vanished_clients_never_block_a_reactor(target):
     by.check()
 
 
+def test_idle_reactors_sleep_with_connections_open(target):
+    import psutil
+    clients = [raw(target.nbd_sock).connect_export("Malloc0") for _ in range(3)]
+    for c in clients:
+        assert len(c.read(0, 4096)) == 4096
+    half = raw(target.nbd_sock)                          # one more, silent in the handshake
+    procs = [psutil.Process(target.proc.pid)] + psutil.Process(target.proc.pid).children()
+    for p in procs:
+        p.cpu_percent()
+    time.sleep(1.0)
+    usage = [p.cpu_percent() for p in procs]
+    assert all(u < 20 for u in usage), usage             # a spinning reactor shows ~100
+    for c in clients:
+        c.disconnect()
+    half.close()
+
+
 def test_hot_remove_fails_io_and_closes_the_connection(target):
     assert target.call("bdev_malloc_create", {"name": "Hot0", "num_blocks": 8192, "block_size": 512}) == "Hot0"
     assert target.call("nbd_export_add", {"bdev_name": "Hot0"}) == "Hot0"
