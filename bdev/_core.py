@@ -1326,12 +1326,14 @@ def free_io(io) -> None:
     # keep a buffer alive, nor an arena mapping from being unmapped)
     io.cb = io.caller_ctx = io.desc = io.child_iov = None
     io._iov[0] = None
-    if len(mgmt.cache) < mgmt.cache_size:
-        mgmt.cache.append(io)
+    cache = mgmt.cache
+    if len(cache) < mgmt.cache_size:
+        cache.append(io)
         q = mgmt.io_wait_queue
-        while mgmt.cache and q:
-            entry = q.popleft()
-            entry.cb_fn(entry.cb_arg)
+        if q:
+            while cache and q:
+                entry = q.popleft()
+                entry.cb_fn(entry.cb_arg)
     else:
         m = mgmt.mgr
         m.io_pool_avail += 1
@@ -1512,13 +1514,22 @@ def read(desc, ch, buf, offset, nbytes, cb, cb_arg=None) -> int:
 
 
 def read_blocks(desc, ch, buf, offset_blocks, num_blocks, cb, cb_arg=None) -> int:
+    # The hot path (bdevperf, NBD): everything inlined -- validation (offset + num >
+    # blockcnt also catches the seed's u64 wrap-around, Python ints do not wrap), the
+    # per-thread cache, _io_init and, when the channel has no flag and the bdev cannot
+    # split, the seed's _spdk_bdev_io_submit.  Any other case takes _io_submit.
     bdev = desc.bdev
-    if not _io_valid_blocks(bdev, offset_blocks, num_blocks):
+    if offset_blocks < 0 or num_blocks < 0 or offset_blocks + num_blocks > bdev.blockcnt:
         return -EINVAL
     channel = ch.ctx
-    io = _get_io(channel)
-    if io is None:
-        return -ENOMEM
+    mgmt = channel.mgmt
+    cache = mgmt.cache
+    if cache:
+        io = cache.pop()
+    else:
+        io = _get_io(channel)
+        if io is None:
+            return -ENOMEM
     io.ch = channel
     io.desc = desc
     io.type = IO_TYPE_READ
@@ -1528,8 +1539,29 @@ def read_blocks(desc, ch, buf, offset_blocks, num_blocks, cb, cb_arg=None) -> in
     io.iovcnt = 1
     io.num_blocks = num_blocks
     io.offset_blocks = offset_blocks
-    _io_init(io, bdev, cb_arg, cb)
-    _io_submit(io)
+    io.bdev = bdev
+    io.caller_ctx = cb_arg
+    io.cb = cb
+    io.status = IO_STATUS_PENDING
+    io.buf = None
+    io.io_submit_ch = None
+    io.proxy = False
+    io.fwd = None
+    if channel.flags or bdev._may_split:
+        io.in_submit_request = False
+        _io_submit(io)
+        return 0
+    sr = channel.shared_resource
+    io.submit_tsc = channel.clock()
+    if sr.nomem_io:
+        io.in_submit_request = False
+        sr.nomem_io.append(io)
+        return 0
+    channel.io_outstanding += 1
+    sr.io_outstanding += 1
+    io.in_submit_request = True
+    bdev._submit(channel.channel, io)
+    io.in_submit_request = False
     return 0
 
 
@@ -1568,15 +1600,20 @@ def write(desc, ch, buf, offset, nbytes, cb, cb_arg=None) -> int:
 
 
 def write_blocks(desc, ch, buf, offset_blocks, num_blocks, cb, cb_arg=None) -> int:
+    # Inlined like read_blocks.
     if not desc.write:
         return -EBADF
     bdev = desc.bdev
-    if not _io_valid_blocks(bdev, offset_blocks, num_blocks):
+    if offset_blocks < 0 or num_blocks < 0 or offset_blocks + num_blocks > bdev.blockcnt:
         return -EINVAL
     channel = ch.ctx
-    io = _get_io(channel)
-    if io is None:
-        return -ENOMEM
+    cache = channel.mgmt.cache
+    if cache:
+        io = cache.pop()
+    else:
+        io = _get_io(channel)
+        if io is None:
+            return -ENOMEM
     io.ch = channel
     io.desc = desc
     io.type = IO_TYPE_WRITE
@@ -1586,8 +1623,29 @@ def write_blocks(desc, ch, buf, offset_blocks, num_blocks, cb, cb_arg=None) -> i
     io.iovcnt = 1
     io.num_blocks = num_blocks
     io.offset_blocks = offset_blocks
-    _io_init(io, bdev, cb_arg, cb)
-    _io_submit(io)
+    io.bdev = bdev
+    io.caller_ctx = cb_arg
+    io.cb = cb
+    io.status = IO_STATUS_PENDING
+    io.buf = None
+    io.io_submit_ch = None
+    io.proxy = False
+    io.fwd = None
+    if channel.flags or bdev._may_split:
+        io.in_submit_request = False
+        _io_submit(io)
+        return 0
+    sr = channel.shared_resource
+    io.submit_tsc = channel.clock()
+    if sr.nomem_io:
+        io.in_submit_request = False
+        sr.nomem_io.append(io)
+        return 0
+    channel.io_outstanding += 1
+    sr.io_outstanding += 1
+    io.in_submit_request = True
+    bdev._submit(channel.channel, io)
+    io.in_submit_request = False
     return 0
 
 
@@ -2070,9 +2128,14 @@ def _ch_retry_io(ch) -> None:
 
 
 def io_complete(io, status) -> None:
-    """spdk_bdev_io_complete (module side, on the I/O's thread)."""
+    """spdk_bdev_io_complete (module side, on the I/O's thread).  Also ``BdevIo.complete``.
+
+    The hot path: the common case (a read or write completed outside submit, on its own
+    thread) is inlined down to the stats and the user's callback; the rest goes through
+    _io_complete."""
     io.status = status
-    if io.type == IO_TYPE_RESET:
+    t = io.type
+    if t == IO_TYPE_RESET:
         bdev = io.bdev
         if status == IO_STATUS_NOMEM:
             log.error("NOMEM returned for reset")
@@ -2080,20 +2143,50 @@ def io_complete(io, status) -> None:
             bdev.reset_in_progress = None
             rx.for_each_channel(bdev, _unfreeze_channel, {"bdev": bdev.name}, _ResetCpl(io.ch, io).unfreeze_done)
             return
+        _io_complete(io)
+        return
+    ch = io.ch
+    sr = ch.shared_resource
+    ch.io_outstanding -= 1
+    sr.io_outstanding -= 1
+    if status == IO_STATUS_NOMEM:
+        sr.nomem_io.appendleft(io)
+        # Retry after NOMEM_THRESHOLD_COUNT completions, or half the queue for
+        # shallow queues.
+        sr.nomem_threshold = max(sr.io_outstanding // 2, sr.io_outstanding - NOMEM_THRESHOLD_COUNT)
+        return
+    if sr.nomem_io:
+        _ch_retry_io(ch)
+    if io.in_submit_request or io.io_submit_ch is not None or io.proxy:
+        _io_complete(io)
+        return
+    if status == IO_STATUS_SUCCESS:
+        if t == IO_TYPE_READ:
+            st = ch.stat
+            st.bytes_read += io.num_blocks * io.bdev.blocklen
+            st.num_read_ops += 1
+            lat = ch.clock() - io.submit_tsc
+            st.read_latency_ticks += lat
+            h = ch.histogram
+            if h is not None:
+                h[lat.bit_length() if lat < U64 else 64] += 1
+        elif t == IO_TYPE_WRITE:
+            st = ch.stat
+            st.bytes_written += io.num_blocks * io.bdev.blocklen
+            st.num_write_ops += 1
+            lat = ch.clock() - io.submit_tsc
+            st.write_latency_ticks += lat
+            h = ch.histogram
+            if h is not None:
+                h[lat.bit_length() if lat < U64 else 64] += 1
+        elif t == IO_TYPE_UNMAP:
+            st = ch.stat
+            st.bytes_unmapped += io.num_blocks * io.bdev.blocklen
+            st.num_unmap_ops += 1
+            st.unmap_latency_ticks += ch.clock() - io.submit_tsc
+        io.cb(io, True, io.caller_ctx)
     else:
-        ch = io.ch
-        sr = ch.shared_resource
-        ch.io_outstanding -= 1
-        sr.io_outstanding -= 1
-        if status == IO_STATUS_NOMEM:
-            sr.nomem_io.appendleft(io)
-            # Retry after NOMEM_THRESHOLD_COUNT completions, or half the queue for
-            # shallow queues.
-            sr.nomem_threshold = max(sr.io_outstanding // 2, sr.io_outstanding - NOMEM_THRESHOLD_COUNT)
-            return
-        if sr.nomem_io:
-            _ch_retry_io(ch)
-    _io_complete(io)
+        io.cb(io, False, io.caller_ctx)
 
 
 def io_complete_scsi_status(io, sc, sk, asc, ascq) -> None:
@@ -2149,3 +2242,8 @@ def io_get_iovec(io):
 
 def io_get_thread(io):
     return io.ch.thread
+
+
+# The module's completion call is the hot path: bind it straight to io_complete (no extra
+# method frame).
+BdevIo.complete = io_complete
