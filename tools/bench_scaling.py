@@ -12,11 +12,16 @@ In one run, on the null and malloc bdevs, 4 KiB randread at depth 128:
   lock; the GIL would serialise the bytecode anyway, the lock only makes the switches land
   between passes instead of inside one;
 
-plus randwrite and 64 KiB randread on malloc (1 and 2 reactors), and the **machine
+plus the same in-process construction with ONE thread and one reactor (so the threads
+baseline is also compared like with like), randwrite and 64 KiB randread on malloc (1 and
+2 reactors), and the **machine
 ceiling**: how much faster two pinned processes finish a fixed amount of plain Python CPU
 work than one does (on this class of VM 1.45-1.75x, never 2x).  Other jobs share this
-machine, so the ceiling is probed before the first pair and after each pair, and each
-pair's scaling is printed next to the mean of the two probes around it.
+machine, so: before each case the benchmark waits (bounded, ``--quiet-wait``) until the rest
+of the machine is below 10% CPU and records what it saw; each case runs ``--repeat`` times
+interleaved and the best run counts (interference only ever slows a run); the ceiling is
+probed before the first pair and after each pair, and each pair's scaling is printed next
+to the mean of the two probes around it.
 
 ``--profile null|malloc`` instead runs one in-process reactor under cProfile and prints
 where the time of the I/O path goes.
@@ -46,6 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="2 s per case, one repetition (smoke run)")
     p.add_argument("--repeat", type=int, default=2,
                    help="runs of each case, interleaved 1,2,1,2...; the best is kept (default 2)")
+    p.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="before each case wait up to SECONDS for the rest of the machine to go "
+                        "below 10%% CPU (default 30; 0: do not wait)")
     p.add_argument("--profile", choices=("null", "malloc"),
                    help="profile one in-process reactor (4 KiB randread, depth 128) instead")
 
@@ -199,6 +207,20 @@ def _inprocess_case(bdev, workload, io_size, seconds, n_reactors, n_threads, pro
     return _summary(bdevperf.last_result["json"])
 
 
+# ------------------------------------------------------------------------- quiet gate
+def wait_quiet(max_wait: float, threshold: float = 10.0) -> float:
+    """Wait (at most ``max_wait`` s) until the machine's CPU use over 0.5 s, all of it
+    other processes' while we sit here, is below ``threshold`` percent of all cores;
+    returns the last figure seen (recorded with each case)."""
+    import psutil
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = psutil.cpu_percent(interval=0.5)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.5)
+
+
 # ------------------------------------------------------------------------ the ceiling
 _CPU_WORK = r"""
 import os, sys, time
@@ -276,12 +298,17 @@ def run(args) -> int:
 
     def case(label, bdev, workload, io_size, kind):
         print(f"  {label} ...", end="", flush=True)
+        others = wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
         if kind == "threads":
             r = _inprocess_case(bdev, workload, io_size, secs, 2, 2)
+        elif kind == "1 thread":
+            r = _inprocess_case(bdev, workload, io_size, secs, 1, 1)
         else:
             r = _reactors_case(bdev, "0x1" if kind == "1 reactor" else "0x3", workload, io_size, secs)
-        r.update(label=label, bdev=bdev, workload=workload, io_size=io_size, kind=kind)
-        print(f" {r['iops']:,.0f} IOPS", flush=True)
+        r.update(label=label, bdev=bdev, workload=workload, io_size=io_size, kind=kind,
+                 machine_busy_before_pct=others)
+        print(f" {r['iops']:,.0f} IOPS" + ("" if others is None else f"  (machine {others:.0f}% busy before)"),
+              flush=True)
         prev = best.get(label)
         if prev is None:
             r["runs"] = [r["iops"]]
@@ -301,6 +328,8 @@ def run(args) -> int:
 
     def probe():
         print("  machine ceiling probe (2 processes of plain Python vs 1) ...", end="", flush=True)
+        if args.quiet_wait > 0:
+            wait_quiet(args.quiet_wait)
         c = machine_ceiling(iters)
         probes.append(c)
         print(f" {c['ratio']:.2f}x", flush=True)
@@ -319,8 +348,10 @@ def run(args) -> int:
             two = case(f"{name}, 2 reactors", bdev, workload, io_size, "2 reactors")
             if with_threads:
                 thr = case(f"{name}, 2 threads (1 process)", bdev, workload, io_size, "threads")
+                th1 = case(f"{name}, 1 thread (1 process)", bdev, workload, io_size, "1 thread")
         if with_threads:
             ratios[f"{bdev}_{tag}_2threads_vs_1reactor"] = thr["iops"] / one["iops"]
+            ratios[f"{bdev}_{tag}_2threads_vs_1thread"] = thr["iops"] / th1["iops"]
         after = probe()
         key = f"{bdev}_{tag}_2reactors_vs_1"
         ratios[key] = two["iops"] / one["iops"]
