@@ -206,6 +206,7 @@ class Job:
         self.mismatch = None
         self.ended = False
         self.shutting_down = False
+        self.nomem_waits = 0
         self.counters = lambda: (0, 0, 0)     # (completed, failed, timeout), replaced at start
         self.drain = lambda: None
         self.kick = lambda: None
@@ -348,6 +349,7 @@ class Job:
             "io_completed": completed, "io_failed": failed, "io_timeout": timeout,
             "lat_sum_ns": self.lat_sum(), "hist": R.sparse(self.hist), "rc": self.rc,
             "errors": self.errors, "mismatch": self.mismatch, "reactor": rx.current_reactor().index,
+            "nomem_waits": self.nomem_waits,
         }
         self.destroy()
         _jobs().pop(self.id, None)
@@ -456,6 +458,7 @@ def _build_rw(job: Job) -> None:
         if rc == ENOMEM:
             task.wait.cb_fn = resubmit
             if queue_io_wait(bdev, ch, task.wait) == 0:
+                job.nomem_waits += 1
                 return
         job.fail(rc, f"Failed to submit bdev_io: {rc}")
         end_one()
@@ -654,6 +657,7 @@ def _build_verify(job: Job) -> None:
         if rc == ENOMEM:
             task.wait.cb_fn = retry
             if queue_io_wait(bdev, ch, task.wait) == 0:
+                job.nomem_waits += 1
                 return
         release(task)
         job.fail(rc, f"Failed to submit bdev_io: {rc}")
