@@ -437,6 +437,44 @@ def test_idle_reactors_sleep_with_connections_open(target):
     half.close()
 
 
+def test_request_split_across_packets_neither_spins_nor_counts_twice(target):
+    """An option or a request whose bytes arrive in pieces is parsed once, when complete; in
+    between, the reactor sleeps (regression: a half option used to be re-parsed every pass,
+    counted each time against the 256-option limit, and the connection was cut)."""
+    import psutil
+    procs = [psutil.Process(target.proc.pid)] + psutil.Process(target.proc.pid).children()
+    c = raw(target.nbd_sock)
+    c.handshake()
+    name = b"Malloc0"
+    opt = P.OPT_HDR.pack(P.IHAVEOPT, P.OPT_INFO, 4 + len(name) + 2) + len(name).to_bytes(4, "big") + name + b"\0\0"
+    others = [Bystander(target.nbd_sock), Bystander(target.nbd_sock)]   # one shares c's reactor
+    c.send(opt[:20])
+    for _ in range(200):              # keep both reactors busy: many passes while c waits
+        for b in others:
+            b.check()
+    for p in procs:
+        p.cpu_percent()
+    time.sleep(0.5)
+    assert all(p.cpu_percent() < 20 for p in procs)
+    c.send(opt[20:])
+    replies = []
+    while True:
+        o, rtype, data = c.option_reply()
+        replies.append(rtype)
+        if rtype == P.REP_ACK or rtype & (1 << 31):
+            break
+    assert replies[-1] == P.REP_ACK, replies
+    assert c.go("Malloc0")["size"] == 32 * MIB
+    req = P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_READ, 7, 4096, 4096)
+    c.send(req[:10])
+    time.sleep(0.3)
+    c._pending[7] = (P.CMD_READ, 4096)
+    c.send(req[10:])
+    cookie, err, data = c.reply()
+    assert (cookie, err, len(data)) == (7, 0, 4096)
+    c.disconnect()
+
+
 def test_hot_remove_fails_io_and_closes_the_connection(target):
     assert target.call("bdev_malloc_create", {"name": "Hot0", "num_blocks": 8192, "block_size": 512}) == "Hot0"
     assert target.call("nbd_export_add", {"bdev_name": "Hot0"}) == "Hot0"

@@ -134,6 +134,7 @@ class Connection:
         self._frees: deque = deque()             # (queued-mark, buf): free once sent past mark
         self._want_write = False
         self._send_blocked = False               # the last flush left bytes the socket refused
+        self._parsed_end = -1                     # _rend when the parser last gave up (needs more bytes)
 
         self._state = _S_CFLAGS
         self._no_zeroes = False
@@ -187,7 +188,8 @@ class Connection:
         if st >= _S_DEAD:
             return False
         return bool(self._pending or (self._out and not self._send_blocked)
-                    or (self._rend > self._rstart and not self._stalled)
+                    or (self._rend > self._rstart and not self._stalled
+                        and self._rend != self._parsed_end)
                     or st == _S_CLOSING)
 
     @property
@@ -320,10 +322,13 @@ class Connection:
 
     def _parse(self) -> int:
         if self._state == _S_TRANS:
-            return self._parse_requests()
-        if self._state < _S_TRANS:
-            return self._parse_handshake()
-        return 0
+            n = self._parse_requests()
+        elif self._state < _S_TRANS:
+            n = self._parse_handshake()
+        else:
+            return 0
+        self._parsed_end = self._rend
+        return n
 
     def _drain(self, start: int, end: int) -> int:
         k = self._skip if self._skip < end - start else end - start
@@ -593,6 +598,7 @@ class Connection:
                     free(frees.popleft()[1])
             if self._stalled and self._queued - self._sent <= self._max_outbound:
                 self._stalled = False
+                self._parsed_end = -1     # what was buffered may be parseable now
             return 1
         return 0
 
@@ -624,6 +630,8 @@ class Connection:
             if magic != P.IHAVEOPT:
                 self._die(f"bad option magic {magic:#x}")
                 return count
+            if length <= P.MAX_OPTION_DATA and end - start < 16 + length:
+                break      # incomplete: not counted yet (this parse may run again before the rest)
             self._nopts += 1
             if self._nopts > P.MAX_OPTIONS:
                 self._die("too many options")
@@ -634,8 +642,6 @@ class Connection:
                 self._after_skip = (self._opt_reply, opt, P.REP_ERR_TOO_BIG, b"option data too large")
                 count += 1
                 continue
-            if end - start < 16 + length:
-                break
             data = bytes(rbuf[start + 16:start + 16 + length])
             self._rstart = start + 16 + length
             count += 1
