@@ -71,7 +71,7 @@ class NullDisk(bm.FnTable):
         return io_type in _SUPPORTED
 
     def submit_request(self, ch, io):
-        if io.iovs[0] is None and io.type == 1:   # READ without a buffer
+        if io.type == 1 and io.iovs[0] is None:   # READ without a buffer
             n = io.num_blocks * io.bdev.blocklen
             io.iovs[0] = _ZERO[:n] if n <= len(_ZERO) else memoryview(bytes(n))
         ch.ctx.io.append(io)
