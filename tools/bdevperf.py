@@ -266,6 +266,18 @@ class Job:
             t = Task()
             t.wait = B.IoWaitEntry(bdev, None, t)
             self.spare.append(t)
+        # Offsets (and the read/write draw of a mix) come from tables made here, before the
+        # clock starts: the I/O path then only indexes them.
+        self.rng = rng = random.Random(s["seed"] ^ (self.id * 0x9E3779B1))
+        nb = self.io_size_blocks
+        base_blk = self.ios_base * nb
+        size = self.size_in_ios
+        rand = rng.random
+        self.rand_table = ([base_blk + int(rand() * size) * nb for _ in range(RAND_TABLE)]
+                           if s["random"] else None)
+        pct = s["rw_percentage"]
+        self.kinds = ([rand() * 100 < pct for _ in range(RAND_TABLE)]
+                      if w in ("rw", "randrw") and 0 < pct < 100 else None)
         self.info = {"queue_depth": qd, "size_in_ios": self.size_in_ios, "ios_base": self.ios_base}
         return 0, None
 
@@ -370,18 +382,14 @@ def _build_rw(job: Job) -> None:
     read_blocks, write_blocks = B.read_blocks, B.write_blocks
     tasks = job.tasks
     continue_on_failure = s["continue_on_failure"]
-    rng = random.Random(s["seed"] ^ (job.id * 0x9E3779B1))
+    rng = job.rng
     base_blk = job.ios_base * nb
     size = job.size_in_ios
     rand = s["random"]
-    if rand:
-        table = [base_blk + rng.randrange(size) * nb for _ in range(RAND_TABLE)]
-    else:
-        table = None
+    table = job.rand_table
     pct = s["rw_percentage"]
-    mixed = w in ("rw", "randrw") and 0 < pct < 100
-    if mixed:
-        kinds = [rng.randrange(100) < pct for _ in range(RAND_TABLE)]
+    mixed = job.kinds is not None
+    kinds = job.kinds
     nobuf = {"unmap": B.unmap_blocks, "flush": B.flush_blocks, "write_zeroes": B.write_zeroes_blocks}.get(w)
     if nobuf is None:
         fixed = read_blocks if pct == 100 else write_blocks
@@ -962,6 +970,7 @@ class Run:
             rx.poller_unregister(self.perf_poller)
             self.perf_poller = None
         results = [self.results[j] for j in sorted(self.results)]
+        self.close_timeline(results)
         self.out(R.final_table(results, self.o["latency"]))
         mismatches = [r["mismatch"] for r in results if r.get("mismatch")]
         global last_result
@@ -973,6 +982,17 @@ class Run:
             "mismatches": mismatches,
         }
         self.finish(1 if self.rc else 0)
+
+    def close_timeline(self, results) -> None:
+        """The last interval, from the last sample to the jobs' end (a run of N seconds
+        may end just before its N-th sample)."""
+        t_prev, c_prev = self.last_sample
+        end_ns = self.start_ns + max(r["run_time_us"] for r in results) * 1000
+        completed = sum(r["io_completed"] for r in results)
+        if end_ns - t_prev >= 50_000_000 and completed > c_prev:
+            iops = (completed - c_prev) * 1e9 / (end_ns - t_prev)
+            self.timeline.append({"time_s": round((end_ns - self.start_ns) / 1e9, 3), "iops": iops,
+                                  "mibps": iops * self.o["io_size"] / 2**20, "io_completed": completed})
 
     def on_shutdown(self) -> None:
         """SIGINT/SIGTERM (SPDK's spdk_bdevperf_shutdown_cb): drain every job; their
