@@ -133,13 +133,18 @@ def test_json_matches_table(tmp_path):
 
 
 @pytest.mark.parametrize("workload", ["rw", "unmap", "flush", "write_zeroes", "reset"])
-def test_other_workloads_run(workload):
+def test_other_workloads_run(workload, tmp_path):
     extra = ["-M", "50"] if workload == "rw" else []
-    p = bdevperf("-q", "8", "-o", "4096", "-w", workload, "-t", "1", *extra)
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "8", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out), *extra)
     assert p.returncode == 0, p.stdout + p.stderr
     assert f"workload: {workload}" in p.stdout
     total = _table(p.stdout)[-1]
     assert total[0] == "Total" and total[1][0] > 0
+    j = json.loads(out.read_text())["results"][0]
+    assert j["status"] == "finished"
+    if workload == "reset":      # -t 1: one reset at 0.5 s, I/O verified around it
+        assert j["resets"] >= 1 and "mismatch" not in j
 
 
 def test_error_bdev_corruption_names_offset(tmp_path):

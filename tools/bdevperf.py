@@ -207,6 +207,7 @@ class Job:
         self.ended = False
         self.shutting_down = False
         self.nomem_waits = 0
+        self.resets = 0
         self.counters = lambda: (0, 0, 0)     # (completed, failed, timeout), replaced at start
         self.drain = lambda: None
         self.kick = lambda: None
@@ -340,6 +341,7 @@ class Job:
     def _reset_done(self, bdev_io, success, task):
         B.free_io(bdev_io)
         self.spare.append(task)
+        self.resets += 1
         if not success:
             self.fail(-1, f"Reset blockdev={self.name} failed")
 
@@ -361,7 +363,7 @@ class Job:
             "io_completed": completed, "io_failed": failed, "io_timeout": timeout,
             "lat_sum_ns": self.lat_sum(), "hist": R.sparse(self.hist), "rc": self.rc,
             "errors": self.errors, "mismatch": self.mismatch, "reactor": rx.current_reactor().index,
-            "nomem_waits": self.nomem_waits,
+            "nomem_waits": self.nomem_waits, "resets": self.resets,
         }
         self.destroy()
         _jobs().pop(self.id, None)

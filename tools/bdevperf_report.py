@@ -213,6 +213,8 @@ def job_json(r: dict, s: dict, terminated: bool = False) -> dict:
     j["latency_histogram"] = [[bucket_range(i)[0] / 1000, bucket_range(i)[1] / 1000, c]
                               for i, c in sorted(r["hist"])]
     j["nomem_waits"] = r.get("nomem_waits", 0)
+    if r["reset"]:
+        j["resets"] = r.get("resets", 0)
     if r.get("mismatch"):
         j["mismatch"] = r["mismatch"]
     return j

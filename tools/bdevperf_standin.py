@@ -1,4 +1,11 @@
-"""A stand-in for the bdev layer, used by bdevperf only while ``bdev/api.py`` does not exist.
+"""A minimal bdev layer with SPDK's contract, for what the real one does not make easy.
+
+bdevperf was written while ``bdev/`` was being built; this module let it run meanwhile, and
+it stays for two jobs: the tests of bdevperf's ``-ENOMEM``/``queue_io_wait`` path (this
+layer has 256 bdev_ios per channel; the real one 64 Ki per reactor), and measuring
+bdevperf's own per-I/O cost over a layer that does next to nothing (BENCHMARKS.md).
+bdevperf uses it only when ``RINGSTACK_BDEVPERF_BACKEND=standin`` or when the bdev layer or
+its malloc module is missing, and then says so on stderr.
 
 It implements the small part of SPDK's bdev.h that bdevperf calls, with the same contract
 (``read_blocks(desc, ch, buf, offset_blocks, num_blocks, cb, cb_arg) -> 0 | -errno``;
@@ -13,7 +20,6 @@ What it is **not**: the real bdev layer.  Each reactor process holds its own rep
 bdev, and a stand-in malloc bdev's data lives in that process's private memory (the real
 malloc module maps one shared segment on every reactor).  bdevperf's -C mode gives every
 reactor a disjoint LBA slice, so verify runs are still meaningful; nothing else relies on it.
-bdevperf prints a line saying when it runs on the stand-in.
 """
 from __future__ import annotations
 
