@@ -35,6 +35,8 @@ def bdevperf(*args, timeout=60, env=None):
     (["-q", "8", "-o", "4096", "-t", "1"], "-w (workload) is required"),
     (["-q", "8", "-o", "4096", "-w", "read"], "-t (run time in seconds) is required"),
     (["-q", "x", "-o", "4096", "-w", "read", "-t", "1"], "-q expects an integer"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-Z"], "unrecognized arguments: -Z"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t"], "expected one argument"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-c", "/nonexistent.json"], "cannot read config"),
 ])
 def test_bad_flags_one_line(args, needle):
