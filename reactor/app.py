@@ -413,6 +413,7 @@ class App:
         self.config = _read_config(config) if isinstance(config, str) else config
         self.server = None
         self.initialized = False
+        self._config_done = False
         if (self.config is not None or wait_for_rpc) and rpc_socket is None:
             raise AppError("a JSON config or --wait-for-rpc needs an RPC socket (-r)")
         self.procs: dict[int, subprocess.Popen] = {}
@@ -481,6 +482,7 @@ class App:
             if self.server is not None:
                 from . import rpc_config
                 rpc_config.set_framework_init_hook(None)
+                rpc_config.set_ready_probe(None)
                 self.server.close()
                 self.server = None
             self._reap_children()
@@ -549,11 +551,15 @@ class App:
         order: STARTUP entries, framework init, RUNTIME entries), then run main."""
         from . import subsystem
         if self.server is None:
-            subsystem.init_all(self._on_init_done)
+            subsystem.init_all(lambda rc: send_msg(self.app_thread, self._on_init_done, rc))
             return
         from . import rpc_config
         rpc_config.set_framework_init_hook(self._framework_init)
         if self.config is not None:
+            # framework_wait_init answers once the whole config is applied, not merely
+            # after the framework init in its middle
+            from .rpc import RUNTIME
+            rpc_config.set_ready_probe(lambda srv: srv.state == RUNTIME and self._config_done)
             rpc_config.load_config(self.server, self.config, self._on_config_loaded,
                                    start_init=not self.wait_for_rpc)
         elif not self.wait_for_rpc:
@@ -567,9 +573,15 @@ class App:
         def inited(rc):
             done(rc)
             self._on_init_done(rc)
-        subsystem.init_all(inited)
+        # Answer from a fresh message: the last subsystem may call its done() from deep
+        # inside its own init bookkeeping, and what runs next (config RUNTIME entries,
+        # main) must see every subsystem fully initialised.
+        subsystem.init_all(lambda rc: send_msg(self.app_thread, inited, rc))
 
     def _on_config_loaded(self, rc: int, message) -> None:
+        self._config_done = True
+        from . import rpc_config
+        rpc_config.notify_ready(self.server)
         if rc:
             self.error = f"{self.config_label}: {message}"
             self.stop(1)

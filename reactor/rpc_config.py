@@ -91,19 +91,43 @@ def _framework_start_init(request, params):
         raise
 
 
+#: What framework_wait_init waits for.  The app replaces it while it still replays the
+#: RUNTIME entries of its start-up config, so "initialised" means "ready to use".
+_ready_probe: Callable[[Any], bool] = lambda server: server.state == RUNTIME
+_ready_waiters: list = []
+
+
+def set_ready_probe(probe: Callable[[Any], bool] | None) -> None:
+    """Set what ``framework_wait_init`` waits for (None: the RUNTIME state)."""
+    global _ready_probe
+    _ready_probe = probe or (lambda server: server.state == RUNTIME)
+
+
+def notify_ready(server) -> None:
+    """Answer the ``framework_wait_init`` calls that were waiting, if ready now."""
+    if not _ready_probe(server):
+        return
+    waiting = [r for r in _ready_waiters if r.server is server]
+    for r in waiting:
+        _ready_waiters.remove(r)
+        if not r.done:
+            r.result(True)
+
+
 @rpc_method("framework_wait_init", states=STARTUP | RUNTIME)
 def _framework_wait_init(request, params):
     """Block until subsystems have been initialized."""
     server = request.server
-    if server.state == RUNTIME:
+    if _ready_probe(server):
         request.result(True)
         return
+    if _on_state not in server.state_listeners:      # once per server
+        server.state_listeners.append(_on_state)
+    _ready_waiters.append(request)
 
-    def on_state(srv, state):
-        if state == RUNTIME and not request.done:
-            srv.state_listeners.remove(on_state)
-            request.result(True)
-    server.state_listeners.append(on_state)
+
+def _on_state(server, state) -> None:
+    notify_ready(server)
 
 
 @rpc_method("framework_get_subsystems")
