@@ -52,6 +52,8 @@ _STATE_NAMES = {1: "handshake", 2: "options", 3: "transmission", 4: "closing", 5
 _RBUF_SIZE = 256 * 1024
 _COMPACT_AT = P.MAX_OPTION_DATA + 64   # keep this much room at the end of the receive buffer
 _RECVS_PER_POLL = 8
+#: Write payloads (still to receive) at least this large are received in place.
+_DIRECT_RECV_MIN = 64 * 1024
 
 _REQ_UNPACK = P.REQUEST.unpack_from
 _SIMPLE_PACK = P.SIMPLE_REPLY.pack
@@ -267,8 +269,10 @@ class Connection:
         sock = self._sock
         try:
             req = self._wreq
-            if req is not None and self._rstart == self._rend:
-                # Payload straight into the backend buffer: no copy through _rbuf.
+            if req is not None and self._rstart == self._rend and req.length - self._wfill >= _DIRECT_RECV_MIN:
+                # A large payload goes straight into the backend buffer (no copy through
+                # _rbuf).  A small one is received with whatever follows it: one recv for
+                # many 4 KiB writes beats one recv per payload tail plus one per header.
                 want = req.length - self._wfill
                 n = sock.recv_into(req.buf[self._wfill:])
                 self._short_read = n < want
