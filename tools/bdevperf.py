@@ -215,10 +215,10 @@ class Job:
         self.mismatch = None
         self.ended = False
         self.shutting_down = False
+        self.drain = self.empty       # before start: nothing in flight, end at once
         self.nomem_waits = 0
         self.resets = 0
         self.counters = lambda: (0, 0, 0)     # (completed, failed, timeout), replaced at start
-        self.drain = lambda: None
         self.kick = lambda: None
         self.lat_sum = lambda: 0
         self.info = {}
@@ -306,6 +306,8 @@ class Job:
 
     # ------------------------------------------------------------------------- run
     def start(self, start_ns: int) -> None:
+        if self.ended:          # drained (shutdown) before it started
+            return
         s = self.spec
         self.start_ns = start_ns
         if s["verify"]:
@@ -360,7 +362,7 @@ class Job:
             return
         self.ended = True
         self.stop_timers()
-        self.run_time_us = (time.perf_counter_ns() - self.start_ns) // 1000
+        self.run_time_us = (time.perf_counter_ns() - self.start_ns) // 1000 if self.start_ns else 0
         completed, failed, timeout = self.counters()
         s = self.spec
         result = {
@@ -797,9 +799,10 @@ def _job_destroy(job_id):
 
 @rx.remote("bdevperf.collect")
 def _collect(it):
+    full = it.ctx[0]
     for job in list(_jobs().values()):
         c, f, t = job.counters()
-        it.ctx.append([job.id, c, f, t])
+        it.ctx[1].append([job.id, c, f, t, job.lat_sum(), R.sparse(job.hist) if full else []])
     rx.for_each_channel_continue(it, 0)
 
 
@@ -903,6 +906,14 @@ class Run:
             self.specs[job_id].update(info)
         if self.pending:
             return
+        if self.shutdown:       # SIGINT while jobs were being built: they end unstarted
+            r = rx.current_reactor()
+            for spec in self.specs.values():
+                if not spec.get("failed"):
+                    rx.send_msg(r.default_tid(spec["reactor"]), _job_drain, spec["id"], True)
+            if all(spec.get("failed") for spec in self.specs.values()):
+                self.finish(1 if self.failed_construct else 0)
+            return
         if self.failed_construct:
             for m in self.failed_construct:
                 self.error(m)
@@ -935,7 +946,7 @@ class Run:
             return rx.POLLER_IDLE
         self.collecting = True
         self.periods += 1
-        rx.for_each_reactor(_collect, [], self.sampled)
+        rx.for_each_reactor(_collect, [bool(self.o["show_period"]), []], self.sampled)
         return rx.POLLER_BUSY
 
     def sampled(self, it, status) -> None:
@@ -943,10 +954,11 @@ class Run:
         if self.done:
             return
         now = time.perf_counter_ns()
-        rows = {row[0]: row for row in it.ctx}
+        rows = {row[0]: row for row in it.ctx[1]}
         # jobs already finished count with their final figures
         for jid, res in self.results.items():
-            rows[jid] = [jid, res["io_completed"], res["io_failed"], res["io_timeout"]]
+            rows[jid] = [jid, res["io_completed"], res["io_failed"], res["io_timeout"],
+                         res["lat_sum_ns"], res["hist"]]
         completed = sum(row[1] for row in rows.values())
         t_prev, c_prev = self.last_sample
         interval = max(1, now - t_prev)
@@ -959,13 +971,22 @@ class Run:
         period_s = (self.o["show_period"] or 1) * self.periods
         cma = completed / period_s
         if self.o["show_period"]:
+            # SPDK's non-summarised dump: every job's row (stats so far), then the Total
+            stats = []
             for jid, row in sorted(rows.items()):
                 spec = self.specs[jid]
-                iops = row[1] / period_s
-                self.out("\t {:<20s}: {:10.2f} {:10.2f} {:10.2f} {:10.2f} {:8.2f}".format(
-                    spec["name"], period_s, iops, iops * io_size / 2**20, row[2] / period_s, row[3] / period_s))
+                r = {"name": spec["name"], "core_mask": spec["core_mask"], "workload": spec["workload"],
+                     "rw_percentage": spec["rw_percentage"], "queue_depth": spec["queue_depth"],
+                     "io_size": io_size, "verify": False, "reset": spec["reset"],
+                     "continue_on_failure": spec["continue_on_failure"],
+                     "run_time_us": int(period_s * 1e6), "io_completed": row[1], "io_failed": row[2],
+                     "io_timeout": row[3], "lat_sum_ns": row[4], "hist": [list(p) for p in row[5]]}
+                st = R.job_stats(r)
+                stats.append(st)
+                for line in R.job_lines(r, st):
+                    self.out(line)
             self.out(R.RULE)
-            self.out("\r {:<28s}: {:>10s} {:10.2f} {:10.2f}".format("Total", "", cma, cma * io_size / 2**20))
+            self.out(R.total_line(R.totals(stats)))
             self.out("")
         else:
             self.out(R.progress_line(cma, cma * io_size / 2**20))
@@ -974,7 +995,7 @@ class Run:
         self.results[result["id"]] = result
         if result["rc"] and not self.rc:
             self.rc = result["rc"]
-        if len(self.results) < len(self.specs):
+        if len(self.results) < sum(1 for sp in self.specs.values() if not sp.get("failed")):
             return
         self.done = True
         if self.perf_poller is not None:
@@ -1093,5 +1114,7 @@ def run(args) -> int:
         with open(args.json, "w") as f:
             json.dump(last_result["json"], f, indent=2)
     if last_result is None and not rc:
+        # the app stopped (a signal during start-up or bdev set-up) before any job reported
+        print("ringstack bdevperf: stopped before the test ran", file=sys.stderr)
         rc = 1
     return rc
