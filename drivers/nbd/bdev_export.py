@@ -15,12 +15,13 @@ io_channel of that thread, so the data plane never leaves the thread:
   server answers in-flight requests with ESHUTDOWN and closes the connection; the handle
   closes the desc and puts the channel once every submitted op has completed.
 * Buffers (`alloc`): up to 64 KiB they come from the bdev layer's shared arena slice of this
-  reactor (the same pool `get_buf` uses, with the same accounting, so the layer's counters
-  stay right), cached per handle so a buffer goes back to the pool only when the connection
-  ends.  A handle takes at most half of either class (the layer keeps the rest for its own
-  `get_buf` users); beyond that, and for requests over 64 KiB, buffers are private memory.
-  Nothing here crosses processes, so a private buffer costs nothing extra; the bdev layer
-  bounce-copies through the arena whenever an I/O does cross (QoS funnelling).
+  reactor (the pool `get_buf` uses, with the same accounting, so the layer's counters stay
+  right).  Each view is cached in the handle by length and goes back to the pool only when
+  the connection ends; a connection holds at most CACHE_SMALL/CACHE_LARGE of them (and a
+  quarter of the reactor's pool).  Beyond that, and above 64 KiB, buffers are private
+  memory, also cached (up to PRIVATE_CACHE bytes).  Nothing here crosses processes, so a
+  private buffer costs nothing extra; the bdev layer bounce-copies through the arena
+  whenever an I/O does cross (QoS funnelling).
 * FUA: a bdev without a volatile write cache (`has_write_cache` false) persists every write
   it completes, so FUA needs nothing; with a write cache and FLUSH support, a FUA write or
   trim is followed by a flush before it is answered; otherwise FUA is not advertised.
@@ -45,6 +46,8 @@ _LARGE = 64 * 1024
 #: the reactor's pool each).  Beyond that its buffers are private memory.
 CACHE_SMALL = 256
 CACHE_LARGE = 32
+#: Private (non-arena) buffer bytes one connection keeps for reuse.
+PRIVATE_CACHE = 16 * 1024 * 1024
 #: The default NBD maximum payload, when the client asks (a multiple of any block size).
 MAX_PAYLOAD = 32 * 1024 * 1024
 
@@ -105,8 +108,9 @@ class BdevExport(Export):
 class BdevHandle(ExportHandle):
     """One connection's desc + io_channel (see the module docstring)."""
 
-    __slots__ = ("export", "desc", "ch", "bdev", "_event_cb", "_bufs", "_by_len", "_taken_small", "_taken_large", "_cap_small", "_cap_large",
-                 "_mgr", "_pool", "_waiting", "_shift", "closed", "removed")
+    __slots__ = ("export", "desc", "ch", "bdev", "_event_cb", "_bufs", "_by_len", "_private",
+                 "_taken_small", "_taken_large", "_cap_small", "_cap_large", "_mgr", "_pool",
+                 "_waiting", "_shift", "closed", "removed")
 
     def __init__(self, export: BdevExport, event_cb):
         self.export = export
@@ -123,6 +127,7 @@ class BdevHandle(ExportHandle):
         self.bdev = api.desc_get_bdev(desc)
         self._bufs: dict = {}          # id(view) -> (its free list, view, full buffer view, handle)
         self._by_len: dict = {}        # length -> free views of that length
+        self._private = 0              # bytes of private buffers cached
         self._taken_small = self._taken_large = 0
         m = _manager()
         self._mgr = m
@@ -153,12 +158,20 @@ class BdevHandle(ExportHandle):
         lst = self._by_len.get(length)
         if lst:
             return lst.pop()
-        if length > _LARGE:
-            return memoryview(bytearray(length))
-        full, h = self._take(0 if length <= _SMALL else 1, length)
+        full = None
+        if length <= _LARGE:
+            full, h = self._take(0 if length <= _SMALL else 1, length)
         if full is None:
-            return memoryview(bytearray(length))
-        v = full[:length] if len(full) != length else full
+            # Private memory (over 64 KiB, or this handle's arena share is used up): cached
+            # too, up to PRIVATE_CACHE bytes, so a stream of 128 KiB reads does not pay
+            # for a fresh zeroed allocation each time.
+            v = memoryview(bytearray(length))
+            if self._private + length > PRIVATE_CACHE:
+                return v
+            self._private += length
+            full = h = None
+        else:
+            v = full[:length] if len(full) != length else full
         if lst is None:
             lst = self._by_len[length] = []
         # A view stays bound to its length while this handle caches it.
@@ -202,6 +215,8 @@ class BdevHandle(ExportHandle):
         m, pool = self._mgr, self._pool
         for _lst, v, full, h in self._bufs.values():
             v.release()
+            if full is None:
+                continue
             full.release()
             if m is None:
                 continue
@@ -217,6 +232,7 @@ class BdevHandle(ExportHandle):
         self._bufs.clear()
         self._by_len.clear()
         self._taken_small = self._taken_large = 0
+        self._private = 0
 
     # ------------------------------------------------------------------ I/O
     # Each op is (submit function, args); `_go` submits it and handles ENOMEM.  The
