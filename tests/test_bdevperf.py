@@ -56,6 +56,37 @@ def test_bad_config_json(tmp_path):
     assert "config[0]" in p.stderr
 
 
+def test_bad_config_params_one_line(tmp_path):
+    from tools import bdevperf_bdev
+    if not bdevperf_bdev.real_layer_available():
+        pytest.skip("the bdev layer has not landed")
+    for entry, needle in (
+            ({"method": "bdev_set_options", "params": {"bdev_io_pool_size": -5}}, "bdev_io_pool_size"),
+            ({"method": "bdev_malloc_create", "params": {"block_size": 512}}, "num_blocks"),
+            ({"method": "bdev_nope_create", "params": {}}, "unknown method 'bdev_nope_create'")):
+        cfg = tmp_path / "c.json"
+        cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [entry]}]}))
+        p = bdevperf("-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-c", str(cfg))
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and needle in lines[0] and "config[0]" in lines[0], p.stderr
+
+
+def test_startup_entries_applied(tmp_path):
+    """A save_config-style file: bdev_set_options (STARTUP only) is applied before the bdev
+    layer starts, not skipped."""
+    from tools import bdevperf_bdev
+    if not bdevperf_bdev.real_layer_available():
+        pytest.skip("the bdev layer has not landed")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 4096, "bdev_io_cache_size": 64}},
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc7", "num_blocks": 8192, "block_size": 512}},
+        {"method": "bdev_wait_for_examine"}]}]}))
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-c", str(cfg))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "skipped" not in p.stderr and "Job: Malloc7" in p.stdout
+
+
 def test_size_suffixes():
     from tools.bdevperf import UsageError, parse_size
     assert parse_size("4096") == 4096

@@ -155,9 +155,12 @@ def check_options(a) -> dict:
     if a.config is not None:
         from reactor.rpc_config import ConfigError, read_config
         try:
-            read_config(a.config)
+            config = read_config(a.config)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+        problem = B.check_config(config)
+        if problem:
+            raise UsageError(f"{a.config}: {problem}")
     if a.reset_period is not None and a.reset_period <= 0:
         raise UsageError("--reset-period must be greater than 0")
     w = a.workload
@@ -1089,13 +1092,30 @@ def run_app(opts: dict) -> int:
         B.use_backend("bdev")        # a config names real modules: never the stand-in
     extra = B.prepare_real() if B.BACKEND == "bdev" else B.IMPORTS
     imports = ["tools.bdevperf"] + [m for m in extra if m != "tools.bdevperf"]
+    app_kw = {}
+    tmpdir = None
+    if B.BACKEND == "bdev" and (opts.get("config") or opts.get("config_dict")):
+        from reactor.rpc_config import read_config
+        config = opts["config_dict"] if opts.get("config_dict") is not None else read_config(opts["config"])
+        startup, rest = B.split_startup(config)
+        opts = dict(opts, config=None, config_dict=rest)
+        if startup is not None:
+            # STARTUP-only entries (bdev_set_options...) go through the app, which replays
+            # them before it initialises the bdev layer; that needs its RPC server, here on
+            # a private socket for the run.
+            import tempfile
+            tmpdir = tempfile.mkdtemp(prefix="bdevperf.")
+            app_kw = {"config": startup, "rpc_socket": os.path.join(tmpdir, "rpc.sock")}
     saved = os.environ.get("RINGSTACK_BDEVPERF_BACKEND")
     os.environ["RINGSTACK_BDEVPERF_BACKEND"] = B.BACKEND    # reactors bind the same backend
     try:
         rc = App(opts["cores"], mode=opts["mode"], imports=imports, name="bdevperf",
-                 shutdown_cb=_on_app_shutdown).run(_app_main, opts)
+                 shutdown_cb=_on_app_shutdown, **app_kw).run(_app_main, opts)
     finally:
         _run = None
+        if tmpdir is not None:
+            import shutil
+            shutil.rmtree(tmpdir, ignore_errors=True)
         if saved is None:
             os.environ.pop("RINGSTACK_BDEVPERF_BACKEND", None)
         else:

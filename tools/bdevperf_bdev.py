@@ -171,6 +171,43 @@ def load_config_dict(config: dict, done) -> None:
     _with_server(lambda server, finish: _load(server, config, finish), done)
 
 
+def split_startup(config: dict) -> tuple[dict | None, dict]:
+    """``(startup, rest)``: the entries only allowed before framework init (SPDK's STARTUP
+    state, e.g. ``bdev_set_options``, which ``save_config`` writes first) and the others,
+    each as a config dict.  The app replays ``startup`` before it initialises the bdev
+    layer; bdevperf loads ``rest`` once the layer is up and waits for every answer."""
+    from reactor.rpc_config import entries
+    from reactor.rpc_registry import METHODS, RUNTIME
+    startup, rest = [], []
+    for _label, method, params in entries(config):
+        m = METHODS.resolve(method)
+        e = {"method": method} if params is None else {"method": method, "params": params}
+        (startup if m is not None and not m.allowed_in(RUNTIME) else rest).append(e)
+    wrap = lambda es: {"subsystems": [{"subsystem": "bdev", "config": es}]}  # noqa: E731
+    return (wrap(startup) if startup else None), wrap(rest)
+
+
+def check_config(config: dict) -> str | None:
+    """Check every entry of ``config`` against the RPC method table (name and parameter
+    schema) before anything starts; returns a one-line error naming the entry, or None.
+    Only with the real layer (the stand-in knows two methods and says so itself)."""
+    if not real_layer_available():
+        return None
+    from reactor.rpc_config import entries
+    from reactor.rpc_registry import METHODS
+    from reactor.rpc_schema import ParamError
+    prepare_real()
+    for label, method, params in entries(config):
+        m = METHODS.resolve(method)
+        if m is None:
+            return f"{label}: unknown method '{method}'"
+        try:
+            m.validate(params)
+        except ParamError as exc:
+            return f"{label} {method}: invalid parameters: {exc}"
+    return None
+
+
 def _standin_config(config, done) -> None:
     """The stand-in understands bdev_malloc_create and bdev_null_create only."""
     from reactor.rpc_config import entries
