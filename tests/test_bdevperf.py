@@ -37,6 +37,7 @@ def bdevperf(*args, timeout=60, env=None):
     (["-q", "x", "-o", "4096", "-w", "read", "-t", "1"], "-q expects an integer"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-Z"], "unrecognized arguments: -Z"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t"], "expected one argument"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "--json", "/nonexistent/r.json"], "cannot write --json"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-c", "/nonexistent.json"], "cannot read config"),
 ])
 def test_bad_flags_one_line(args, needle):

@@ -161,6 +161,11 @@ def check_options(a) -> dict:
         problem = B.check_config(config)
         if problem:
             raise UsageError(f"{a.config}: {problem}")
+    if a.json:
+        d = os.path.dirname(os.path.abspath(a.json))
+        if not os.path.isdir(d) or not os.access(d, os.W_OK) or os.path.isdir(a.json):
+            raise UsageError(f"cannot write --json {a.json}: no writable directory {d}"
+                             if not os.path.isdir(a.json) else f"--json {a.json} is a directory")
     if a.reset_period is not None and a.reset_period <= 0:
         raise UsageError("--reset-period must be greater than 0")
     w = a.workload
@@ -1131,8 +1136,12 @@ def run(args) -> int:
         return 1
     rc = run_app(opts)
     if args.json and last_result is not None:
-        with open(args.json, "w") as f:
-            json.dump(last_result["json"], f, indent=2)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(last_result["json"], f, indent=2)
+        except OSError as exc:
+            print(f"ringstack bdevperf: error: cannot write {args.json}: {exc.strerror}", file=sys.stderr)
+            return 1
     if last_result is None and not rc:
         # the app stopped (a signal during start-up or bdev set-up) before any job reported
         print("ringstack bdevperf: stopped before the test ran", file=sys.stderr)
