@@ -156,6 +156,8 @@ def run(args) -> int:
         if shutil.which(binary) is None:
             print(f"ringstack bench nbd: {binary} is not installed (tools/install-sysdeps.sh)", file=sys.stderr)
             return 1
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    load_before = os.getloadavg()
     size = _size_bytes(args.size)
     runtime = 1.0 if args.quick else args.runtime
     cores = _cores(args.cpumask)
@@ -233,7 +235,9 @@ def run(args) -> int:
             row["ringstack_reactors"] = placement[name]
         rows.append(row)
 
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "nproc": os.cpu_count(), "cpu": _cpu_model(),
+    meta = {"date": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(), "cpu": _cpu_model(),
             "cpumask": args.cpumask, "mode": args.mode, "pinned": pin, "fio_core": fio_cpu,
             "server_core": serve_core, "size": size, "runtime_s": runtime, "repeat": args.repeat,
             "command": "ringstack bench nbd " + " ".join(sys.argv[sys.argv.index("nbd") + 1:])
@@ -246,7 +250,8 @@ def run(args) -> int:
 
 
 def _print_table(rows, servers, meta) -> None:
-    print(f"# {meta['date']}  nproc={meta['nproc']}  {meta['cpu']}")
+    print(f"# {meta['date']} .. {meta['ended']}  nproc={meta['nproc']}  {meta['cpu']}  "
+          f"load {meta['loadavg_before'][0]:.2f} -> {meta['loadavg_after'][0]:.2f}")
     print(f"# ringstack -m {meta['cpumask']} --mode {meta['mode']}; size {meta['size'] >> 20} MiB; "
           f"{meta['runtime_s']:g} s per run; "
           + (f"fio on core {meta['fio_core']}, server on core {meta['server_core']}" if meta["pinned"]
