@@ -277,14 +277,28 @@ def test_plot_errors_are_one_line(tmp_path):
     assert p.returncode == 1 and "matplotlib is not installed" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("layer", ["bdev", "standin"])
 @pytest.mark.parametrize("workload", ["randread", "verify"])
-def test_enomem_waits_and_resubmits(tmp_path, workload):
+def test_enomem_waits_and_resubmits(tmp_path, workload, layer):
     """Depth above the bdev_io pool: submits get -ENOMEM, bdevperf queue_io_waits and carries
-    on.  The real layer's pool is 64 Ki bdev_ios per reactor, so this runs on the stand-in
-    (256 per channel), which keeps SPDK's contract."""
+    on.  The real layer gets a 256-entry pool through bdev_set_options (a STARTUP entry);
+    the stand-in has 256 bdev_ios per channel."""
     out = tmp_path / "r.json"
-    p = bdevperf("-q", "512", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out),
-                 env={"RINGSTACK_BDEVPERF_BACKEND": "standin"})
+    args = ["-q", "512", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out)]
+    env = None
+    if layer == "bdev":
+        from tools import bdevperf_bdev
+        if not bdevperf_bdev.real_layer_available():
+            pytest.skip("the bdev layer has not landed")
+        cfg = tmp_path / "c.json"
+        cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 256, "bdev_io_cache_size": 16}},
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 16384,
+                                                        "block_size": 512}}]}]}))
+        args += ["-c", str(cfg)]
+    else:
+        env = {"RINGSTACK_BDEVPERF_BACKEND": "standin"}
+    p = bdevperf(*args, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     j = json.loads(out.read_text())["results"][0]
     assert j["nomem_waits"] > 0 and j["io_failed"] == 0 and j["iops"] > 0 and j["status"] == "finished"
