@@ -1,9 +1,9 @@
 """A minimal bdev layer with SPDK's contract, for what the real one does not make easy.
 
 bdevperf was written while ``bdev/`` was being built; this module let it run meanwhile, and
-it stays for two jobs: the tests of bdevperf's ``-ENOMEM``/``queue_io_wait`` path (this
-layer has 256 bdev_ios per channel; the real one 64 Ki per reactor), and measuring
-bdevperf's own per-I/O cost over a layer that does next to nothing (BENCHMARKS.md).
+it stays for two jobs: measuring bdevperf's own per-I/O cost over a layer that does next to
+nothing (BENCHMARKS.md), and a second implementation of the contract the tests run
+bdevperf's ``-ENOMEM``/``queue_io_wait`` path against (256 bdev_ios per channel).
 bdevperf uses it only when ``RINGSTACK_BDEVPERF_BACKEND=standin`` or when the bdev layer or
 its malloc module is missing, and then says so on stderr.
 
