@@ -586,6 +586,9 @@ class App:
             self.error = f"{self.config_label}: {message}"
             self.stop(1)
             return
+        if self.initialized:
+            self._run_main()       # the framework came up in the middle of the config
+            return
         from .rpc import STARTUP
         if self.server.state == STARTUP and not self.wait_for_rpc:
             self.server.call_local("framework_start_init", None, self._on_start_init)
@@ -601,14 +604,20 @@ class App:
             self.error = f"subsystem initialisation failed: {os.strerror(-rc) if rc < 0 else rc}"
             self.stop(1)
             return
+        if self.config is not None and not self._config_done:
+            return                 # main runs once the config's RUNTIME entries are applied
+        self._run_main()
+
+    def _run_main(self) -> None:
         main, args = self._main
-        if main is not None:
-            try:
-                main(*args)
-            except Exception as exc:
-                log.exception("app main raised")
-                self.error = f"app main failed: {exc}"
-                self.stop(1)
+        if main is None or self._stopping:
+            return
+        try:
+            main(*args)
+        except Exception as exc:
+            log.exception("app main raised")
+            self.error = f"app main failed: {exc}"
+            self.stop(1)
 
     # -- shutdown
     def _shutdown_sequence(self) -> None:

@@ -81,3 +81,26 @@ def test_save_config_loads_back_to_the_same_state(tmp_path):
     assert qos["PT0"]["rw_ios_per_sec"] == 20000
     bdev_cfg = lambda cfg: next(s["config"] for s in cfg["subsystems"] if s["subsystem"] == "bdev")  # noqa: E731
     assert bdev_cfg(resaved) == bdev_cfg(saved)
+
+
+def test_main_runs_after_every_config_entry_is_applied(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(f'''
+import sys
+sys.path.insert(0, {ROOT!r})
+from reactor.app import App, app_stop
+import bdev
+
+def main():
+    print(sorted(b.name for b in bdev.bdevs()), flush=True)
+    app_stop(0)
+
+if __name__ == "__main__":
+    cfg = {{"subsystems": [{{"subsystem": "bdev", "config": [
+        {{"method": "bdev_malloc_create", "params": {{"name": f"M{{i}}", "num_blocks": 256, "block_size": 512}}}}
+        for i in range(3)] + [{{"method": "bdev_passthru_create", "params": {{"name": "P0", "base_bdev_name": "M0"}}}}]}}]}}
+    sys.exit(App("0x3", rpc_socket={str(tmp_path / "s.sock")!r}, config=cfg).run(main))
+''')
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "['M0', 'M1', 'M2', 'P0']"
