@@ -60,6 +60,11 @@ ACTIVE_POLLER_MAX_SLEEP_S = 0.001
 #: Longest sleep otherwise (keeps the supervisor and parent-death checks alive).
 MAX_SLEEP_S = 0.1
 SUPERVISE_PERIOD_US = 100_000
+#: Shutdown bounds: subsystem fini on the main reactor, then threads' exit on the others.
+#: Normally both take milliseconds; they matter when a reactor died mid-flight and the
+#: replies some fini waits for will never come.
+FINI_TIMEOUT_S = 5.0
+EXIT_TIMEOUT_S = 3.0
 RING_CAPACITY = 1 << 20
 
 POLL, ADAPTIVE = "poll", "adaptive"
@@ -300,6 +305,21 @@ def _reactor_exit() -> None:
         t.exit()
     r.on_thread_exited = lambda t: _stop_if_empty(r)
     _stop_if_empty(r)
+    if r.running:
+        # Threads leave only once their pollers and channels are gone; after a peer died
+        # some never will (their subsystem fini could not finish).  Bound the wait.
+        import threading
+
+        def force():
+            if r.running:
+                log.warning("reactor %d: threads %s did not exit in %.0f s; leaving anyway",
+                            r.index, [t.name for t in r.threads], EXIT_TIMEOUT_S)
+                r.running = False
+                if _loop is not None:
+                    _loop.doorbell.wake()
+        timer = threading.Timer(EXIT_TIMEOUT_S, force)
+        timer.daemon = True
+        timer.start()
 
 
 def _stop_if_empty(r: Reactor) -> None:
@@ -309,7 +329,9 @@ def _stop_if_empty(r: Reactor) -> None:
 
 @remote("reactor.peer_died")
 def _peer_died(index: int, why: str) -> None:
-    log.error("reactor %d: peer reactor %d died (%s)", _r.current_reactor().index, index, why)
+    r = _r.current_reactor()
+    r.dead.add(index)
+    log.error("reactor %d: peer reactor %d died (%s)", r.index, index, why)
 
 
 # -------------------------------------------------------------------------- child
@@ -425,6 +447,7 @@ class App:
         self._signal = None
         self._exiting_children = False
         self._dead: set[int] = set()
+        self._fini_done = False
 
     @property
     def n_reactors(self) -> int:
@@ -627,9 +650,24 @@ class App:
             except Exception:
                 log.exception("app shutdown callback raised")
         from . import subsystem
+        self._fini_done = False
+
+        def deadline(_):
+            _t.poller_unregister(timer[0])
+            if not self._fini_done:
+                log.error("subsystem fini did not finish in %.0f s%s; exiting anyway", FINI_TIMEOUT_S,
+                          f" (reactors {sorted(self._dead)} died)" if self._dead else "")
+                if not self.rc:
+                    self.rc = 1
+                self._after_fini()
+            return 1
+        timer = [_t.poller_register(deadline, None, int(FINI_TIMEOUT_S * 1e6), "fini_deadline")]
         subsystem.fini_all(self._after_fini)
 
     def _after_fini(self) -> None:
+        if self._fini_done:
+            return
+        self._fini_done = True
         r = self.reactor
         self._exiting_children = True
         for index in range(1, self.n_reactors):
@@ -652,6 +690,7 @@ class App:
             if self._exiting_children or index in self._dead:
                 continue
             self._dead.add(index)
+            self.reactor.dead.add(index)
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             if index not in self.ready and not self._stopping:
                 self.error = f"reactor {index} (core {self.cores[index]}) failed to start: {why}"

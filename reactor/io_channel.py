@@ -328,6 +328,8 @@ def _walk_advance(it) -> None:
         return
     _leave_reactor(it)
     r = current_reactor()
+    while it.remaining and it.remaining[0] in r.dead:   # a dead reactor is skipped
+        it.remaining = it.remaining[1:]
     if it.remaining:
         dest = it.remaining[0]
         try:

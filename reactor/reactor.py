@@ -88,6 +88,7 @@ class Reactor:
         self._walk_seq = itertools.count(1)
         self.locals: dict = {}             # per-reactor state of subsystems (bdev replica...)
         self.running = True
+        self.dead: set[int] = set()        # reactors known to have died: sends to them fail
         self.pending_local = False         # a local message was queued since the last pass
         self.exited_threads: deque = deque()
         self.on_thread_exited = None
@@ -147,6 +148,10 @@ class Reactor:
             return 0
         if not 0 <= dest < self.n_reactors:
             raise ThreadError(f"thread id {tid} names reactor {dest}, which does not exist")
+        if dest in self.dead:
+            log.debug("reactor %d: message %s to dead reactor %d dropped", self.index,
+                      getattr(fn, "__name__", fn), dest)
+            return -5
         self.transport.send(dest, wire.encode_msg(tid, fn, args))
         return 0
 

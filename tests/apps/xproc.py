@@ -133,6 +133,17 @@ def main_idle():
     result(launcher=os.getpid(), reactors=[p.pid for p in app.procs.values()])
 
 
+def main_idle_bdev():
+    """The bdev subsystem up with a malloc bdev open on both reactors' replicas: a reactor
+    that dies now leaves the bdev layer's fini waiting for answers that never come."""
+    import drivers.malloc as malloc
+
+    def created(rc, name):
+        app = running_app()
+        result(launcher=os.getpid(), reactors=[p.pid for p in app.procs.values()], rc=rc)
+    malloc.create("Malloc0", 2048, 512, cb=created)
+
+
 def main_stats():
     def got(stats):
         result(**stats)
@@ -142,10 +153,16 @@ def main_stats():
         lambda threads: got({"reactors": reactors, "threads": threads})))
 
 
-SCENARIOS = {"order": main_order, "channels": main_channels, "idle": main_idle, "stats": main_stats}
+SCENARIOS = {"order": main_order, "channels": main_channels, "idle": main_idle, "stats": main_stats,
+             "idle_bdev": main_idle_bdev}
+
+if len(sys.argv) > 1 and sys.argv[1] == "idle_bdev":
+    import bdev  # noqa: F401,E402  (registers the bdev subsystem before the app starts)
+    import drivers.malloc  # noqa: F401,E402
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
     mask = sys.argv[2] if len(sys.argv) > 2 else "0x3"
     capacity = 1 << 14 if scenario == "order" else 1 << 20   # small rings: force backpressure
-    sys.exit(App(mask, ring_capacity=capacity).run(SCENARIOS[scenario]))
+    imports = ["bdev", "drivers.malloc"] if scenario == "idle_bdev" else []
+    sys.exit(App(mask, ring_capacity=capacity, imports=imports).run(SCENARIOS[scenario]))
