@@ -22,6 +22,12 @@ def now_us() -> int:
     return current_reactor().now() // 1000
 
 
+def watch_reactor_death(fn) -> None:
+    """Run ``fn(index)`` on this reactor (its default thread's context) when the supervisor
+    finds reactor ``index`` dead: the place to fail work that was handed to it."""
+    current_reactor().death_watchers.append(fn)
+
+
 def send_critical_msg(thread, fn) -> None:
     thread.send_critical_msg(fn)
 

@@ -330,8 +330,8 @@ def _stop_if_empty(r: Reactor) -> None:
 @remote("reactor.peer_died")
 def _peer_died(index: int, why: str) -> None:
     r = _r.current_reactor()
-    r.dead.add(index)
     log.error("reactor %d: peer reactor %d died (%s)", r.index, index, why)
+    r.mark_dead(index)
 
 
 # -------------------------------------------------------------------------- child
@@ -690,7 +690,7 @@ class App:
             if self._exiting_children or index in self._dead:
                 continue
             self._dead.add(index)
-            self.reactor.dead.add(index)
+            self.reactor.mark_dead(index)
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             if index not in self.ready and not self._stopping:
                 self.error = f"reactor {index} (core {self.cores[index]}) failed to start: {why}"

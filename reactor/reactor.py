@@ -89,12 +89,25 @@ class Reactor:
         self.locals: dict = {}             # per-reactor state of subsystems (bdev replica...)
         self.running = True
         self.dead: set[int] = set()        # reactors known to have died: sends to them fail
+        self.death_watchers: list = []     # fn(index) run when a peer is found dead
         self.pending_local = False         # a local message was queued since the last pass
         self.exited_threads: deque = deque()
         self.on_thread_exited = None
 
     def __repr__(self):
         return f"<Reactor {self.index} core={self.core}>"
+
+    def mark_dead(self, index: int) -> None:
+        """Peer ``index`` died: from now on sends to it fail and walks skip it, and every
+        watcher (``fn(index)``, e.g. a layer failing the I/O it forwarded there) runs once."""
+        if index in self.dead or index == self.index:
+            return
+        self.dead.add(index)
+        for fn in list(self.death_watchers):
+            try:
+                fn(index)
+            except Exception:
+                log.exception("reactor %d: peer-death watcher %r raised", self.index, fn)
 
     @property
     def is_main(self) -> bool:

@@ -445,3 +445,23 @@ def test_malformed_record_is_dropped_and_next_delivered(caplog):
         h.poll_threads()
         assert out == [7]
         assert "malformed" in caplog.text
+
+
+def test_dead_reactor_is_skipped_and_watchers_run():
+    with Harness(2, n_reactors=2) as h:
+        seen = []
+        rx.watch_reactor_death(seen.append)
+        rx.current_reactor().mark_dead(1)
+        rx.current_reactor().mark_dead(1)          # once only
+        assert seen == [1]
+        assert rx.send_msg(h.threads[1], _walk_fn, None) == -5
+        visits = []
+        rx.for_each_thread(_record_thread, {"names": []},
+                           lambda ctx: visits.append(list(ctx["names"])))
+        h.poll_threads()
+        assert visits == [["ut_thread0"]]          # reactor 1 skipped, the walk completed
+
+
+@rx.remote("test.record_thread")
+def _record_thread(ctx):
+    ctx["names"].append(rx.get_thread().name)
