@@ -59,6 +59,10 @@ BUF_LARGE_POOL_SIZE = 1024
 SMALL_BUF_MAX_SIZE = 8192
 LARGE_BUF_MAX_SIZE = 65536
 NOMEM_THRESHOLD_COUNT = 8
+# Later SPDK (bdev_no_mem_poller): an I/O a module completed with NOMEM while nothing else
+# was outstanding on its shared resource has no completion to retry it; a timed poller on
+# that thread retries it after this many microseconds (registered only in that case).
+NOMEM_RETRY_PERIOD_US = 1000
 ZERO_BUFFER_SIZE = 0x100000
 BDEV_IO_NUM_CHILD_IOV = 32
 

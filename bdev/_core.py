@@ -34,7 +34,7 @@ from ._const import (BDEV_IO_CACHE_SIZE, BDEV_IO_NUM_CHILD_IOV, BDEV_IO_POOL_SIZ
                      IO_STATUS_SCSI_ERROR, IO_STATUS_SUCCESS, IO_TYPE_FLUSH, IO_TYPE_NVME_ADMIN,
                      IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_RESET,
                      IO_TYPE_UNMAP, IO_TYPE_WRITE, IO_TYPE_WRITE_ZEROES, LARGE_BUF_MAX_SIZE,
-                     NOMEM_THRESHOLD_COUNT, NVME_SC_INTERNAL_DEVICE_ERROR, NVME_SC_SUCCESS,
+                     NOMEM_RETRY_PERIOD_US, NOMEM_THRESHOLD_COUNT, NVME_SC_INTERNAL_DEVICE_ERROR, NVME_SC_SUCCESS,
                      NVME_SCT_GENERIC, SCSI_ASC_NO_ADDITIONAL_SENSE,
                      SCSI_ASCQ_CAUSE_NOT_REPORTABLE, SCSI_SENSE_ABORTED_COMMAND,
                      SCSI_SENSE_NO_SENSE, SCSI_STATUS_CHECK_CONDITION, SCSI_STATUS_GOOD,
@@ -218,9 +218,11 @@ class MgmtChannel:
 
 
 class SharedResource:
-    """spdk_bdev_shared_resource: per module channel per thread (nomem retry queue)."""
+    """spdk_bdev_shared_resource: per module channel per thread (nomem retry queue, and
+    later SPDK's nomem_poller: set only while nomem_io holds I/O and none is outstanding)."""
 
-    __slots__ = ("mgmt_ch", "io_outstanding", "nomem_io", "nomem_threshold", "shared_ch", "ref")
+    __slots__ = ("mgmt_ch", "io_outstanding", "nomem_io", "nomem_threshold", "shared_ch", "ref",
+                 "nomem_poller")
 
     def __init__(self, mgmt_ch, shared_ch):
         self.mgmt_ch = mgmt_ch
@@ -229,6 +231,7 @@ class SharedResource:
         self.nomem_threshold = 0
         self.shared_ch = shared_ch
         self.ref = 1
+        self.nomem_poller = None
 
 
 class BdevChannel:
@@ -1242,6 +1245,9 @@ def _channel_destroy(bdev, ch) -> None:
     rx.put_io_channel(ch.channel)
     sr.ref -= 1
     if sr.ref == 0:
+        if sr.nomem_poller is not None:
+            rx.poller_unregister(sr.nomem_poller)
+            sr.nomem_poller = None
         mgmt.shared_resources.remove(sr)
         # The mgmt channel reference was taken by whichever channel created sr; it is
         # the same per-thread IoChannel, so any release of one reference is equivalent.
@@ -2111,7 +2117,12 @@ def _io_complete(io) -> None:
 
 
 def _ch_retry_io(ch) -> None:
-    sr = ch.shared_resource
+    _sr_retry_io(ch.shared_resource)
+
+
+def _sr_retry_io(sr) -> None:
+    """The seed's _spdk_bdev_ch_retry_io, on the shared resource (its queue may hold I/O
+    of several bdevs sharing the module channel)."""
     if sr.io_outstanding > sr.nomem_threshold:
         # Let more I/O complete first: some modules cannot take a new I/O inside a
         # completion, and a big I/O may need several small ones to finish.
@@ -2125,6 +2136,21 @@ def _ch_retry_io(ch) -> None:
         io.bdev._submit(io.ch.channel, io)
         if io.status == IO_STATUS_NOMEM:
             break
+
+
+def _nomem_poller(sr) -> int:
+    """Later SPDK's bdev_no_mem_poller: nothing was outstanding when an I/O hit NOMEM, so
+    no completion will retry the queue; retry it from here.  One-shot: re-registered only
+    if the queue is still parked with nothing outstanding."""
+    rx.poller_unregister(sr.nomem_poller)
+    sr.nomem_poller = None
+    if sr.nomem_io:
+        _sr_retry_io(sr)
+    # a retried I/O that hit NOMEM again may have registered a new poller already
+    if sr.nomem_io and sr.io_outstanding == 0 and sr.nomem_poller is None:
+        sr.nomem_poller = rx.poller_register(_nomem_poller, sr, NOMEM_RETRY_PERIOD_US,
+                                             name="bdev_nomem_retry")
+    return rx.POLLER_BUSY
 
 
 def io_complete(io, status) -> None:
@@ -2154,9 +2180,13 @@ def io_complete(io, status) -> None:
         # Retry after NOMEM_THRESHOLD_COUNT completions, or half the queue for
         # shallow queues.
         sr.nomem_threshold = max(sr.io_outstanding // 2, sr.io_outstanding - NOMEM_THRESHOLD_COUNT)
+        if sr.io_outstanding == 0 and sr.nomem_poller is None:
+            # No completion will come to retry it (e.g. queue depth 1): later SPDK's poller.
+            sr.nomem_poller = rx.poller_register(_nomem_poller, sr, NOMEM_RETRY_PERIOD_US,
+                                                 name="bdev_nomem_retry")
         return
     if sr.nomem_io:
-        _ch_retry_io(ch)
+        _sr_retry_io(sr)
     if io.in_submit_request or io.io_submit_ch is not None or io.proxy:
         _io_complete(io)
         return

@@ -1,5 +1,7 @@
 """Deterministic tests of the bdev layer on one thread: the scenarios of SPDK's
 test/unit/lib/bdev/bdev.c/bdev_ut.c (written for ringstack), plus later-SPDK features."""
+from collections import deque
+
 import pytest
 
 import reactor as rx
@@ -783,3 +785,58 @@ def test_config_json_and_qos_config(h):
     assert cfg[0]["method"] == "bdev_set_options"
     assert {"method": "bdev_set_qos_limit",
             "params": {"name": "q1", "rw_ios_per_sec": 20000, "rw_mbytes_per_sec": 100}} in cfg
+
+
+def test_enomem_with_nothing_outstanding_is_retried_by_a_poller(h):
+    """Later SPDK's nomem poller: a NOMEM with nothing else outstanding on the shared
+    resource has no completion to retry it; a 1 ms timed poller does, and goes away."""
+    b = S.create("b")
+    desc = open_rw(b)
+    ch = B.get_io_channel(desc)
+    sr = ch.ctx.shared_resource
+    cpl = S.Cpl()
+    S.set_avail("b", 0)                                     # the module is out of resources
+    assert B.read_blocks(desc, ch, bytearray(512), 0, 1, cpl, "a") == 0
+    assert len(sr.nomem_io) == 1 and sr.io_outstanding == 0
+    assert sr.nomem_poller is not None
+    assert B.read_blocks(desc, ch, bytearray(512), 1, 1, cpl, "b") == 0   # queues behind it
+    assert len(sr.nomem_io) == 2
+    h.poll_threads()
+    h.advance_time_us(500)
+    h.poll_threads()
+    assert len(sr.nomem_io) == 2 and S.outstanding("b") == deque()        # not due yet
+    h.advance_time_us(500)                                   # due: retried, NOMEM again
+    h.poll_threads()
+    assert len(sr.nomem_io) == 2 and sr.nomem_poller is not None       # re-armed
+    n_submits = len(S.disk("b").log)
+    S.set_avail("b", -1)                                     # resources are back
+    h.advance_time_us(1000)
+    h.poll_threads()
+    assert len(sr.nomem_io) == 0 and sr.nomem_poller is None
+    assert len(S.outstanding("b")) == 2 and len(S.disk("b").log) == n_submits + 2
+    S.complete("b")
+    h.poll_threads()
+    assert cpl.done == [("a", True), ("b", True)]
+    # with I/O outstanding the seed's rule applies: no poller, a completion retries
+    S.set_avail("b", 1)
+    assert B.read_blocks(desc, ch, bytearray(512), 0, 1, cpl, "c") == 0
+    assert B.read_blocks(desc, ch, bytearray(512), 0, 1, cpl, "d") == 0
+    assert len(sr.nomem_io) == 1 and sr.io_outstanding == 1 and sr.nomem_poller is None
+    S.complete("b", 1)                                       # "c" done: "d" retried
+    assert len(sr.nomem_io) == 0 and len(S.outstanding("b")) == 1
+    S.complete("b")
+    h.poll_threads()
+    assert cpl.args()[-2:] == ["c", "d"]
+    # a parked queue whose channel goes away takes its poller with it
+    S.set_avail("b", 0)
+    assert B.read_blocks(desc, ch, bytearray(512), 0, 1, cpl, "e") == 0
+    p = sr.nomem_poller
+    assert p is not None
+    B.put_io_channel(ch)
+    h.poll_threads()
+    assert cpl.done[-1] == ("e", False) and sr.nomem_poller is None
+    h.advance_time_us(2000)
+    h.poll_threads()
+    # a, b retried; c; d (NOMEM, then retried); e (NOMEM): nothing retried e after the put
+    assert len(S.disk("b").log) == n_submits + 6
+    B.close(desc)
