@@ -154,6 +154,7 @@ class Bdev:
         self.io_time = 0
         self.weighted_io_time = 0
         self.histogram_enabled = False
+        self.histogram = None            # closed channels' latency buckets (this replica)
         self.io_device_name = None
         self._submit = None
         self._may_split = False
@@ -1233,8 +1234,10 @@ def _abort_queued_io(queue, ch) -> None:
 
 
 def _channel_destroy(bdev, ch) -> None:
-    # The channel's history goes into the bdev so device stats keep it.
+    # The channel's history goes into the bdev so device stats keep it (the histogram too).
     bdev.stat.add(ch.stat)
+    if ch.histogram is not None and bdev.histogram_enabled:
+        _stats.histogram_fold(bdev, ch.histogram)
     sr = ch.shared_resource
     mgmt = sr.mgmt_ch
     _abort_queued_io(ch.queued_resets, ch)

@@ -69,6 +69,8 @@ def _stat_reset_replica(it) -> None:
     b = _core.get_by_name(it.ctx["bdev"])
     if b is not None:
         b.stat = _core.IoStat()
+        if b.histogram is not None:
+            b.histogram = [0] * HISTOGRAM_BUCKETS
     rx.for_each_channel_continue(it, 0)
 
 
@@ -178,11 +180,26 @@ def histogram_add(ch, lat_ns: int) -> None:
     ch.histogram[lat_ns.bit_length() if lat_ns < (1 << 64) else 64] += 1
 
 
+def histogram_fold(bdev, buckets) -> None:
+    """A closed channel's histogram goes into its replica's history (as its iostat does),
+    so histogram_get keeps counting it."""
+    h = bdev.histogram
+    if h is None:
+        bdev.histogram = list(buckets)
+    else:
+        bdev.histogram = [a + b for a, b in zip(h, buckets)]
+
+
 @wire.remote("bdev.hist_enable_replica")
 def _hist_enable_replica(it) -> None:
     b = _core.get_by_name(it.ctx["bdev"])
     if b is not None:
-        b.histogram_enabled = bool(it.ctx["on"])
+        on = bool(it.ctx["on"])
+        b.histogram_enabled = on
+        if not on:
+            b.histogram = None           # disabling drops the history, as it drops channels'
+        elif b.histogram is None:
+            b.histogram = [0] * HISTOGRAM_BUCKETS
     rx.for_each_channel_continue(it, 0)
 
 
@@ -213,11 +230,26 @@ def _hist_get_channel(it) -> None:
     rx.for_each_channel_continue(it, 0)
 
 
+@wire.remote("bdev.hist_get_replica")
+def _hist_get_replica(it) -> None:
+    b = _core.get_by_name(it.ctx["bdev"])
+    if b is not None and b.histogram is not None:
+        it.ctx["b"] = [a + c for a, c in zip(it.ctx["b"], b.histogram)]
+    rx.for_each_channel_continue(it, 0)
+
+
 def histogram_get(bdev, cb, cb_arg=None) -> None:
     """spdk_bdev_histogram_get: ``cb(cb_arg, rc, buckets)``; bucket i counts I/O whose
-    latency in ns has bit length i (so [2**(i-1), 2**i) ns).  -EFAULT if disabled."""
+    latency in ns has bit length i (so [2**(i-1), 2**i) ns).  -EFAULT if disabled.  Sums
+    every reactor's closed channels (folded in when each was destroyed) and every live
+    channel, since the histogram was enabled or the stats last reset."""
     if not bdev.histogram_enabled:
         rx.send_msg(rx.get_thread(), cb, cb_arg, -14, None)
         return
-    rx.for_each_channel(bdev, _hist_get_channel, {"bdev": bdev.name, "b": [0] * HISTOGRAM_BUCKETS},
-                        lambda it, st: cb(cb_arg, st, list(it.ctx["b"])))
+
+    def replicas_done(it, status):
+        rx.for_each_channel(bdev, _hist_get_channel, it.ctx,
+                            lambda it2, st: cb(cb_arg, st, list(it2.ctx["b"])))
+
+    rx.for_each_reactor(_hist_get_replica, {"bdev": bdev.name, "b": [0] * HISTOGRAM_BUCKETS},
+                        replicas_done)

@@ -715,3 +715,71 @@ def test_malloc_and_null_config_json_has_spdk_shapes_and_replays(h):
     h.set_thread(1)
     assert B.get_uuid(B.get_by_name("cm")) == "6f2f3f5e-1d1b-4c3c-9a1a-0a0b0c0d0e0f"
     assert B.get_block_size(B.get_by_name("cm")) == 4096 and B.get_num_blocks(B.get_by_name("cn")) == 2048
+
+
+def test_histogram_keeps_closed_channels_counts_across_reactors(h):
+    """A channel's histogram is folded into its replica when the channel goes away (as its
+    iostat is), so histogram_get sums closed and live channels on every reactor."""
+    h.set_thread(0)
+    null.create("hc", 1024, 512)
+    h.poll_threads()
+    out = []
+    B.histogram_enable(B.get_by_name("hc"), lambda a, rc: out.append(rc))
+    h.poll_threads()
+    assert out == [0]
+    cpl = S.Cpl()
+    ctx = {}
+    for i, n in ((0, 2), (1, 3), (3, 1)):      # reactor 0: thread 0; reactor 1: threads 1, 3
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name("hc"), True)
+        c = B.get_io_channel(d)
+        ctx[i] = (d, c)
+        for k in range(n):
+            assert B.read_blocks(d, c, bytearray(512), k, 1, cpl) == 0
+        h.advance_time_us(3)
+    h.poll_threads()
+    assert len(cpl.done) == 6
+
+    def total():
+        got = []
+        h.set_thread(0)
+        B.histogram_get(B.get_by_name("hc"), lambda a, rc, bk: got.append((rc, bk)))
+        h.poll_threads()
+        assert got[0][0] == 0
+        return sum(got[0][1])
+
+    assert total() == 6
+    # close the channels of thread 1 (reactor 1) and thread 0 (reactor 0): still counted
+    for i in (1, 0):
+        h.set_thread(i)
+        B.put_io_channel(ctx[i][1])
+        h.poll_threads()
+    assert total() == 6
+    # a new channel on reactor 0 adds to the history
+    h.set_thread(0)
+    c0 = B.get_io_channel(ctx[0][0])
+    assert B.read_blocks(ctx[0][0], c0, bytearray(512), 0, 1, cpl) == 0
+    h.poll_threads()
+    assert total() == 7
+    # a stats reset zeroes the history too; disable/enable starts from zero
+    B.reset_device_stat(B.get_by_name("hc"), lambda b, a, rc: out.append(rc))
+    h.poll_threads()
+    assert total() == 0
+    h.set_thread(3)
+    assert B.read_blocks(ctx[3][0], ctx[3][1], bytearray(512), 0, 1, cpl) == 0
+    h.poll_threads()
+    h.set_thread(3)
+    B.put_io_channel(ctx[3][1])
+    h.poll_threads()
+    assert total() == 1
+    h.set_thread(0)
+    B.histogram_enable(B.get_by_name("hc"), lambda a, rc: out.append(rc), enable=False)
+    h.poll_threads()
+    B.histogram_enable(B.get_by_name("hc"), lambda a, rc: out.append(rc))
+    h.poll_threads()
+    assert total() == 0
+    B.put_io_channel(c0)
+    for i, (d, c) in ctx.items():
+        h.set_thread(i)
+        B.close(d)
+    h.poll_threads()
