@@ -355,6 +355,7 @@ class Manager:
         self.fwd_seq = 0
         self.qos_conf = {}
         self.mgmt_key = self           # the mgmt io_device (local to this reactor)
+        self.dma: dict = {}            # id(view) -> (view, handle): dma_malloc'd buffers
 
     @property
     def is_main(self) -> bool:
@@ -663,6 +664,16 @@ def _replica_fini(done):
 
 def _drop_replica(r, m) -> None:
     r.locals.pop("bdev", None)
+    if m.dma:
+        # the arena is going away: the views must not keep the mapping alive
+        log.warning("reactor %d: %d dma_malloc buffers not freed before bdev finish",
+                    r.index, len(m.dma))
+        for v, _h in m.dma.values():
+            try:
+                v.release()
+            except BufferError:
+                pass
+        m.dma.clear()
     m.buf_pool = None
     if m.arena is not None and m.arena_owned_here and not m.is_main:
         try:
@@ -1414,8 +1425,19 @@ def _put_buf(io) -> None:
     if io.iovs:
         io.iovs[0] = None
     mgmt = io.ch.mgmt
-    m = mgmt.mgr
-    small = io.buf_len <= SMALL_BUF_MAX_SIZE
+    _return_buf(mgmt.mgr, mgmt, h, io.buf_len <= SMALL_BUF_MAX_SIZE)
+
+
+def _return_buf(m, mgmt, h, small) -> None:
+    """A buffer of this reactor's slice is free: to the first waiter of ``mgmt`` (the
+    freeing thread's management channel, if it has one), else back to the pool."""
+    if mgmt is None:
+        m.buf_pool.put(h)
+        if small:
+            m.small_avail += 1
+        else:
+            m.large_avail += 1
+        return
     q = mgmt.need_buf_small if small else mgmt.need_buf_large
     if q:
         tmp = q.popleft()
@@ -1431,6 +1453,104 @@ def _put_buf(io) -> None:
             m.large_avail += 1
         if mgmt.fwd_wait:
             _qos.retry_fwd_wait(mgmt)
+
+
+# ----------------------------------------------------------------- dma buffers (user API)
+DMA_MAX_ALIGN = 4096   # every arena buffer starts on a 4 KiB boundary of a page-aligned map
+
+
+def dma_malloc(size: int, align: int = 512):
+    """spdk_dma_malloc for bdev users: a writable memoryview of exactly ``size`` bytes
+    in this reactor's slice of the shared buffer arena, aligned to ``align`` (a power of
+    two up to 4096), or None.  Call it on a thread of a reactor where the bdev layer is
+    initialised; use the buffer from any thread of that reactor and give it back with
+    :func:`dma_free` there.
+
+    The buffer comes from the same per-reactor pools as the layer's own buffers (8 KiB
+    class up to 8 KiB, 64 KiB class up to 64 KiB; ``small/large_buf_pool_size``), so
+    held buffers leave fewer for ``get_buf`` and QoS bounce copies.  Exhaustion: None at
+    once (no waiting, nothing queued), as is a size above 64 KiB (use several buffers
+    in an iovec) or <= 0, or a bad ``align``.  Contents are not zeroed (dma_zmalloc).
+
+    Passed to read/write(v) as is (the whole view, as one iovec entry or several), an
+    I/O that must cross reactors (QoS funnelling) travels as its arena handle: no bounce
+    copy.  A slice of it, or any other buffer, is bounce-copied when it has to cross."""
+    m = _mgr()
+    if (not isinstance(size, int) or size <= 0 or size > LARGE_BUF_MAX_SIZE or align <= 0
+            or align & (align - 1) or align > DMA_MAX_ALIGN):
+        log.error("dma_malloc(%r, align=%r): size must be 1..%d and align a power of two <= %d",
+                  size, align, LARGE_BUF_MAX_SIZE, DMA_MAX_ALIGN)
+        return None
+    small = size <= SMALL_BUF_MAX_SIZE
+    if small:
+        if m.small_avail <= 0:
+            return None
+        m.small_avail -= 1
+    else:
+        if m.large_avail <= 0:
+            return None
+        m.large_avail -= 1
+    h = m.buf_pool.get(size) if m.buf_pool is not None else None
+    if h is None:
+        if small:
+            m.small_avail += 1
+        else:
+            m.large_avail += 1
+        return None
+    v = m.buf_pool.view(h)
+    m.dma[id(v)] = (v, h)
+    return v
+
+
+def dma_zmalloc(size: int, align: int = 512):
+    """spdk_dma_zmalloc: dma_malloc, zero-filled."""
+    v = dma_malloc(size, align)
+    if v is not None:
+        v[:] = bytes(len(v))
+    return v
+
+
+def dma_free(buf) -> int:
+    """spdk_dma_free: give back a dma_malloc buffer (on a thread of the reactor that
+    allocated it).  The view is released: using it afterwards raises ValueError.  0, or
+    -EINVAL (logged) for anything dma_malloc on this reactor did not return, or a second
+    free.  A freed buffer goes first to a get_buf waiter of the calling thread."""
+    m = _mgr()
+    e = m.dma.get(id(buf))
+    if e is None or e[0] is not buf:
+        log.error("dma_free of a buffer dma_malloc on reactor %d did not return (or freed twice)",
+                  m.reactor.index)
+        return -EINVAL
+    del m.dma[id(buf)]
+    v, h = e
+    try:
+        v.release()
+    except BufferError:
+        pass     # something still exports it (the caller's problem, as use after free is)
+    t = rx.get_thread()
+    ioch = t.io_channels.get(m.mgmt_key) if t is not None else None
+    _return_buf(m, ioch.ctx if ioch is not None else None, h, h.length <= SMALL_BUF_MAX_SIZE)
+    return 0
+
+
+def dma_handles(m, iovs, iovcnt, nbytes):
+    """Arena handles for ``iovs`` when every entry is a whole dma_malloc buffer of this
+    replica (trimmed to ``nbytes`` in all), else None."""
+    dma = m.dma
+    out = []
+    left = nbytes
+    for i in range(iovcnt):
+        v = iovs[i]
+        e = dma.get(id(v))
+        if e is None or e[0] is not v:
+            return None
+        if left <= 0:
+            break
+        h = e[1]
+        n = min(h.length, left)
+        out.append([h.arena_id, h.offset, n])
+        left -= n
+    return out if left <= 0 else None
 
 
 # ===================================================================== submission

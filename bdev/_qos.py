@@ -351,6 +351,9 @@ def _forward(io) -> bool:
     if t == IO_TYPE_READ or t == IO_TYPE_WRITE:
         if io.iovcnt == 1 and io.buf is not None:
             handles.append(list(io.buf))
+        elif m.dma and (dh := _core.dma_handles(m, io.iovs, io.iovcnt,
+                                                io.num_blocks * bdev.blocklen)) is not None:
+            handles = dh           # the caller's dma_malloc buffers cross as they are
         else:
             left = io.num_blocks * bdev.blocklen
             while left > 0:

@@ -14,6 +14,10 @@ Conventions, as in SPDK:
 * Buffers: anything supporting the buffer protocol with the right length (bytearray,
   memoryview); iovecs are lists of such.  A read may pass ``None`` and get a buffer
   from the layer's shared pool in ``bdev_io.iovs[0]``.
+* DMA buffers (SPDK's spdk_dma_malloc/zmalloc/free, what bdevperf uses): ``dma_malloc(size,
+  align=512)`` / ``dma_zmalloc`` return a memoryview in this reactor's slice of the shared
+  arena (or None when that pool is empty or size > 64 KiB -- no waiting), ``dma_free(buf)``
+  gives it back.  Such a buffer crosses reactors (QoS) without a bounce copy.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from ._core import (Bdev, BdevIo, Desc, IoStat, IoWaitEntry,  # noqa: F401
                     write, write_blocks, write_zeroes, write_zeroes_blocks, writev,
                     writev_blocks, bdevs)
 from ._core import io_get_nvme_status, io_get_scsi_status, io_get_iovec, io_get_thread  # noqa: F401
+from ._core import dma_free, dma_malloc, dma_zmalloc  # noqa: F401
 from ._stats import (get_channels_stat, get_device_stat, get_io_stat, get_io_time,  # noqa: F401
                      get_qd, get_qd_sampling_period, get_weighted_io_time, histogram_enable,
                      histogram_get, reset_device_stat, set_qd_sampling_period)

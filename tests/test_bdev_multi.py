@@ -783,3 +783,96 @@ def test_histogram_keeps_closed_channels_counts_across_reactors(h):
         h.set_thread(i)
         B.close(d)
     h.poll_threads()
+
+
+def test_dma_malloc_buffers_cross_reactors_without_bounce(h):
+    """dma_malloc hands out a view in this reactor's arena slice; an I/O on it that is
+    funnelled to the QoS thread on the other reactor travels as its arena handle: the
+    module there works on the caller's own memory, no bounce buffer is taken."""
+    import ctypes
+    ctx = _qos_on_thread0(h, "dm", [10000, NOT, NOT, NOT])
+    d1, c1 = ctx[1]
+    h.set_thread(1)
+    m1 = rx.current_reactor().locals["bdev"]
+    small0, large0 = m1.small_avail, m1.large_avail
+    wbuf = B.dma_zmalloc(4096, align=4096)
+    rbufs = [B.dma_malloc(512), B.dma_malloc(512)]
+    assert isinstance(wbuf, memoryview) and len(wbuf) == 4096 and bytes(wbuf) == bytes(4096)
+    assert ctypes.addressof(ctypes.c_char.from_buffer(wbuf)) % 4096 == 0
+    assert m1.small_avail == small0 - 3 and m1.buf_pool.in_use == 3
+    wbuf[:] = b"\xab" * 4096
+    cpl = S.Cpl()
+    assert B.write_blocks(d1, c1, wbuf, 0, 8, cpl, "w") == 0
+    assert B.readv_blocks(d1, c1, rbufs, 8, 2, cpl, "r") == 0
+    h.poll_threads()
+    assert m1.buf_pool.in_use == 3                   # nothing bounced
+    h.set_thread(0)
+    q = S.outstanding("dm")
+    assert [io.type for io in q] == [B.IO_TYPE_WRITE, B.IO_TYPE_READ]
+    assert bytes(q[0].iovs[0]) == b"\xab" * 4096
+    q[1].iovs[0][:] = b"\x01" * 512                  # the module fills the read...
+    q[1].iovs[1][:] = b"\x02" * 512
+    assert bytes(rbufs[0]) == b"\x01" * 512          # ...straight into the caller's buffers
+    assert bytes(rbufs[1]) == b"\x02" * 512
+    S.complete("dm")
+    h.poll_threads()
+    assert sorted(cpl.done) == [("r", True), ("w", True)]
+    # a private buffer still bounces (one small buffer while in flight)
+    h.set_thread(1)
+    assert B.write_blocks(d1, c1, bytearray(512), 0, 1, cpl, "p") == 0
+    h.poll_threads()
+    assert m1.buf_pool.in_use == 4
+    h.set_thread(0)
+    S.complete("dm")
+    h.poll_threads()
+    h.set_thread(1)
+    assert m1.buf_pool.in_use == 3
+    for v in [wbuf] + rbufs:
+        assert B.dma_free(v) == 0
+    assert m1.small_avail == small0 and m1.large_avail == large0 and m1.buf_pool.in_use == 0
+    with pytest.raises(ValueError):
+        bytes(wbuf)                                  # released: no use after free
+    assert B.dma_free(wbuf) == -22                   # second free
+    assert B.dma_free(bytearray(8)) == -22           # not a dma buffer
+    _close_all(h, ctx)
+
+
+def test_dma_malloc_exhaustion_and_arguments(h, restore_opts):
+    S.fini_layer(h)
+    assert B.set_opts({"small_buf_pool_size": 2, "large_buf_pool_size": 2}) == 0   # 1 + 1 each
+    S.init_layer(h)
+    h.set_thread(1)
+    a = B.dma_malloc(8192)
+    big = B.dma_malloc(65536)
+    assert a is not None and big is not None and len(a) == 8192 and len(big) == 65536
+    assert B.dma_malloc(512) is None and B.dma_malloc(8193) is None    # both classes empty
+    assert B.dma_malloc(65537) is None                                 # above 64 KiB
+    assert B.dma_malloc(0) is None
+    h.set_thread(0)                      # reactor 0's share is its own
+    b0 = B.dma_malloc(512)
+    assert b0 is not None and B.dma_free(b0) == 0
+    h.set_thread(1)
+    assert B.dma_free(big) == 0
+    assert B.dma_malloc(512, align=3) is None and B.dma_malloc(512, align=8192) is None
+    # a freed buffer goes to a get_buf waiter of the freeing thread first
+    S.create("dx")
+    h.poll_threads()
+    h.set_thread(1)
+    rc, d = B.open(B.get_by_name("dx"), False)
+    c = B.get_io_channel(d)
+    got = []
+    cpl = S.Cpl()
+    assert B.read_blocks(d, c, None, 0, 1, cpl, "g") == 0
+    S.outstanding("dx")[-1].get_buf(lambda mch, io: got.append(io), 512)
+    assert got == []                                   # small class empty: waits
+    assert B.dma_free(a) == 0
+    assert len(got) == 1 and len(got[0].iovs[0]) == 512
+    assert B.dma_malloc(512) is None                   # the waiter took it
+    S.complete("dx")
+    h.poll_threads()
+    assert cpl.done == [("g", True)]
+    m1 = rx.current_reactor().locals["bdev"]
+    assert m1.small_avail == 1 and m1.large_avail == 1 and m1.buf_pool.in_use == 0
+    B.put_io_channel(c)
+    B.close(d)
+    h.poll_threads()
