@@ -56,7 +56,8 @@ def _new_arena_id() -> int:
 
 
 def pool_share(total: int, n_reactors: int, index: int) -> int:
-    """Reactor ``index``'s share of a global buffer count (the seed's pools are global)."""
+    """Reactor ``index``'s share of a global count (bdev_io or buffer pool: the seed's
+    pools are global): ``total // n``, plus one for the first ``total % n`` reactors."""
     return total // n_reactors + (1 if index < total % n_reactors else 0)
 
 # The zero buffer only ever feeds writes, so one immutable buffer per process serves all.
@@ -338,13 +339,15 @@ class Manager:
         self.fini_cb = None
         self.fini_thread = None
         self.resume_idx = None
-        self.io_pool_avail = self.opts["bdev_io_pool_size"]
+        n, i = reactor.n_reactors, reactor.index
+        # This reactor's share of the global bdev_io pool (the seed's pool is app-wide).
+        self.io_pool_count = pool_share(self.opts["bdev_io_pool_size"], n, i)
+        self.io_pool_avail = self.io_pool_count
         self.io_free: list = []
         self.instance = None
         self.arena = None
         self.arena_owned_here = False
         self.buf_pool = None
-        n, i = reactor.n_reactors, reactor.index
         # This reactor's share of the global buffer pools (what it may hand out).
         self.small_count = pool_share(self.opts["small_buf_pool_size"], n, i)
         self.large_count = pool_share(self.opts["large_buf_pool_size"], n, i)
@@ -384,11 +387,19 @@ def get_opts() -> dict:
 
 
 def set_opts(opts: dict) -> int:
-    """spdk_bdev_set_opts (before initialize): -1 when the pool cannot feed every
-    thread's cache (seed rule: pool >= cache * (threads + 1)), -EINVAL for an unknown
-    key, a negative cache size, or a buffer pool smaller than the number of reactors
-    (small/large_buf_pool_size are app-wide counts, split over the reactors); nothing
-    changes on error."""
+    """spdk_bdev_set_opts (before initialize).  ``bdev_io_pool_size``,
+    ``small_buf_pool_size`` and ``large_buf_pool_size`` are app-wide counts, as the
+    seed's pools are, split over the reactors (reactor i gets ``n // R``, +1 for the
+    first ``n % R``); ``bdev_io_cache_size`` is per thread.
+
+    -EINVAL for an unknown key, a negative cache size, or a pool smaller than the number
+    of reactors.  -1 (the seed's code) when the bdev_io pool cannot feed every thread's
+    cache: the seed's rule, pool >= cache * (threads + 1), applied to each reactor's
+    share -- the smallest share (``pool // R``) must cover the calling reactor's
+    threads + 1 (the other reactors' thread counts are not known here, so each is
+    assumed to have as many; on one reactor this is exactly the seed's check; each
+    replica re-checks its own share at initialize and logs if it falls short).
+    Nothing changes on error."""
     new = dict(_default_opts)
     for k, v in opts.items():
         if k not in new:
@@ -402,16 +413,18 @@ def set_opts(opts: dict) -> int:
         n_threads, n_reactors = len(r.threads), r.n_reactors
     except Exception:
         n_threads, n_reactors = 1, 1
-    # The buffer pools are global and split over the reactors: each needs one of each.
-    for k in ("small_buf_pool_size", "large_buf_pool_size"):
+    # The pools are global and split over the reactors: each needs one of each.
+    for k in ("bdev_io_pool_size", "small_buf_pool_size", "large_buf_pool_size"):
         if new[k] < n_reactors:
             log.error("%s %d must be at least the number of reactors (%d)", k, new[k], n_reactors)
             return -EINVAL
-    min_pool = new["bdev_io_cache_size"] * (n_threads + 1)
-    if new["bdev_io_pool_size"] < min_pool:
-        log.error("bdev_io_pool_size %d is not compatible with bdev_io_cache_size %d and %d threads; "
-                  "must be at least %d", new["bdev_io_pool_size"], new["bdev_io_cache_size"],
-                  n_threads, min_pool)
+    # The seed's rule (+1: the extra mgmt channel made during subsystem init), on the
+    # smallest per-reactor share of the pool.
+    min_share = new["bdev_io_cache_size"] * (n_threads + 1)
+    if new["bdev_io_pool_size"] // n_reactors < min_share:
+        log.error("bdev_io_pool_size %d is not compatible with bdev_io_cache_size %d and %d threads "
+                  "per reactor over %d reactors; must be at least %d", new["bdev_io_pool_size"],
+                  new["bdev_io_cache_size"], n_threads, n_reactors, min_share * n_reactors)
         return -1
     _default_opts.update(new)
     m = _mgr(False)
@@ -553,6 +566,7 @@ def initialize(cb, cb_arg=None, conf: dict | None = None) -> None:
         cb(cb_arg, -1)
         return
     m = _create_replica(r, opts, arena.arena_id)
+    _check_io_pool_share(m)
     m.instance = instance
     m.arena_owned_here = True
     m.init_cb = (cb, cb_arg)
@@ -565,8 +579,20 @@ def initialize(cb, cb_arg=None, conf: dict | None = None) -> None:
 def _replica_init(done, opts, arena_id, arena_name):
     r = rx.current_reactor()
     if r.locals.get("bdev") is None:
-        _create_replica(r, dict(opts), arena_id, arena_name)
+        m = _create_replica(r, dict(opts), arena_id, arena_name)
+        _check_io_pool_share(m)
     done(0)
+
+
+def _check_io_pool_share(m) -> None:
+    """set_opts checked the pool against the main reactor's thread count; this replica
+    knows its own."""
+    need = m.opts["bdev_io_cache_size"] * (len(m.reactor.threads) + 1)
+    if m.io_pool_count < need:
+        log.error("reactor %d: its bdev_io pool share %d is below bdev_io_cache_size %d x "
+                  "(%d threads + 1) = %d: some threads will start with short caches",
+                  m.reactor.index, m.io_pool_count, m.opts["bdev_io_cache_size"],
+                  len(m.reactor.threads), need)
 
 
 def _modules_init(m: Manager) -> None:
@@ -664,6 +690,9 @@ def _replica_fini(done):
 
 def _drop_replica(r, m) -> None:
     r.locals.pop("bdev", None)
+    if m.io_pool_avail != m.io_pool_count:
+        log.error("reactor %d: bdev IO pool count is %d but should be %d", r.index,
+                  m.io_pool_avail, m.io_pool_count)
     if m.dma:
         # the arena is going away: the views must not keep the mapping alive
         log.warning("reactor %d: %d dma_malloc buffers not freed before bdev finish",
@@ -689,9 +718,6 @@ def _mgr_finished(m: Manager) -> None:
 
 
 def _mgr_unregister_cb(r, m) -> None:
-    used = m.opts["bdev_io_pool_size"] - m.io_pool_avail
-    if used:
-        log.error("bdev IO pool count is %d but should be %d", m.io_pool_avail, m.opts["bdev_io_pool_size"])
     if m.buf_pool is not None and m.buf_pool.in_use:
         log.error("%d buffers still in use at bdev finish", m.buf_pool.in_use)
     arena, instance = m.arena, m.instance

@@ -206,14 +206,19 @@ def bdev_set_qos_limit(request, params):
 
 
 @rpc_method("bdev_set_options", params=[
-    Param("bdev_io_pool_size", int, required=False, min=1, help="bdev_io structures per reactor"),
+    Param("bdev_io_pool_size", int, required=False, min=1,
+          help="bdev_io structures in the app, split over the reactors"),
     Param("bdev_io_cache_size", int, required=False, min=0, help="bdev_io cached per thread"),
     Param("bdev_auto_examine", bool, default=True, help="accepted for SPDK compatibility"),
-    Param("small_buf_pool_size", int, required=False, min=1, help="8 KiB buffers per reactor"),
-    Param("large_buf_pool_size", int, required=False, min=1, help="64 KiB buffers per reactor"),
+    Param("small_buf_pool_size", int, required=False, min=1,
+          help="8 KiB buffers in the app, split over the reactors"),
+    Param("large_buf_pool_size", int, required=False, min=1,
+          help="64 KiB buffers in the app, split over the reactors"),
 ], states=STARTUP)
 def bdev_set_options(request, params):
-    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc)."""
+    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc); pool sizes are app-wide, split over the reactors."""  # noqa: E501
+    # The bdev_io pool must hold bdev_io_cache_size x (threads + 1) per reactor share
+    # (bdev.set_opts); -EINVAL otherwise.
     opts = api.get_opts()
     for k in ("bdev_io_pool_size", "bdev_io_cache_size", "small_buf_pool_size",
               "large_buf_pool_size"):
@@ -221,7 +226,9 @@ def bdev_set_options(request, params):
             opts[k] = params[k]
     rc = api.set_opts(opts)
     if rc:
-        request.errno(rc if rc < 0 else -errno.EINVAL)
+        # set_opts' -1 (the seed's code for a pool too small for the caches) is EPERM as
+        # an errno: report it as the invalid parameter it is
+        request.errno(-errno.EINVAL if rc == -1 or rc > 0 else rc)
         return
     return True
 

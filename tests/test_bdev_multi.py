@@ -876,3 +876,50 @@ def test_dma_malloc_exhaustion_and_arguments(h, restore_opts):
     B.put_io_channel(c)
     B.close(d)
     h.poll_threads()
+
+
+def test_bdev_io_pool_is_a_global_count_split_over_reactors(restore_opts):
+    """bdev_io_pool_size means what the seed's pool is (app-wide), split like the buffer
+    pools; set_opts applies the seed's cache rule to the smallest share."""
+    assert B.get_opts()["bdev_io_pool_size"] == 64 * 1024
+    with Harness(4, n_reactors=2) as h2:         # reactor 0: threads 0, 2; reactor 1: 1, 3
+        h2.set_thread(0)
+        before = B.get_opts()
+        assert B.set_opts({"bdev_io_pool_size": 1, "bdev_io_cache_size": 0}) == -22  # < reactors
+        # cache 4, 2 threads here: each share needs 4 * (2 + 1) = 12, so the pool 24
+        assert B.set_opts({"bdev_io_pool_size": 23, "bdev_io_cache_size": 4}) == -1
+        assert B.get_opts() == before
+        assert B.set_opts({"bdev_io_pool_size": 25, "bdev_io_cache_size": 4}) == 0
+        S.init_layer(h2)
+        assert [on(h2, i).locals["bdev"].io_pool_count for i in (0, 1)] == [13, 12]
+        h2.set_thread(0)
+        S.create("pl")
+        h2.poll_threads()
+        # reactor 1 hands out only its share: thread 1's cache (4) + the rest of the pool (8)
+        h2.set_thread(1)
+        rc, d = B.open(B.get_by_name("pl"), False)
+        c = B.get_io_channel(d)
+        cpl = S.Cpl()
+        n = 0
+        while B.read_blocks(d, c, bytearray(512), 0, 1, cpl, n) == 0:
+            n += 1
+            assert n < 100
+        assert n == 12
+        S.complete("pl")
+        h2.poll_threads()
+        assert len(cpl.done) == 12
+        B.put_io_channel(c)
+        B.close(d)
+        h2.set_thread(0)
+        assert B.subsystem_config_json()[0]["params"]["bdev_io_pool_size"] == 25
+        h2.poll_threads()
+        S.fini_layer(h2)
+
+
+def test_bdev_set_options_help_says_global_counts():
+    import bdev.rpc  # noqa: F401  registers the methods
+    from reactor.rpc_registry import METHODS
+    m = METHODS.get("bdev_set_options")
+    helps = {p.name: p.help for p in m.schema.params}
+    for k in ("bdev_io_pool_size", "small_buf_pool_size", "large_buf_pool_size"):
+        assert "per reactor" not in helps[k] and "split over the reactors" in helps[k]
