@@ -318,6 +318,10 @@ class BdevIo:
     def get_thread(self):
         return self.ch.thread
 
+    def get_submit_tsc(self) -> int:
+        """See io_get_submit_tsc."""
+        return self.submit_tsc
+
     @property
     def success(self) -> bool:
         return self.status == IO_STATUS_SUCCESS
@@ -1643,6 +1647,7 @@ def _io_submit(io) -> None:
     """spdk_bdev_io_submit: split if needed, funnel to the QoS thread if QoS is on."""
     bdev = io.bdev
     if bdev._may_split and _should_split(io):
+        io.submit_tsc = io.ch.clock()    # the parent's (its children get their own)
         if io.type == IO_TYPE_READ and io.iovs[0] is None:
             io_get_buf(io, _io_split, io.num_blocks * bdev.blocklen)
         else:
@@ -1866,6 +1871,7 @@ def write_zeroes_blocks(desc, ch, offset_blocks, num_blocks, cb, cb_arg=None) ->
         _io_submit(io)
         return 0
     if supported(bdev.ctxt, IO_TYPE_WRITE):
+        io.submit_tsc = channel.clock()
         io.split_remaining_num_blocks = num_blocks
         io.split_current_offset_blocks = offset_blocks
         _write_zero_buffer_next(io)
@@ -2141,6 +2147,7 @@ def reset(desc, ch, cb, cb_arg=None) -> int:
     io.iovcnt = 0
     io.offset_blocks = io.num_blocks = 0
     _io_init(io, bdev, cb_arg, cb)
+    io.submit_tsc = channel.clock()
     channel.queued_resets.append(io)
     _channel_start_reset(channel)
     return 0
@@ -2421,6 +2428,17 @@ def io_get_iovec(io):
 
 def io_get_thread(io):
     return io.ch.thread
+
+
+def io_get_submit_tsc(io) -> int:
+    """spdk_bdev_io_get_submit_tsc: when the layer accepted this I/O for submission, in
+    ns of the reactor's clock (``reactor.now_ns()``; the mock clock in deterministic
+    mode) -- the timestamp the layer's own latency stats start from, read once per I/O
+    anyway.  A completion callback can take ``now_ns() - io_get_submit_tsc(io)`` as the
+    I/O's latency without reading the clock at submit time too.  It includes time
+    queued under QoS or on the NOMEM queue; for a split I/O or emulated write zeroes it
+    is the parent's submission.  Valid from submission until free_io."""
+    return io.submit_tsc
 
 
 # The module's completion call is the hot path: bind it straight to io_complete (no extra

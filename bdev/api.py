@@ -18,6 +18,9 @@ Conventions, as in SPDK:
   align=512)`` / ``dma_zmalloc`` return a memoryview in this reactor's slice of the shared
   arena (or None when that pool is empty or size > 64 KiB -- no waiting), ``dma_free(buf)``
   gives it back.  Such a buffer crosses reactors (QoS) without a bounce copy.
+* Latency: ``io_get_submit_tsc(bdev_io)`` (also ``bdev_io.get_submit_tsc()``) is when the
+  layer accepted the I/O, in ns of ``reactor.now_ns()``'s clock; a completion callback
+  computes ``now_ns() - io_get_submit_tsc(io)`` without a clock read at submit time.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from ._core import (Bdev, BdevIo, Desc, IoStat, IoWaitEntry,  # noqa: F401
                     write, write_blocks, write_zeroes, write_zeroes_blocks, writev,
                     writev_blocks, bdevs)
 from ._core import io_get_nvme_status, io_get_scsi_status, io_get_iovec, io_get_thread  # noqa: F401
+from ._core import io_get_submit_tsc  # noqa: F401
 from ._core import dma_free, dma_malloc, dma_zmalloc  # noqa: F401
 from ._stats import (get_channels_stat, get_device_stat, get_io_stat, get_io_time,  # noqa: F401
                      get_qd, get_qd_sampling_period, get_weighted_io_time, histogram_enable,

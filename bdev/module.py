@@ -100,4 +100,5 @@ bdev_io_complete_nvme_status = _core.io_complete_nvme_status
 bdev_io_complete_scsi_status = _core.io_complete_scsi_status
 bdev_io_get_iovec = _core.io_get_iovec
 bdev_io_get_thread = _core.io_get_thread
+bdev_io_get_submit_tsc = _core.io_get_submit_tsc
 bdev_io_set_buf = _core.io_set_buf

@@ -860,3 +860,46 @@ def test_dma_malloc_local_io_and_unfreed_buffers_at_finish(h):
     assert cpl.statuses() == [True] and B.dma_free(buf) == 0
     B.put_io_channel(ch)
     B.close(desc)
+
+
+def test_completed_io_exposes_its_submit_timestamp(h):
+    """io_get_submit_tsc: the clock reading the layer takes at submission (ns of the
+    reactor clock), for plain, split, emulated write-zeroes and reset I/O."""
+    b = S.create("b", blockcnt=4096, optimal_io_boundary=16, split_on_optimal_io_boundary=True)
+    S.disk("b").supported.discard(B.IO_TYPE_WRITE_ZEROES)
+    desc = open_rw(b)
+    ch = B.get_io_channel(desc)
+    seen = {}
+
+    def cb(io, ok, name):
+        seen[name] = (ok, B.io_get_submit_tsc(io), io.get_submit_tsc(), rx.now_ns())
+        B.free_io(io)
+
+    t_read = rx.now_ns()
+    assert B.read_blocks(desc, ch, bytearray(512), 0, 1, cb, "read") == 0
+    h.advance_time_us(7)
+    t_split = rx.now_ns()
+    assert B.readv_blocks(desc, ch, [bytearray(32 * 512)], 8, 32, cb, "split") == 0
+    h.advance_time_us(5)
+    t_wz = rx.now_ns()
+    assert B.write_zeroes_blocks(desc, ch, 100, 4, cb, "wz") == 0
+    h.advance_time_us(3)
+    for _ in range(4):                       # children of the split come one at a time
+        S.complete("b")
+        h.advance_time_us(1)
+        h.poll_threads()
+    t_reset = rx.now_ns()
+    assert B.reset(desc, ch, cb, "reset") == 0
+    h.poll_threads()
+    S.complete("b")
+    h.advance_time_us(2)
+    h.poll_threads()
+    assert set(seen) == {"read", "split", "wz", "reset"}
+    for name, t in (("read", t_read), ("split", t_split), ("wz", t_wz), ("reset", t_reset)):
+        ok, tsc, tsc2, done_at = seen[name]
+        assert ok and tsc == tsc2 == t, (name, tsc, t)
+        assert done_at - tsc > 0
+    assert seen["read"][3] - seen["read"][1] == 15_000          # latency from one clock read
+    assert bm.bdev_io_get_submit_tsc is B.io_get_submit_tsc
+    B.put_io_channel(ch)
+    B.close(desc)
