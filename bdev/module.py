@@ -102,3 +102,4 @@ bdev_io_get_iovec = _core.io_get_iovec
 bdev_io_get_thread = _core.io_get_thread
 bdev_io_get_submit_tsc = _core.io_get_submit_tsc
 bdev_io_set_buf = _core.io_set_buf
+bdev_io_callback_raised = _core.callback_raised   # log a raising callback, keep the batch going

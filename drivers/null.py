@@ -45,7 +45,10 @@ def _null_poll(nch) -> int:
     nch.io = []
     complete = _complete
     for io in batch:
-        complete(io, _SUCCESS)
+        try:
+            complete(io, _SUCCESS)
+        except Exception:   # a raising callback must not lose the rest of the batch
+            bm.bdev_io_callback_raised(io)
     return 1
 
 

@@ -903,3 +903,53 @@ def test_completed_io_exposes_its_submit_timestamp(h):
     assert bm.bdev_io_get_submit_tsc is B.io_get_submit_tsc
     B.put_io_channel(ch)
     B.close(desc)
+
+
+# ------------------------------------------------------------------ robustness follow-ups
+def test_raising_callback_does_not_lose_the_rest_of_a_deferred_batch(h, caplog):
+    b = S.create("b", blockcnt=100)
+    desc = open_rw(b)
+    ch = B.get_io_channel(desc)
+    S.disk("b").fail_inline = B.IO_STATUS_SUCCESS   # completes inside submit: deferred batch
+    seen = []
+
+    def cb(io, success, arg):
+        seen.append(arg)
+        B.free_io(io)
+        if arg == 1:
+            raise RuntimeError("user callback bug")
+
+    for i in range(4):
+        assert B.read_blocks(desc, ch, bytearray(512), i, 1, cb, i) == 0
+    assert seen == []
+    h.poll_threads()
+    assert seen == [0, 1, 2, 3]                      # 2 and 3 ran after 1 raised
+    assert "read I/O on bdev b raised" in caplog.text
+    B.put_io_channel(ch)
+    B.close(desc)
+
+
+def test_free_io_drops_the_callers_iovec_and_buffers(h):
+    import gc
+    import weakref
+
+    class Buf(bytearray):
+        pass
+
+    b = S.create("b", blockcnt=100)
+    desc = open_rw(b)
+    ch = B.get_io_channel(desc)
+    cpl = S.Cpl()
+    bufs = [Buf(512), Buf(512)]
+    refs = [weakref.ref(x) for x in bufs]
+    assert B.readv_blocks(desc, ch, bufs, 0, 2, cpl) == 0
+    io = S.outstanding("b")[0]
+    S.complete("b")
+    h.poll_threads()
+    assert cpl.statuses() == [True]
+    assert io.iovs is io._iov and io.iovs[0] is None and io.fwd is None
+    del bufs
+    gc.collect()
+    assert [r() for r in refs] == [None, None]     # the pooled bdev_io keeps nothing alive
+    B.put_io_channel(ch)
+    B.close(desc)

@@ -346,12 +346,7 @@ class _ThenFlush:
 
 def _done(bdev_io, success, cb) -> None:
     """The bdev completion (on the handle's thread): free the bdev_io, answer the server."""
-    # A pooled bdev_io keeps its iovs after free_io; drop our (arena) buffer from it, or
-    # the arena's mapping stays exported and cannot be unmapped at shutdown.
-    iovs = bdev_io.iovs
-    if iovs:
-        iovs[0] = None
-    api.free_io(bdev_io)
+    api.free_io(bdev_io)   # drops the bdev_io's references to our (arena) buffer
     cb(0 if success else errno.EIO)
 
 
