@@ -35,7 +35,8 @@ class _Done:
             log.error("broadcast op %d: done() called twice", self.op)
             return
         self.fired = True
-        rx.current_reactor().send(self.origin, _bcast_done, (self.op, int(rc or 0)))
+        r = rx.current_reactor()
+        r.send(self.origin, _bcast_done, (self.op, int(rc or 0), r.index))
 
 
 def broadcast(handler, args=(), cb=None, include_self: bool = True) -> None:
@@ -43,7 +44,9 @@ def broadcast(handler, args=(), cb=None, include_self: bool = True) -> None:
     skipped (the caller applied the change itself, synchronously)."""
     r = rx.current_reactor()
     t = rx.get_thread()
-    targets = [i for i in range(r.n_reactors) if include_self or i != r.index]
+    dead = r.dead
+    targets = [i for i in range(r.n_reactors)
+               if (include_self or i != r.index) and i not in dead]   # a dead one never answers
     if not targets:
         if cb is not None:
             rx.send_msg(t, cb, 0)
@@ -52,7 +55,7 @@ def broadcast(handler, args=(), cb=None, include_self: bool = True) -> None:
     if name is None:
         raise TypeError(f"{handler!r} must be registered with @reactor.remote to be broadcast")
     op = next(_seq)
-    r.locals.setdefault("bdev.bcast", {})[op] = [len(targets), 0, cb]
+    r.locals.setdefault("bdev.bcast", {})[op] = [set(targets), 0, cb, t]
     for i in targets:
         r.send(r.default_tid(i), _bcast_run, (op, t.id, name, list(args)))
 
@@ -69,16 +72,19 @@ def _bcast_run(op, origin, name, args):
 
 
 @wire.remote("bdev.bcast_done")
-def _bcast_done(op, rc):
+def _bcast_done(op, rc, index=None):
     pending = rx.current_reactor().locals.get("bdev.bcast", {})
     entry = pending.get(op)
     if entry is None:
         log.error("completion of unknown broadcast %d", op)
         return
-    entry[0] -= 1
+    waiting = entry[0]
+    if index not in waiting:
+        return    # reactor ``index`` was already counted (it died, then its answer came)
+    waiting.discard(index)
     if rc and not entry[1]:
         entry[1] = rc
-    if entry[0] == 0:
+    if not waiting:
         del pending[op]
         if entry[2] is not None:
             entry[2](entry[1])
@@ -142,3 +148,82 @@ def _to_main_done(op, values):
     cb = rx.current_reactor().locals.get("bdev.to_main", {}).pop(op, None)
     if cb is not None:
         cb(*values)
+
+
+# ------------------------------------------------------------------ walks a death may strand
+# A for_each_channel/for_each_reactor walk visiting a reactor that dies never comes back
+# (the reactor layer skips dead reactors only for walks that have not reached them yet).
+# The bdev layer's walks go through these wrappers: each one still pending when a reactor
+# dies completes with -EIO on its thread at once (its real completion, should it come
+# later, is dropped).  The origin cannot tell where the walk is, so this is conservative.
+
+class _Walk:
+    __slots__ = ("wid", "cpl", "ctx", "thread", "done")
+
+    def __init__(self, wid, cpl, ctx, thread):
+        self.wid = wid
+        self.cpl = cpl
+        self.ctx = ctx
+        self.thread = thread
+        self.done = False
+
+    def __call__(self, it, status) -> None:
+        if self.done:
+            return
+        self.done = True
+        rx.current_reactor().locals.get("bdev.walks", {}).pop(self.wid, None)
+        self.cpl(it, status)
+
+    def fail(self, status) -> None:
+        if self.done:
+            return
+        it = rx.ChannelIter()
+        it.ctx = self.ctx
+        it.status = status
+        it.ch = None
+        it.io_device = None
+        self(it, status)
+
+
+def _track(cpl, ctx):
+    r = rx.current_reactor()
+    if r.n_reactors == 1:
+        return cpl
+    wid = next(_seq)
+    w = _Walk(wid, cpl, ctx, rx.get_thread())
+    r.locals.setdefault("bdev.walks", {})[wid] = w
+    return w
+
+
+def for_each_channel(io_device, fn, ctx=None, cpl=None) -> None:
+    """rx.for_each_channel that a reactor's death cannot strand (see above)."""
+    rx.for_each_channel(io_device, fn, ctx, _track(cpl or _noop, ctx))
+
+
+def for_each_reactor(fn, ctx=None, cpl=None) -> None:
+    """rx.for_each_reactor that a reactor's death cannot strand (see above)."""
+    rx.for_each_reactor(fn, ctx, _track(cpl or _noop, ctx))
+
+
+def _noop(it, status) -> None:
+    pass
+
+
+def _fail_walk(w) -> None:
+    w.fail(-EIO)
+
+
+EIO = 5
+
+
+def on_reactor_death(r, index: int) -> None:
+    """Reactor ``index`` died (on reactor ``r``): broadcasts still waiting for its answer
+    count it as -EIO, and every pending walk completes with -EIO -- each on the thread
+    that started it, as a message."""
+    for op, entry in list(r.locals.get("bdev.bcast", {}).items()):
+        if index in entry[0]:
+            r.send(entry[3], _bcast_done, (op, -EIO, index))
+    for w in list(r.locals.get("bdev.walks", {}).values()):
+        if not w.done:
+            log.error("reactor %d died: a bdev walk started here completes with -EIO", index)
+            r.send(w.thread, _fail_walk, (w,))

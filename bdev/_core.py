@@ -532,7 +532,21 @@ def _create_replica(r, opts, arena_id, arena_name=None) -> Manager:
     m.buf_pool = a.pool(r.index) if a is not None else None
     r.locals["bdev"] = m
     rx.io_device_register(m, _mgmt_channel_create, _mgmt_channel_destroy, name=f"bdev_mgr.{r.index}")
+    if not r.locals.get("bdev.death_watch"):
+        r.locals["bdev.death_watch"] = True
+        r.death_watchers.append(lambda index, r=r: _on_reactor_death(r, index))
     return m
+
+
+def _on_reactor_death(r, index: int) -> None:
+    """DESIGN.md, Reliability: reactor ``index`` died.  On this reactor, everything the
+    bdev layer handed to it ends with an error instead of waiting forever: replicated
+    operations (broadcasts, walks) waiting for its answer, I/O funnelled to a QoS thread
+    there (and bounce-buffer waits for it); a QoS thread it hosted is re-chosen."""
+    _bcast.on_reactor_death(r, index)
+    m = r.locals.get("bdev")
+    if m is not None:
+        _qos.on_reactor_death(r, m, index)
 
 
 def initialize(cb, cb_arg=None, conf: dict | None = None) -> None:
@@ -2169,7 +2183,7 @@ def _channel_start_reset(ch) -> None:
         # Hold a channel reference for the life of the reset, so the walks below never
         # find the device gone.
         io.ch_ref = rx.get_io_channel(bdev)
-        rx.for_each_channel(bdev, _reset_freeze_channel, {"bdev": bdev.name, "origin": rx.current_reactor().index},
+        _bcast.for_each_channel(bdev, _reset_freeze_channel, {"bdev": bdev.name, "origin": rx.current_reactor().index},
                             _ResetCpl(ch).freeze_done)
 
 
@@ -2341,7 +2355,7 @@ def io_complete(io, status) -> None:
             log.error("NOMEM returned for reset")
         if io is bdev.reset_in_progress:
             bdev.reset_in_progress = None
-            rx.for_each_channel(bdev, _unfreeze_channel, {"bdev": bdev.name}, _ResetCpl(io.ch, io).unfreeze_done)
+            _bcast.for_each_channel(bdev, _unfreeze_channel, {"bdev": bdev.name}, _ResetCpl(io.ch, io).unfreeze_done)
             return
         _io_complete(io)
         return

@@ -209,6 +209,8 @@ def _qos_choose_req(name, tid) -> None:
         return
     r = rx.current_reactor()
     qos = bdev.qos
+    if (tid >> TID_SHIFT) in r.dead:
+        return    # proposed by a reactor that died since
     if qos.thread_id is None:
         qos.thread_id = tid
         _bcast.broadcast(_qos_thread_set, [name, tid], None, include_self=False)
@@ -233,6 +235,8 @@ def _apply_thread(name, tid) -> None:
         return
     qos = bdev.qos
     r = rx.current_reactor()
+    if (tid >> TID_SHIFT) in r.dead:
+        return    # chosen before its reactor died (a reactor-death notice re-chooses)
     if qos.thread_id == tid and (qos.ch is not None or (tid >> TID_SHIFT) != r.index):
         _flush_pending(bdev)
         return
@@ -345,6 +349,16 @@ def _forward(io) -> bool:
     mgmt = io.ch.mgmt
     m = mgmt.mgr
     bdev = io.bdev
+    r = rx.current_reactor()
+    qos = bdev.qos
+    dest_tid = qos.thread_id if qos is not None else None
+    if dest_tid is None:
+        _resubmit_pending(io)  # QoS moved or went away meanwhile: route it again
+        return True
+    if (dest_tid >> TID_SHIFT) in r.dead:
+        # The QoS thread's reactor died while this I/O waited for a buffer: fail it here.
+        fail_forwarded(io)
+        return True
     handles = []
     bounce = []
     t = io.type
@@ -377,12 +391,23 @@ def _forward(io) -> bool:
     io.submit_tsc = io.ch.clock()   # latency is measured on the submitting side
     m.fwd_seq += 1
     token = m.fwd_seq
-    m.fwd[token] = io
+    m.fwd[token] = (io, dest_tid >> TID_SHIFT)
     io.fwd = bounce
-    r = rx.current_reactor()
-    r.send(io.bdev.qos.thread_id, _qos_fwd_submit,
+    r.send(dest_tid, _qos_fwd_submit,
            (rx.get_thread().id, token, bdev.name, t, io.offset_blocks, io.num_blocks, handles, nbytes))
     return True
+
+
+def fail_forwarded(io) -> None:
+    """Complete a funnelled I/O (not yet, or no longer, forwarded) with failure on its
+    thread; its bounce buffers (if any) go back to the pool."""
+    m = io.ch.mgmt.mgr
+    bounce, io.fwd = io.fwd, None
+    for h in bounce or ():
+        _free(m, h)
+    io.status = IO_STATUS_FAILED
+    io.in_submit_request = True    # never inside a submit call: deferred to a message
+    _core._io_complete(io)
 
 
 def _copy_iovs_to(iovs, handles, m) -> None:
@@ -477,10 +502,11 @@ def _qos_fwd_done(token, status, sct, sc, scsi=None) -> None:
     status (NVMe sct/sc and SCSI sense travel with it), _ADMITTED (a passthru may go to
     the module now) or _RESUBMIT (QoS went away)."""
     m = _core.get_manager()
-    io = m.fwd.pop(token, None) if m is not None else None
-    if io is None:
+    entry = m.fwd.pop(token, None) if m is not None else None
+    if entry is None:
         log.error("completion of unknown forwarded I/O %s", token)
         return
+    io = entry[0]
     bounce, io.fwd = io.fwd, None
     if status == _RESUBMIT:
         for h in bounce:
@@ -726,7 +752,7 @@ def set_rate_limits(bdev, limits, cb, cb_arg=None) -> None:
             _bcast.broadcast(_qos_apply_limits, [name, limits], ctx.done_rc, include_self=False)
     elif bdev.qos is not None:
         _set_limits(bdev, limits)
-        rx.for_each_channel(bdev, _disable_qos_msg, {"bdev": name}, ctx.after_disable_walk)
+        _bcast.for_each_channel(bdev, _disable_qos_msg, {"bdev": name}, ctx.after_disable_walk)
     else:
         ctx.done(0)
 
@@ -747,7 +773,7 @@ class _SetCtx:
         self.done(rc)
 
     def after_replicas_enable(self, rc) -> None:
-        rx.for_each_channel(self.bdev, _enable_qos_msg, {"bdev": self.bdev.name},
+        _bcast.for_each_channel(self.bdev, _enable_qos_msg, {"bdev": self.bdev.name},
                             lambda it, status: self.done(status))
 
     def after_disable_walk(self, it, status) -> None:
@@ -826,3 +852,40 @@ def write_config_json(bdev, out: list) -> None:
         if lim[i]:
             params[QOS_RPC_TYPE[i]] = lim[i] if is_iops_limit(i) else lim[i] // (1024 * 1024)
     out.append({"method": "bdev_set_qos_limit", "params": params})
+
+
+# ------------------------------------------------------------------ a reactor died
+def on_reactor_death(r, m, index: int) -> None:
+    """Reactor ``index`` died (on reactor ``r``, replica ``m``): a QoS thread that lived
+    there is forgotten (the next I/O asks the main reactor for a new one, which then
+    enforces the same limits); I/O forwarded there, passthru tickets included, fails on
+    its submitting thread; I/O waiting for a bounce buffer to go there fails too."""
+    for bdev in m.bdevs:
+        qos = bdev.qos
+        if qos is not None and qos.thread_id is not None and (qos.thread_id >> TID_SHIFT) == index:
+            log.error("bdev %s: its QoS thread was on reactor %d, which died; choosing another",
+                      bdev.name, index)
+            qos.thread_id = None
+            qos.requested = False
+    for token, (io, dest) in list(m.fwd.items()):
+        if dest == index:
+            r.send(io.ch.thread, _qos_fwd_done, (token, IO_STATUS_FAILED, 0, 0, None))
+    for t in list(r.threads):
+        ch = t.io_channels.get(m.mgmt_key)
+        if ch is not None and ch.ctx.fwd_wait:
+            r.send(t, _fail_fwd_wait, (ch.ctx,))
+
+
+def _fail_fwd_wait(mgmt) -> None:
+    """On the waiting thread: I/O whose QoS thread is gone (its reactor died) fails."""
+    r = rx.current_reactor()
+    keep = deque()
+    while mgmt.fwd_wait:
+        io = mgmt.fwd_wait.popleft()
+        qos = io.bdev.qos
+        tid = qos.thread_id if qos is not None else None
+        if tid is None or (tid >> TID_SHIFT) in r.dead:
+            fail_forwarded(io)
+        else:
+            keep.append(io)
+    mgmt.fwd_wait.extend(keep)

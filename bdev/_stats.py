@@ -12,7 +12,7 @@ import logging
 import reactor as rx
 from reactor import wire
 
-from . import _core
+from . import _bcast, _core
 
 log = logging.getLogger("ringstack.bdev.stats")
 
@@ -59,9 +59,14 @@ def get_device_stat(bdev, cb, cb_arg=None) -> None:
         cb(bdev, st, cb_arg, 0)
 
     def replicas_done(it, status):
-        rx.for_each_channel(bdev, _stat_channel, it.ctx, channels_done)
+        if status:   # a reactor died under the walk: report what we have, with the error
+            st = _core.IoStat()
+            st.add_list(it.ctx["s"])
+            cb(bdev, st, cb_arg, status)
+            return
+        _bcast.for_each_channel(bdev, _stat_channel, it.ctx, channels_done)
 
-    rx.for_each_reactor(_stat_replica, ctx, replicas_done)
+    _bcast.for_each_reactor(_stat_replica, ctx, replicas_done)
 
 
 @wire.remote("bdev.stat_reset_replica")
@@ -87,7 +92,7 @@ def reset_device_stat(bdev, cb, cb_arg=None) -> None:
     """bdev_reset_iostat (later SPDK): zero every channel's and replica's stats;
     ``cb(bdev, cb_arg, rc)``."""
     ctx = {"bdev": bdev.name}
-    rx.for_each_reactor(_stat_reset_replica, ctx, lambda it, st: rx.for_each_channel(
+    _bcast.for_each_reactor(_stat_reset_replica, ctx, lambda it, st: _bcast.for_each_channel(
         bdev, _stat_reset_channel, ctx, lambda it2, st2: cb(bdev, cb_arg, st2)))
 
 
@@ -104,7 +109,7 @@ def _stat_per_channel(it) -> None:
 def get_channels_stat(bdev, cb, cb_arg=None) -> None:
     """Per-channel iostat (SPDK's bdev_get_iostat per_channel): ``cb(bdev, [dict per
     channel], cb_arg, rc)``."""
-    rx.for_each_channel(bdev, _stat_per_channel, {"bdev": bdev.name, "channels": []},
+    _bcast.for_each_channel(bdev, _stat_per_channel, {"bdev": bdev.name, "channels": []},
                         lambda it, st: cb(bdev, list(it.ctx["channels"]), cb_arg, st))
 
 
@@ -134,7 +139,7 @@ def _calculate_qd(bdev) -> int:
     if bdev.qd_walk_busy:
         return 0   # the previous sample is still walking: do not pile walks up
     bdev.qd_walk_busy = True
-    rx.for_each_channel(bdev, _qd_channel, {"bdev": bdev.name, "qd": 0}, _QdCpl(bdev))
+    _bcast.for_each_channel(bdev, _qd_channel, {"bdev": bdev.name, "qd": 0}, _QdCpl(bdev))
     return 1
 
 
@@ -218,7 +223,7 @@ def histogram_enable(bdev, cb, cb_arg=None, enable: bool = True) -> None:
     """spdk_bdev_histogram_enable: latency histograms on every channel of every reactor;
     ``cb(cb_arg, rc)``."""
     ctx = {"bdev": bdev.name, "on": bool(enable)}
-    rx.for_each_reactor(_hist_enable_replica, ctx, lambda it, st: rx.for_each_channel(
+    _bcast.for_each_reactor(_hist_enable_replica, ctx, lambda it, st: _bcast.for_each_channel(
         bdev, _hist_enable_channel, ctx, lambda it2, st2: cb(cb_arg, st2)))
 
 
@@ -248,8 +253,8 @@ def histogram_get(bdev, cb, cb_arg=None) -> None:
         return
 
     def replicas_done(it, status):
-        rx.for_each_channel(bdev, _hist_get_channel, it.ctx,
+        _bcast.for_each_channel(bdev, _hist_get_channel, it.ctx,
                             lambda it2, st: cb(cb_arg, st, list(it2.ctx["b"])))
 
-    rx.for_each_reactor(_hist_get_replica, {"bdev": bdev.name, "b": [0] * HISTOGRAM_BUCKETS},
+    _bcast.for_each_reactor(_hist_get_replica, {"bdev": bdev.name, "b": [0] * HISTOGRAM_BUCKETS},
                         replicas_done)

@@ -923,3 +923,78 @@ def test_bdev_set_options_help_says_global_counts():
     helps = {p.name: p.help for p in m.schema.params}
     for k in ("bdev_io_pool_size", "small_buf_pool_size", "large_buf_pool_size"):
         assert "per reactor" not in helps[k] and "split over the reactors" in helps[k]
+
+
+# ------------------------------------------------------------------ a reactor dies
+def _poll_alive(h, alive=(0, 2)):
+    """Poll only the threads of the surviving reactor (reactor 1 is 'dead': never polled)."""
+    for _ in range(10_000):
+        if not sum(h.poll_thread(i) for i in alive):
+            return
+    raise RuntimeError("still busy")
+
+
+def test_reactor_death_fails_forwarded_io_and_waiting_control_plane_and_rechooses_qos():
+    with Harness(4, n_reactors=2) as h:
+        S.init_layer(h)
+        h.set_thread(0)
+        S.create("rd")
+        h.poll_threads()
+        # the QoS thread on reactor 1 (its channel is the first)
+        h.set_thread(1)
+        rc, d1 = B.open(B.get_by_name("rd"), True)
+        c1 = B.get_io_channel(d1)
+        h.set_thread(0)
+        res = []
+        B.set_qos_rate_limits(B.get_by_name("rd"), [10000, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+        h.poll_threads()
+        assert res == [0] and B.get_by_name("rd").qos.thread_id == h.threads[1].id
+        rc, d0 = B.open(B.get_by_name("rd"), True)
+        c0 = B.get_io_channel(d0)
+        m0 = rx.current_reactor().locals["bdev"]
+        got = []
+
+        def cb(io, ok, arg):
+            got.append((arg, ok))
+            B.free_io(io)
+        # funnelled to reactor 1: a read and a write (bounce-copied), a passthru ticket
+        assert B.read_blocks(d0, c0, bytearray(512), 0, 1, cb, "r") == 0
+        assert B.write_blocks(d0, c0, bytearray(512), 1, 1, cb, "w") == 0
+        assert B.nvme_io_passthru(d0, c0, object(), None, 512, cb, "p") == 0
+        _poll_alive(h)
+        assert got == [] and len(m0.fwd) == 3 and m0.buf_pool.in_use == 2
+        # control plane waiting for reactor 1: a broadcast and a walk
+        B.set_qos_rate_limits(B.get_by_name("rd"), [20000, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+        stats = []
+        B.get_device_stat(B.get_by_name("rd"), lambda b, st, arg, rc: stats.append(rc))
+        _poll_alive(h)
+        assert res == [0] and stats == []
+
+        h.reactors[0].mark_dead(1)          # the supervisor found reactor 1 dead
+        _poll_alive(h)
+        assert sorted(got) == [("p", False), ("r", False), ("w", False)]
+        assert not m0.fwd and m0.buf_pool.in_use == 0        # bounce buffers returned
+        assert res == [0, -5] and stats == [-5]
+        # the QoS thread is chosen again, on a survivor; the limit still holds
+        b = B.get_by_name("rd")
+        assert b.qos is not None and b.qos.thread_id is None
+        assert B.read_blocks(d0, c0, bytearray(512), 2, 1, cb, "r2") == 0
+        _poll_alive(h)
+        assert b.qos.thread is h.threads[0]
+        assert len(S.outstanding("rd")) == 1
+        S.complete("rd")
+        _poll_alive(h)
+        assert got[-1] == ("r2", True)
+        # later broadcasts and walks skip the dead reactor
+        B.get_device_stat(b, lambda b, st, arg, rc: stats.append(rc))
+        _poll_alive(h)
+        assert stats == [-5, 0]
+        B.put_io_channel(c0)
+        B.close(d0)
+        _poll_alive(h)
+        # the survivor finishes the layer without waiting for the dead replica
+        out = []
+        B.finish(lambda arg: out.append(1))
+        _poll_alive(h)
+        assert out == [1]
+        S.bm.module_list_remove(S.stub_module)
