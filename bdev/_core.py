@@ -964,12 +964,47 @@ def _bdev_init(bdev) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- registry notifications
+def watch_registry(fn) -> None:
+    """Later SPDK's bdev event notifications ("bdev_register"/"bdev_unregister"):
+    ``fn(event, name)`` with event ``"register"`` or ``"unregister"`` runs on the main
+    thread, as a message, for every bdev the main replica registers (after examine
+    started) or starts unregistering.  A register's broadcast to the other replicas was
+    sent before the notification, so a message from the main thread to another reactor
+    finds the bdev there.  Call on the main reactor; watchers stay across
+    initialize/finish.  A watcher that raises is logged; the others still run."""
+    r = rx.current_reactor()
+    r.locals.setdefault("bdev.registry_watchers", []).append(fn)
+
+
+def unwatch_registry(fn) -> None:
+    """Stop notifying ``fn`` (no-op if it is not watching)."""
+    ws = rx.current_reactor().locals.get("bdev.registry_watchers")
+    if ws and fn in ws:
+        ws.remove(fn)
+
+
+def _notify_registry(m, event: str, name: str) -> None:
+    r = m.reactor
+    if r.locals.get("bdev.registry_watchers"):
+        rx.send_msg(r.default_thread, _run_registry_watchers, r, event, name)
+
+
+def _run_registry_watchers(r, event, name) -> None:
+    for fn in list(r.locals.get("bdev.registry_watchers", ())):
+        try:
+            fn(event, name)
+        except Exception:
+            log.exception("bdev registry watcher %r raised on %s %s", fn, event, name)
+
+
 def _bdev_start(bdev) -> None:
     m = bdev.mgr
     m.bdevs.append(bdev)
     m.names[bdev.name] = bdev
     if not m.is_main:
         return  # examine is control plane: the main reactor runs it, replicas follow
+    _notify_registry(m, "register", bdev.name)
     for mod in list(_modules):
         if mod.examine_config is not None:
             before = m.actions.get(mod, 0) + 1
@@ -1036,6 +1071,8 @@ def _unregister_local(bdev, cb, cb_arg) -> None:
         if cb is not None:
             cb(cb_arg, -ENOTSUP)
         return
+    if bdev.status != STATUS_REMOVING and bdev.mgr is not None and bdev.mgr.is_main:
+        _notify_registry(bdev.mgr, "unregister", bdev.name)
     bdev.status = STATUS_REMOVING
     bdev.unregister_cb = cb
     bdev.unregister_ctx = cb_arg

@@ -46,6 +46,7 @@ from ._core import (Bdev, BdevIo, Desc, IoStat, IoWaitEntry,  # noqa: F401
 from ._core import io_get_nvme_status, io_get_scsi_status, io_get_iovec, io_get_thread  # noqa: F401
 from ._core import io_get_submit_tsc  # noqa: F401
 from ._core import dma_free, dma_malloc, dma_zmalloc  # noqa: F401
+from ._core import unwatch_registry, watch_registry  # noqa: F401
 from ._stats import (get_channels_stat, get_device_stat, get_io_stat, get_io_time,  # noqa: F401
                      get_qd, get_qd_sampling_period, get_weighted_io_time, histogram_enable,
                      histogram_get, reset_device_stat, set_qd_sampling_period)

@@ -953,3 +953,29 @@ def test_free_io_drops_the_callers_iovec_and_buffers(h):
     assert [r() for r in refs] == [None, None]     # the pooled bdev_io keeps nothing alive
     B.put_io_channel(ch)
     B.close(desc)
+
+
+def test_watch_registry_notifies_register_and_unregister_on_the_main_thread(h):
+    seen = []
+
+    def watcher(event, name):
+        seen.append((event, name, rx.get_thread() is h.threads[0]))
+
+    def bad(event, name):
+        raise RuntimeError("watcher bug")
+
+    B.watch_registry(bad)
+    B.watch_registry(watcher)
+    b = S.create("wb", blockcnt=10)
+    assert seen == []                          # a message, never inside the register call
+    h.poll_threads()
+    assert seen == [("register", "wb", True)]  # the raising watcher did not stop this one
+    done = []
+    B.bdev_unregister(b, lambda arg, rc: done.append(rc))
+    h.poll_threads()
+    assert done == [0] and seen[-1] == ("unregister", "wb", True)
+    B.unwatch_registry(watcher)
+    B.unwatch_registry(bad)
+    S.create("wc", blockcnt=10)
+    h.poll_threads()
+    assert len(seen) == 2

@@ -532,3 +532,29 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert "Traceback" not in t.stderr(), t.stderr()
     assert idle.at_eof() and half.at_eof()
     assert not os.path.exists(t.nbd_sock) and not os.path.exists(t.rpc_sock)
+
+
+def test_nbd_flag_exports_bdevs_created_later_and_drops_deleted_ones(tmp_path):
+    need("nbdinfo")
+    t = Target(tmp_path, {"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": "M0", "num_blocks": 2048, "block_size": 512}}]}]},
+        extra=["--nbd", str(tmp_path / "nbd.sock")])
+    try:
+        _wait_exports(t, 1)
+        assert t.call("bdev_malloc_create", {"name": "Late0", "num_blocks": 4096, "block_size": 512}) == "Late0"
+        _wait_exports(t, 2)
+        out = json.loads(run(["nbdinfo", "--list", "--json", uri(t.nbd_sock)]).stdout)
+        assert sorted(e["export-name"] for e in out["exports"]) == ["Late0", "M0"]
+        late = [e for e in t.call("nbd_get_exports") if e["export_name"] == "Late0"][0]
+        assert late["bdev_name"] == "Late0" and late["size"] == 4096 * 512
+        assert t.call("bdev_malloc_delete", {"name": "Late0"}) is True
+        deadline = time.monotonic() + 10
+        while any(e["export_name"] == "Late0" for e in t.call("nbd_get_exports")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        out = json.loads(run(["nbdinfo", "--list", "--json", uri(t.nbd_sock)]).stdout)
+        assert [e["export-name"] for e in out["exports"]] == ["M0"]
+    finally:
+        rc = t.stop()
+    assert rc == 0, t.stderr()
+    assert "Traceback" not in t.stderr(), t.stderr()

@@ -46,6 +46,7 @@ class _Server:
         self.listen = listen
         self.exports: dict = {}      # export name -> {"bdev_name", "readonly"}
         self.watch: dict = {}        # export name -> read-only desc on the app thread
+        self.auto = False            # --nbd: export bdevs registered later too
 
 
 _server: _Server | None = None
@@ -134,6 +135,9 @@ def server_start(listen: str, cb, conn_opts: dict | None = None) -> None:
 def _reset() -> None:
     global _server
     s, _server = _server, None
+    if s is not None and s.auto:
+        s.auto = False
+        api.unwatch_registry(_auto_export)
     if s is not None:
         for desc in s.watch.values():
             api.close(desc)
@@ -281,13 +285,18 @@ def _exports_result(infos) -> list:
 
 def start_exporting_all(listen: str, cb=None) -> None:
     """``ringstack start --nbd SOCK``: start the server on ``listen`` and export every bdev
-    registered now, each under its own name.  ``cb(rc, message)`` when done."""
+    registered now, each under its own name, and every bdev registered later while the
+    server runs (the bdev layer's registry notifications); a deleted bdev's export goes
+    away with it.  ``cb(rc, message)`` when the bdevs present at start are exported."""
     def started(rc, msg, _):
         if rc:
             log.error("--nbd %s: %s", listen, msg)
             if cb:
                 cb(rc, msg)
             return
+        if _server is not None and not _server.auto:
+            _server.auto = True
+            api.watch_registry(_auto_export)    # before listing: nothing slips in between
         names = [api.get_name(b) for b in api.bdevs()]
         if not names:
             log.warning("--nbd %s: no bdev to export yet (add them with nbd_export_add)", listen)
@@ -309,6 +318,31 @@ def start_exporting_all(listen: str, cb=None) -> None:
         if not names and cb:
             cb(0, None)
     server_start(listen, started)
+
+
+def _auto_export(event: str, name: str) -> None:
+    """Registry notification (main thread) while ``--nbd`` runs: export a new bdev under
+    its name (not one claimed by a module: its virtual bdev is what gets exported), and
+    remove the export of a bdev being deleted (its watch desc's REMOVE does too; whichever
+    runs second finds nothing to do)."""
+    s = _server
+    if s is None or not s.auto:
+        return
+    if event == "register":
+        b = api.get_by_name(name)
+        if b is None or name in s.exports or getattr(b, "claim_module", None) is not None:
+            return
+
+        def added(rc, msg, _):
+            if rc and rc != -errno.EEXIST:
+                log.error("--nbd: cannot export new bdev %s: %s", name, msg)
+            elif not rc:
+                log.warning("NBD server on %s now exports %s", s.listen, name)
+        export_add(name, None, False, added)
+    elif event == "unregister":
+        cfg = s.exports.get(name)
+        if cfg is not None and cfg["bdev_name"] == name:
+            export_remove(name, lambda rc, msg, _: None)
 
 
 # ====================================================================== RPC methods
