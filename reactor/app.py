@@ -64,10 +64,12 @@ SUPERVISE_PERIOD_US = 100_000
 #: Normally both take milliseconds; they matter when a reactor died mid-flight and the
 #: replies some fini waits for will never come.
 FINI_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 3.0
 RING_CAPACITY = 1 << 20
 
 POLL, ADAPTIVE = "poll", "adaptive"
+_PROJECT_PACKAGES = ("reactor", "bdev", "ipc", "drivers", "tools")
 
 
 class AppError(Exception):
@@ -386,7 +388,10 @@ def _prepare_imports(spec) -> None:
         import multiprocessing.spawn as mps
         mps.prepare(prep)       # imports the launcher's main script as __mp_main__
     for mod in spec["imports"]:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:   # e.g. an optional extra the launcher had and we lack
+            log.warning("reactor %d: cannot import %s: %s", spec["index"], mod, exc)
     if spec.get("discover"):
         from . import rpc
         rpc.discover()   # the same modules (and so the same @remote handlers) as reactor 0
@@ -542,9 +547,16 @@ class App:
     # -- start-up
     def _spawn_children(self, mesh: Mesh, owner: int) -> None:
         prep = _main_preparation()
+        # Every reactor must know the same handlers and subsystems: a child that lacks a
+        # module the launcher loaded would drop that module's messages (e.g. the bdev
+        # layer's replica init) and the app would never finish starting.  So children
+        # import, besides the explicit list, every project module loaded here.
+        loaded = sorted(m for m in list(sys.modules)
+                        if m.split(".", 1)[0] in _PROJECT_PACKAGES and m not in self.imports)
+        imports = self.imports + loaded
         for index in range(1, self.n_reactors):
             spec = {"index": index, "core": self.cores[index], "mesh": mesh.name, "owner": owner,
-                    "mode": self.mode, "imports": self.imports, "main": prep,
+                    "mode": self.mode, "imports": imports, "main": prep,
                     "discover": self.server is not None,
                     "log_level": self.log_level}
             proc = subprocess.Popen(
@@ -573,6 +585,16 @@ class App:
         """Every reactor is up: load the config and/or initialise the subsystems (SPDK's
         order: STARTUP entries, framework init, RUNTIME entries), then run main."""
         from . import subsystem
+        if not self.wait_for_rpc:
+            # A start-up that never finishes (a lost reply, a module that never calls
+            # init_done) must fail with a message, not hang the launcher.
+            def deadline(_):
+                _t.poller_unregister(timer[0])
+                if not self.initialized and not self._stopping:
+                    self.error = f"start-up did not complete in {START_TIMEOUT_S:.0f} s"
+                    self.stop(1)
+                return 1
+            timer = [_t.poller_register(deadline, None, int(START_TIMEOUT_S * 1e6), "start_deadline")]
         if self.server is None:
             subsystem.init_all(lambda rc: send_msg(self.app_thread, self._on_init_done, rc))
             return

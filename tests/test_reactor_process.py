@@ -137,3 +137,28 @@ def test_readme_embedding_example_runs(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["1^2 = 1 (computed on reactor 1)", "2^2 = 4 (computed on reactor 1)",
                                      "3^2 = 9 (computed on reactor 1)"]
+
+
+def test_children_load_every_project_module_the_launcher_loaded(tmp_path):
+    """The launcher imports the bdev layer only under __main__ (children re-import the
+    script as __mp_main__ and skip that block): its subsystem still initialises on every
+    reactor, because children import each project module the launcher had loaded."""
+    script = tmp_path / "late.py"
+    script.write_text(f'''
+import sys
+sys.path.insert(0, {os.path.join(os.path.dirname(__file__), "..")!r})
+from reactor.app import App, app_stop
+
+def main():
+    import bdev
+    print("bdevs:", [b.name for b in bdev.bdevs()], flush=True)
+    app_stop(0)
+
+if __name__ == "__main__":
+    import bdev  # noqa: F401  (registers the "bdev" subsystem in the launcher only)
+    sys.exit(App("0x3").run(main))
+''')
+    p = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "bdevs: []"
+    assert "dropping message" not in p.stderr
