@@ -79,6 +79,77 @@ def on_main_reactor() -> bool:
     return rx.current_reactor().index == 0
 
 
+# -------------------------------------------------------------- a vbdev over one base
+# The vbdevs that wrap a single base (delay, error) keep it in ``disk.desc``, the vbdev
+# in ``disk.bdev`` and the replica in ``state(<module>)[disk.name]``; passthru spells
+# the same steps out with comments.
+
+def base_event_unregister(event, _bdev, disk) -> None:
+    """A base's event callback: when the base goes away, the main reactor unregisters the
+    vbdev (the bdev layer replicates that to every reactor; each destruct closes its own
+    base descriptor)."""
+    if event == api.EVENT_REMOVE and on_main_reactor() and disk.bdev is not None \
+            and disk.bdev.status != bm.STATUS_REMOVING:
+        bm.bdev_unregister(disk.bdev, None)
+
+
+def bdev_like(name, base, module, fn_table, ctxt, product_name, blockcnt=None):
+    """A vbdev ``Bdev`` with the geometry of ``base`` (its block count unless given)."""
+    return bm.Bdev(name, blocklen=base.blocklen,
+                   blockcnt=base.blockcnt if blockcnt is None else blockcnt,
+                   module=module, fn_table=fn_table, ctxt=ctxt, product_name=product_name,
+                   write_cache=base.write_cache, need_aligned_buffer=base.need_aligned_buffer,
+                   optimal_io_boundary=base.optimal_io_boundary,
+                   split_on_optimal_io_boundary=base.split_on_optimal_io_boundary)
+
+
+def register_over_base(disk, module, module_name, fn_table, product_name,
+                       ch_create, ch_destroy) -> int:
+    """Register ``disk``'s vbdev (named ``disk.name``) over the base open in ``disk.desc``:
+    its io_device, the bdev, and this replica's state.  On failure undo the io_device,
+    release and close the base, and return the error."""
+    name = disk.name
+    desc = disk.desc
+    b = desc.bdev
+    bdev = bdev_like(name, b, module, fn_table, disk, product_name)
+    disk.bdev = bdev
+    rx.io_device_register(disk, ch_create, ch_destroy, name=f"{module_name}.{name}")
+    rc = bm.vbdev_register(bdev, [b], 1)
+    if rc:
+        rx.io_device_unregister(disk)
+        close_base(desc)
+        return rc
+    state(module_name)[name] = disk
+    return 0
+
+
+def base_channel(disk, module_name):
+    """A channel to ``disk``'s base for a new vbdev channel (raises when there is none)."""
+    base_ch = api.get_io_channel(disk.desc)
+    if base_ch is None:
+        raise RuntimeError(f"{module_name} {disk.name}: no channel to {disk.base_name}")
+    return base_ch
+
+
+class OverBaseFnTable(bm.FnTable):
+    """The fn_table methods a vbdev over one base shares; ``module_name`` names its state."""
+
+    module_name = None
+
+    def io_type_supported(self, disk, io_type) -> bool:
+        return api.io_type_supported(disk.desc.bdev, io_type)
+
+    def get_io_channel(self, disk):
+        return rx.get_io_channel(disk)
+
+    def destruct(self, disk) -> int:
+        close_base(disk.desc)
+        disk.desc = None
+        rx.io_device_unregister(disk)
+        state(self.module_name).pop(disk.name, None)
+        return 0
+
+
 # -------------------------------------------------------------- forwarding
 _STATUS = {True: bm.IO_STATUS_SUCCESS, False: bm.IO_STATUS_FAILED}
 

@@ -67,10 +67,7 @@ class DelayChannel:
 
 
 def _ch_create(disk):
-    base_ch = api.get_io_channel(disk.desc)
-    if base_ch is None:
-        raise RuntimeError(f"delay {disk.name}: no channel to {disk.base_name}")
-    return DelayChannel(base_ch)
+    return DelayChannel(_vbdev.base_channel(disk, "delay"))
 
 
 def _ch_destroy(disk, dch):
@@ -97,7 +94,9 @@ def _child_done(child, success, arg):
         dch.poller = rx.poller_register(dch._poll, None, 0, f"delay_{disk.name}")
 
 
-class DelayFnTable(bm.FnTable):
+class DelayFnTable(_vbdev.OverBaseFnTable):
+    module_name = "delay"
+
     def submit_request(self, ch, io) -> None:
         disk = io.bdev.ctxt
         dch = ch.ctx
@@ -109,19 +108,6 @@ class DelayFnTable(bm.FnTable):
             sub = _vbdev.Resubmitter(disk.desc.bdev, dch.base_ch,
                                      lambda io: _vbdev.submit_to_base(io, disk.desc, dch.base_ch))
         _vbdev.with_buf(io, sub)
-
-    def io_type_supported(self, disk, io_type) -> bool:
-        return api.io_type_supported(disk.desc.bdev, io_type)
-
-    def get_io_channel(self, disk):
-        return rx.get_io_channel(disk)
-
-    def destruct(self, disk) -> int:
-        _vbdev.close_base(disk.desc)
-        disk.desc = None
-        rx.io_device_unregister(disk)
-        _vbdev.state("delay").pop(disk.name, None)
-        return 0
 
     def dump_info_json(self, disk, w: dict) -> int:
         w["delay"] = {"name": disk.name, "base_bdev_name": disk.base_name,
@@ -138,12 +124,6 @@ class DelayFnTable(bm.FnTable):
 _fn_table = DelayFnTable()
 
 
-def _base_event(event, bdev, disk) -> None:
-    if event == api.EVENT_REMOVE and _vbdev.on_main_reactor() and disk.bdev is not None \
-            and disk.bdev.status != bm.STATUS_REMOVING:
-        bm.bdev_unregister(disk.bdev, None)
-
-
 def _check(lat) -> bool:
     return lat["avg_read"] <= lat["p99_read"] and lat["avg_write"] <= lat["p99_write"] \
         and all(v >= 0 for v in lat.values())
@@ -156,25 +136,12 @@ def _build(name, base_name, lat) -> int:
     if api.get_by_name(name) is not None:
         return -errno.EEXIST
     disk = DelayDisk(name, base_name, lat)
-    rc, desc = _vbdev.open_base(base_name, _base_event, disk, delay_module)
+    rc, desc = _vbdev.open_base(base_name, _vbdev.base_event_unregister, disk, delay_module)
     if rc:
         return rc
     disk.desc = desc
-    b = desc.bdev
-    bdev = bm.Bdev(name, blocklen=b.blocklen, blockcnt=b.blockcnt, module=delay_module,
-                   fn_table=_fn_table, ctxt=disk, product_name="delay",
-                   write_cache=b.write_cache, need_aligned_buffer=b.need_aligned_buffer,
-                   optimal_io_boundary=b.optimal_io_boundary,
-                   split_on_optimal_io_boundary=b.split_on_optimal_io_boundary)
-    disk.bdev = bdev
-    rx.io_device_register(disk, _ch_create, _ch_destroy, name=f"delay.{name}")
-    rc = bm.vbdev_register(bdev, [b], 1)
-    if rc:
-        rx.io_device_unregister(disk)
-        _vbdev.close_base(desc)
-        return rc
-    _vbdev.state("delay")[name] = disk
-    return 0
+    return _vbdev.register_over_base(disk, delay_module, "delay", _fn_table, "delay",
+                                     _ch_create, _ch_destroy)
 
 
 @rx.remote("drivers.delay.create_replica")

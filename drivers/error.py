@@ -49,10 +49,7 @@ class ErrorChannel:
 
 
 def _ch_create(disk):
-    base_ch = api.get_io_channel(disk.desc)
-    if base_ch is None:
-        raise RuntimeError(f"error {disk.name}: no channel to {disk.base_name}")
-    return ErrorChannel(base_ch)
+    return ErrorChannel(_vbdev.base_channel(disk, "error"))
 
 
 def _ch_destroy(disk, ech):
@@ -81,7 +78,9 @@ def _read_done_corrupt(child, success, arg):
     io.complete(bm.IO_STATUS_SUCCESS if success else bm.IO_STATUS_FAILED)
 
 
-class ErrorFnTable(bm.FnTable):
+class ErrorFnTable(_vbdev.OverBaseFnTable):
+    module_name = "error"
+
     def submit_request(self, ch, io) -> None:
         disk = io.bdev.ctxt
         ech = ch.ctx
@@ -116,19 +115,6 @@ class ErrorFnTable(bm.FnTable):
             disk.desc.bdev, ech.base_ch,
             lambda io: _vbdev.submit_to_base(io, disk.desc, ech.base_ch)))
 
-    def io_type_supported(self, disk, io_type) -> bool:
-        return api.io_type_supported(disk.desc.bdev, io_type)
-
-    def get_io_channel(self, disk):
-        return rx.get_io_channel(disk)
-
-    def destruct(self, disk) -> int:
-        _vbdev.close_base(disk.desc)
-        disk.desc = None
-        rx.io_device_unregister(disk)
-        _vbdev.state("error").pop(disk.name, None)
-        return 0
-
     def dump_info_json(self, disk, w: dict) -> int:
         w["error_disk"] = {"base_bdev": disk.base_name}
         return 0
@@ -140,36 +126,17 @@ class ErrorFnTable(bm.FnTable):
 _fn_table = ErrorFnTable()
 
 
-def _base_event(event, bdev, disk) -> None:
-    if event == api.EVENT_REMOVE and _vbdev.on_main_reactor() and disk.bdev is not None \
-            and disk.bdev.status != bm.STATUS_REMOVING:
-        bm.bdev_unregister(disk.bdev, None)
-
-
 def _build(base_name) -> int:
     name = "EE_" + base_name
     if api.get_by_name(name) is not None:
         return -errno.EEXIST
     disk = ErrorDisk(name, base_name)
-    rc, desc = _vbdev.open_base(base_name, _base_event, disk, error_module)
+    rc, desc = _vbdev.open_base(base_name, _vbdev.base_event_unregister, disk, error_module)
     if rc:
         return rc
     disk.desc = desc
-    b = desc.bdev
-    bdev = bm.Bdev(name, blocklen=b.blocklen, blockcnt=b.blockcnt, module=error_module,
-                   fn_table=_fn_table, ctxt=disk, product_name="Error Injection Disk",
-                   write_cache=b.write_cache, need_aligned_buffer=b.need_aligned_buffer,
-                   optimal_io_boundary=b.optimal_io_boundary,
-                   split_on_optimal_io_boundary=b.split_on_optimal_io_boundary)
-    disk.bdev = bdev
-    rx.io_device_register(disk, _ch_create, _ch_destroy, name=f"error.{name}")
-    rc = bm.vbdev_register(bdev, [b], 1)
-    if rc:
-        rx.io_device_unregister(disk)
-        _vbdev.close_base(desc)
-        return rc
-    _vbdev.state("error")[name] = disk
-    return 0
+    return _vbdev.register_over_base(disk, error_module, "error", _fn_table,
+                                     "Error Injection Disk", _ch_create, _ch_destroy)
 
 
 @rx.remote("drivers.error.create_replica")

@@ -140,11 +140,8 @@ def _build(base_name, split_count, split_size_mb) -> int:
     st[base_name] = base
     for i, name in enumerate(names):
         part = Part(name, base, i * blocks)
-        bdev = bm.Bdev(name, blocklen=b.blocklen, blockcnt=blocks, module=split_module,
-                       fn_table=_fn_table, ctxt=part, product_name="Split Disk",
-                       write_cache=b.write_cache, need_aligned_buffer=b.need_aligned_buffer,
-                       optimal_io_boundary=b.optimal_io_boundary,
-                       split_on_optimal_io_boundary=b.split_on_optimal_io_boundary)
+        bdev = _vbdev.bdev_like(name, b, split_module, _fn_table, part, "Split Disk",
+                                blockcnt=blocks)
         part.bdev = bdev
         rx.io_device_register(part, _ch_create, _ch_destroy, name=f"split.{name}")
         base.parts.append(part)
