@@ -31,6 +31,28 @@ def _layer_up(request) -> bool:
     return True
 
 
+def _bdev_or_enodev(request, name):
+    """The bdev named ``name``, or None once the request is answered -ENODEV."""
+    b = api.get_by_name(name)
+    if b is None:
+        request.errno(-errno.ENODEV)
+    return b
+
+
+def _bdevs_named(request, name):
+    """``[bdev]`` for ``name``, every bdev when ``name`` is None, or None once the
+    request is answered -ENODEV."""
+    if name is None:
+        return list(api.bdevs())
+    b = _bdev_or_enodev(request, name)
+    return None if b is None else [b]
+
+
+def _answer_rc(request):
+    """A ``(arg, rc)`` completion answering the errno of ``rc``, or true when it is 0."""
+    return lambda _arg, rc: request.errno(rc) if rc else request.result(True)
+
+
 def bdev_info(b) -> dict:
     """One entry of bdev_get_bdevs (SPDK's rpc_dump_bdev_info)."""
     limits = _qos.get_rate_limits(b)
@@ -118,17 +140,12 @@ def bdev_get_iostat(request, params):
     if not _layer_up(request):
         return
     name = params["name"]
-    if name is not None:
-        b = api.get_by_name(name)
-        if b is None:
-            request.errno(-errno.ENODEV)
-            return
-        todo = [b]
-    else:
-        if params["per_channel"]:
-            request.error(-32602, "Invalid parameters: per_channel requires a bdev name")
-            return
-        todo = list(api.bdevs())
+    if name is None and params["per_channel"]:
+        request.error(-32602, "Invalid parameters: per_channel requires a bdev name")
+        return
+    todo = _bdevs_named(request, name)
+    if todo is None:
+        return
     head = {"tick_rate": 1_000_000_000, "ticks": rx.now_ns()}
     if params["per_channel"]:
         b = todo[0]
@@ -163,15 +180,9 @@ def bdev_reset_iostat(request, params):
     """Reset I/O statistics of block devices on every reactor."""
     if not _layer_up(request):
         return
-    name = params["name"]
-    if name is not None:
-        b = api.get_by_name(name)
-        if b is None:
-            request.errno(-errno.ENODEV)
-            return
-        todo = [b]
-    else:
-        todo = list(api.bdevs())
+    todo = _bdevs_named(request, params["name"])
+    if todo is None:
+        return
 
     def next_one(i):
         if i == len(todo):
@@ -192,17 +203,15 @@ def bdev_set_qos_limit(request, params):
     """Set, change or remove QoS rate limits of a bdev (applies to the bdev as a whole)."""
     if not _layer_up(request):
         return
-    b = api.get_by_name(params["name"])
+    b = _bdev_or_enodev(request, params["name"])
     if b is None:
-        request.errno(-errno.ENODEV)
         return
     limits = [params[k] for k in QOS_RPC_TYPE]
     if all(v is None for v in limits):
         request.error(-32602, "Invalid parameters: no rate limits specified")
         return
     limits = [QOS_LIMIT_NOT_DEFINED if v is None else v for v in limits]
-    api.set_qos_rate_limits(b, limits, lambda _arg, rc: request.errno(rc) if rc
-                            else request.result(True))
+    api.set_qos_rate_limits(b, limits, _answer_rc(request))
 
 
 @rpc_method("bdev_set_options", params=[
@@ -250,12 +259,10 @@ def bdev_enable_histogram(request, params):
     """Enable or disable latency histograms of a bdev on every reactor."""
     if not _layer_up(request):
         return
-    b = api.get_by_name(params["name"])
+    b = _bdev_or_enodev(request, params["name"])
     if b is None:
-        request.errno(-errno.ENODEV)
         return
-    api.histogram_enable(b, lambda _arg, rc: request.errno(rc) if rc else request.result(True),
-                         None, params["enable"])
+    api.histogram_enable(b, _answer_rc(request), None, params["enable"])
 
 
 @rpc_method("bdev_get_histogram", params=[Param("name", str, help="bdev name")])
@@ -264,9 +271,8 @@ def bdev_get_histogram(request, params):
     holding I/Os whose latency in ns has bit length i; tsc_rate 1e9 (ticks are ns)."""
     if not _layer_up(request):
         return
-    b = api.get_by_name(params["name"])
+    b = _bdev_or_enodev(request, params["name"])
     if b is None:
-        request.errno(-errno.ENODEV)
         return
 
     def got(_arg, rc, buckets):
