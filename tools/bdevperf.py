@@ -426,6 +426,8 @@ def _build_rw(job: Job) -> None:
     inflight = 0
     draining = False
 
+    # drain/end_one are repeated in _build_verify on purpose: they share this builder's
+    # inflight/draining cells, which the per-I/O completions read as plain closure variables.
     def drain():
         nonlocal draining
         if draining:
@@ -512,7 +514,7 @@ def _build_rw(job: Job) -> None:
         if draining:
             end_one()
             return
-        # the next I/O (submit() inlined for the common cases)
+        # the next I/O (submit() inlined on purpose: per-I/O hot path)
         if rand:
             off = table[ri]
         else:
@@ -538,6 +540,7 @@ def _build_rw(job: Job) -> None:
 
     if rand and not mixed and nobuf is None:
         # The benchmark case (randread/randwrite): the same loop without the branches.
+        # Inlined on purpose (per-I/O hot path): keep it in step with the general done.
         mask = RAND_TABLE - 1
 
         def done(bdev_io, success, task):  # noqa: F811 - replaces the general one
@@ -619,6 +622,7 @@ def _build_verify(job: Job) -> None:
     inflight = 0
     draining = False
 
+    # drain/end_one as in _build_rw, repeated on purpose (see there).
     def drain():
         nonlocal draining
         if draining:
