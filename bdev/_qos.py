@@ -410,6 +410,9 @@ def fail_forwarded(io) -> None:
     _core._io_complete(io)
 
 
+# _copy_iovs_to and _copy_to_iovs mirror each other and stay apart on purpose: they copy
+# every forwarded I/O's data (no per-chunk direction test), and they differ at the edges
+# (the write side casts the caller's buffers; the read side stops where the bounce ends).
 def _copy_iovs_to(iovs, handles, m) -> None:
     views = [m.buf_pool.view(h) for h in handles]
     vi = 0
