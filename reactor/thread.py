@@ -172,6 +172,7 @@ class Thread:
 
             if self._pollers_changed:
                 self._apply_poller_changes(now)
+            # _run_timed repeats this poller run on purpose (innermost loop: no call per poller)
             for p in self._active:
                 if p.state != _WAITING:
                     continue
@@ -206,6 +207,7 @@ class Thread:
         return busy
 
     def _run_timed(self, now: int) -> int:
+        # The poller run repeats poll()'s active loop on purpose (see there).
         busy = 0
         timed = self._timed
         while timed and timed[0].next_run <= now:
