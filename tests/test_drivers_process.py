@@ -8,25 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from proc_util import wait_for_socket
 from reactor.rpc import RpcClient, RpcError
 
 APP = os.path.join(os.path.dirname(__file__), "apps", "drivers_target.py")
 BS = 512
-
-
-def _wait_socket(path, proc, timeout=30):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if os.path.exists(path):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"target exited early: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("RPC socket never appeared")
 
 
 class Target:
@@ -34,7 +23,7 @@ class Target:
         self.sock = str(tmp_path / f"{tag}.sock")
         args = [sys.executable, APP, "0x3", self.sock] + ([config] if config else [])
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_socket(self.sock, self.proc)
+        wait_for_socket(self.sock, self.proc)
         self.rpc = RpcClient(self.sock, timeout=30)
         assert self.rpc.call("framework_wait_init") is True
 

@@ -47,6 +47,7 @@ import pytest  # noqa: E402
 from drivers.nbd import _proto as P  # noqa: E402
 from drivers.nbd.client import NbdClient, NbdError  # noqa: E402
 from drivers.nbd.harness import parse_fio_json, summarize_fio  # noqa: E402
+from proc_util import wait_for_socket  # noqa: E402
 from reactor.rpc import RpcClient, RpcError  # noqa: E402
 
 LAUNCHER = [sys.executable, os.path.abspath(__file__)]
@@ -61,17 +62,6 @@ def need(binary):
 
 def uri(sock, export=""):
     return f"nbd+unix:///{export}?socket={sock}"
-
-
-def _wait_socket(path, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"target exited early: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never appeared")
 
 
 def _wait_exports(t, n, timeout=20):
@@ -102,7 +92,7 @@ class Target:
         cmd += list(extra)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.errlog, text=True)
         try:
-            _wait_socket(self.rpc_sock, self.proc)
+            wait_for_socket(self.rpc_sock, self.proc, missing=f"{self.rpc_sock} never appeared")
             self.rpc = RpcClient(self.rpc_sock, timeout=30)
             assert self.rpc.call("framework_wait_init") is True
         except BaseException:

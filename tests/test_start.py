@@ -4,25 +4,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from proc_util import wait_for_socket
 from reactor.rpc import RpcClient, RpcError
 
 RINGSTACK = [sys.executable, "-m", "tools.cli"]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-def wait_for_socket(path, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"target exited early: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("RPC socket never appeared")
 
 
 @pytest.fixture

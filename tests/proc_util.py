@@ -1,0 +1,18 @@
+"""Helpers for the tests that start a target process."""
+from __future__ import annotations
+
+import os
+import time
+
+
+def wait_for_socket(path, proc, timeout=30, missing=None):
+    """Wait until ``path`` exists; AssertionError when ``proc`` exits first (with its
+    stderr) or after ``timeout`` s (``missing``, default "RPC socket never appeared")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"target exited early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(missing or "RPC socket never appeared")
