@@ -241,6 +241,11 @@ class Instance:
         """On each signal: unlink everything, then behave as the previous handler would
         (SIGINT raises KeyboardInterrupt, SIGTERM with the default action terminates)."""
         for sig in signals:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                # The process was told to ignore it (e.g. started in the background by a
+                # shell without job control): unlinking on it would leave a process that
+                # keeps running without its segments.
+                continue
             self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def restore_signal_handlers(self) -> None:

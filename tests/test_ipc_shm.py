@@ -66,8 +66,10 @@ def test_bad_names_are_refused():
 
 
 def _run_child(body: str) -> subprocess.Popen:
+    # SIGINT back to Python's default: a child of a shell-backgrounded run inherits SIG_IGN.
     script = textwrap.dedent("""
-        import os, sys, time
+        import os, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, %r)
         from ipc.shm import Instance
     """ % REPO) + textwrap.dedent(body)
@@ -99,6 +101,24 @@ CHILD_CREATES = textwrap.dedent("""
     {extra}
     print("ready", flush=True)
 """)
+
+
+def test_ignored_signal_stays_ignored():
+    proc = _run_child("""
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        inst = Instance()
+        inst.create_segment("seg", 4096)
+        inst.install_signal_handlers()
+        print("ready", flush=True)
+        time.sleep(0.5)
+        print(len([n for n in os.listdir("/dev/shm") if n.startswith("ringstack.%d." % os.getpid())]), flush=True)
+    """)
+    assert _wait_line(proc) == "ready"
+    proc.send_signal(signal.SIGINT)
+    assert _wait_line(proc) == "1"          # still running, segment still there
+    _finish(proc)
+    assert proc.returncode == 0
 
 
 @pytest.mark.parametrize("how", ["normal", "exception", "sigterm", "sigint"])
