@@ -118,3 +118,10 @@ def test_sigint_stops_cleanly(target):
     assert p.returncode == 0, err
     assert "SIGINT" in err
     assert not os.path.exists(sock)
+
+
+@pytest.mark.parametrize("argv", [["start", "-m"], ["start", "--bogus"], ["bench", "nope"]])
+def test_usage_errors_are_one_line(argv):
+    p = subprocess.run(RINGSTACK + argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith(f"ringstack {argv[0]}: error:")

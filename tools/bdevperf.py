@@ -110,19 +110,6 @@ def add_parser(sub) -> None:
                        description="SPDK's bdev benchmark on ringstack reactors.")
     add_arguments(p)
 
-    def one_line_error(message, _p=p):
-        print(f"ringstack bdevperf: error: {message}", file=sys.stderr)
-        sys.exit(1)
-    p.error = one_line_error
-    parse_known = p.parse_known_args
-
-    def strict(args=None, namespace=None):
-        # leftovers would reach the top-level parser (usage + error); say it in one line here
-        ns, extras = parse_known(args, namespace)
-        if extras:
-            one_line_error(f"unrecognized arguments: {' '.join(extras)}")
-        return ns, extras
-    p.parse_known_args = strict
     p.set_defaults(func=run)
 
 

@@ -31,8 +31,25 @@ class CliError(Exception):
         self.status = status
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """The parser class of ``ringstack`` and of every subcommand (argparse hands it down
+    to sub-parsers): a usage error is one line naming the (sub)command, exit status 1 --
+    never a usage dump.  Leftover arguments are reported by the subcommand that got them,
+    not by the top-level parser that would name only ``ringstack``."""
+
+    def error(self, message):  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != "ringstack":
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ringstack", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ringstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, modname in SUBCOMMANDS.items():
