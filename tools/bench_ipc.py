@@ -17,12 +17,13 @@ import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import msgpack
+
+from tools.machine import cpu_model
 
 BATCH = 32
 SPAWN = multiprocessing.get_context("spawn")
@@ -475,15 +476,7 @@ def add_arguments(parser) -> None:
 
 
 def _machine():
-    model = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu_model": model,
+    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(),
             "python": platform.python_version(), "machine": platform.machine()}
 
 

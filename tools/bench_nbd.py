@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ import tempfile
 import time
 
 from drivers.nbd.harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
+from tools.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,17 +64,6 @@ def _size_bytes(s: str) -> int:
 def _cores(mask: str) -> list:
     from reactor.app import parse_cpumask
     return parse_cpumask(mask)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class Ringstack:
@@ -237,7 +226,7 @@ def run(args) -> int:
 
     meta = {"date": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(), "cpu": _cpu_model(),
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(), "cpu": cpu_model(),
             "cpumask": args.cpumask, "mode": args.mode, "pinned": pin, "fio_core": fio_cpu,
             "server_core": serve_core, "size": size, "runtime_s": runtime, "repeat": args.repeat,
             "command": "ringstack bench nbd " + " ".join(sys.argv[sys.argv.index("nbd") + 1:])

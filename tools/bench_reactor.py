@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
 
 import psutil
 
 import reactor as rx
 from reactor.app import App, app_stop, running_app
+from tools.machine import cpu_model
 
 N_CROSS = 300_000
 N_LOCAL = 300_000
@@ -285,24 +283,13 @@ def run(args) -> int:
     cross = results["cross_reactor_send_msg"]["msgs_per_s"]
     results["raw_ring_msgs_per_s"] = ring
     results["ratios"] = {"cross_send_msg_vs_raw_ring": (cross / ring) if ring else None}
-    results["machine"] = {"nproc": os.cpu_count(), "cpu": platform.processor() or _cpu_model(),
+    results["machine"] = {"nproc": os.cpu_count(), "cpu": cpu_model(),
                           "date": time.strftime("%Y-%m-%d")}
     _print(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _print(r) -> None:

@@ -37,6 +37,8 @@ import sys
 import threading
 import time
 
+from tools.machine import cpu_model
+
 DEPTH = 128
 
 NULL_CFG = {"subsystems": [{"subsystem": "bdev", "config": [
@@ -265,16 +267,7 @@ def machine_ceiling(iterations: int) -> dict:
 
 # ------------------------------------------------------------------------------ run
 def _machine() -> dict:
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "loadavg_before": os.getloadavg()}
 
