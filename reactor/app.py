@@ -268,7 +268,7 @@ class Loop:
         bell.prepare_sleep()
         # re-check after announcing: a producer that published before seeing the flag
         # is caught here; one that publishes after will see the flag and ring.
-        if r.pending_local or r.transport.pending() or any(t.has_pending_work() for t in r.threads):
+        if r.has_queued_work():
             bell.cancel_sleep()
             return
         fds = list(self.fds)

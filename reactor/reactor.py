@@ -205,24 +205,27 @@ class Reactor:
             busy += t.poll(now)
         if transport.dirty:
             busy += transport.flush()
-        while self.exited_threads:
-            t = self.exited_threads.popleft()
-            cb = t.exit_cb
-            if cb is not None:
-                cb()
-            if self.on_thread_exited is not None:
-                self.on_thread_exited(t)
+        if self.exited_threads:
+            self.finish_exited_threads()
         return busy
 
-    def has_immediate_work(self) -> bool:
-        """True if a pass right now would do something without waiting for time: queued
-        messages, active (period 0) pollers, inbound records or outbound overflow."""
+    def finish_exited_threads(self) -> None:
+        """Run the exit callbacks of threads that reached EXITED in the last pass (outside
+        any thread, after the pass, so a callback may create or message other threads)."""
+        while self.exited_threads:
+            t = self.exited_threads.popleft()
+            if t.exit_cb is not None:
+                t.exit_cb()
+            if self.on_thread_exited is not None:
+                self.on_thread_exited(t)
+
+    def has_queued_work(self) -> bool:
+        """Whether a pass right now has messages to run: queued locally, waiting in an
+        inbound ring, or waiting to be flushed out.  The loop re-checks this after
+        announcing sleep (see reactor/app.py Loop._sleep)."""
         if self.pending_local or self.transport.pending():
             return True
-        for t in self.threads:
-            if t.has_pending_work() or t.has_active_pollers() or t.state == _t.EXITING:
-                return True
-        return False
+        return any(t.has_pending_work() for t in self._poll_order)
 
     def next_deadline(self) -> int | None:
         """Earliest timed-poller deadline (ns) over all threads, or None."""

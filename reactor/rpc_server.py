@@ -33,7 +33,6 @@ socket and lock files.
 from __future__ import annotations
 
 import codecs
-import errno as _errno
 import fcntl
 import json
 import logging

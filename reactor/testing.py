@@ -61,13 +61,8 @@ class Harness:
         for rec in r.transport.drain(1 << 30):
             r._deliver(rec)
             busy += 1
-        prev = _t._current
-        busy += t.poll(self._now_ns, max_msgs)
-        _t._set_current(prev)
-        while r.exited_threads:
-            x = r.exited_threads.popleft()
-            if x.exit_cb is not None:
-                x.exit_cb()
+        busy += t.poll(self._now_ns, max_msgs)      # restores the current thread itself
+        r.finish_exited_threads()
         return busy
 
     def poll_threads(self, max_rounds: int = 100_000) -> int:

@@ -76,9 +76,3 @@ def decode_record(record) -> list:
         out.append((tid, fn, m[2:]))
     return out
 
-
-def decode_msg(record):
-    fn, args = codec.decode(record)
-    if not args or not isinstance(args[0], int):
-        raise WireError("record lacks a target thread id")
-    return args[0], fn, tuple(args[1:])
