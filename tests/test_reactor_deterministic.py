@@ -204,6 +204,15 @@ def test_get_channel_of_unknown_device_is_none(h3):
     assert rx.get_io_channel(object()) is None
 
 
+def _put_channels(h, chans, only=None):
+    """Release each thread's channel on its own thread, then make thread 0 current."""
+    for i, ch in chans.items():
+        if only is None or i in only:
+            h.set_thread(i)
+            rx.put_io_channel(ch)
+    h.set_thread(0)
+
+
 def _make_channels(h, d, threads):
     chans = {}
     for i in threads:
@@ -230,9 +239,7 @@ def test_for_each_channel_visits_in_turn_and_completes_on_origin(h3):
     h3.poll_threads()
     assert seen == [("ut_thread0", True), ("ut_thread1", True), ("ut_thread2", True)]
     assert result == [("ut_thread0", 0, 3)]
-    for i, ch in chans.items():
-        h3.set_thread(i)
-        rx.put_io_channel(ch)
+    _put_channels(h3, chans)
     h3.poll_threads()
 
 
@@ -250,9 +257,7 @@ def test_for_each_channel_stops_on_nonzero_status(h3):
     rx.for_each_channel(d, fn, None, lambda it, st: result.append(st))
     h3.poll_threads()
     assert seen == ["ut_thread0", "ut_thread1"] and result == [-5]
-    for i, ch in chans.items():
-        h3.set_thread(i)
-        rx.put_io_channel(ch)
+    _put_channels(h3, chans)
     h3.poll_threads()
 
 
@@ -275,9 +280,7 @@ def test_for_each_channel_channel_removed_mid_walk(h3):
     assert seen[0] == "ut_thread0" and seen[-1] == ("done", 0)
     # thread 1's channel was destroyed before or right after its visit; thread 2 was visited
     assert "ut_thread2" in seen
-    for i in (0, 2):
-        h3.set_thread(i)
-        rx.put_io_channel(chans[i])
+    _put_channels(h3, chans, only=(0, 2))
     h3.poll_threads()
 
 
@@ -294,9 +297,7 @@ def test_for_each_channel_skips_channel_released_before_visit(h3):
                         None, lambda it, st: seen.append("done"))
     h3.poll_threads()
     assert seen == ["ut_thread0", "ut_thread2", "done"]
-    for i in (0, 2):
-        h3.set_thread(i)
-        rx.put_io_channel(chans[i])
+    _put_channels(h3, chans, only=(0, 2))
     h3.poll_threads()
 
 
@@ -316,10 +317,7 @@ def test_unregister_deferred_behind_outstanding_walk(h3):
     rx.for_each_channel(d, lambda it: held.append(it), None, lambda it, st: held.append("done"))
     h3.poll_threads()
     assert len(held) == 1          # fn on thread 0 has not continued yet
-    for i, ch in chans.items():
-        h3.set_thread(i)
-        rx.put_io_channel(ch)
-    h3.set_thread(0)
+    _put_channels(h3, chans)
     done = []
     rx.io_device_unregister(d, lambda: done.append(True))
     h3.poll_threads()
@@ -411,10 +409,7 @@ def test_replicated_io_device_and_walk_carry_ctx_by_value():
         # reactor 0's threads (0, 2) then reactor 1's (1, 3)
         assert list(final["visits"]) == ["ut_thread0", "ut_thread2", "ut_thread1", "ut_thread3"]
         assert ctx["n"] == 2               # by value: the caller's object saw only reactor 0
-        for i, ch in chans.items():
-            h.set_thread(i)
-            rx.put_io_channel(ch)
-        h.set_thread(0)
+        _put_channels(h, chans)
         gone = []
         rx.io_device_unregister("test.dev", lambda: gone.append(1))
         h.poll_threads()
