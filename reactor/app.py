@@ -451,7 +451,6 @@ class App:
         self._stopping = False
         self._signal = None
         self._exiting_children = False
-        self._dead: set[int] = set()
         self._fini_done = False
 
     @property
@@ -678,7 +677,7 @@ class App:
             _t.poller_unregister(timer[0])
             if not self._fini_done:
                 log.error("subsystem fini did not finish in %.0f s%s; exiting anyway", FINI_TIMEOUT_S,
-                          f" (reactors {sorted(self._dead)} died)" if self._dead else "")
+                          f" (reactors {sorted(self.reactor.dead)} died)" if self.reactor.dead else "")
                 if not self.rc:
                     self.rc = 1
                 self._after_fini()
@@ -709,9 +708,8 @@ class App:
             code = proc.poll()
             if code is None:
                 continue
-            if self._exiting_children or index in self._dead:
+            if self._exiting_children or index in self.reactor.dead:
                 continue
-            self._dead.add(index)
             self.reactor.mark_dead(index)
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             if index not in self.ready and not self._stopping:
