@@ -11,3 +11,14 @@ def answer(request, result):
         else:
             request.result(result() if callable(result) else result)
     return cb
+
+
+def answer_value(request):
+    """A ``cb(rc, value)`` that answers ``request`` with ``value`` on 0, else the errno
+    (the create functions call back with the new bdev's name, or split's names)."""
+    def cb(rc, value):
+        if rc:
+            request.errno(rc)
+        else:
+            request.result(value)
+    return cb

@@ -3,6 +3,7 @@ over drivers/malloc.py's create/delete."""
 from reactor.rpc import Param, rpc_method
 
 from . import malloc
+from ._rpcutil import answer, answer_value
 
 
 @rpc_method("bdev_malloc_create", params=[
@@ -14,16 +15,11 @@ from . import malloc
 ])
 def bdev_malloc_create(request, params):
     """Create a RAM disk in shared memory (every reactor maps the same data)."""
-    def done(rc, name):
-        if rc:
-            request.errno(rc)
-        else:
-            request.result(name)
     malloc.create(params["name"], params["num_blocks"], params["block_size"], params["uuid"],
-                  params["optimal_io_boundary"], cb=done)
+                  params["optimal_io_boundary"], cb=answer_value(request))
 
 
 @rpc_method("bdev_malloc_delete", params=[Param("name", str, help="malloc bdev name")])
 def bdev_malloc_delete(request, params):
     """Delete a malloc bdev."""
-    malloc.delete(params["name"], lambda rc: request.errno(rc) if rc else request.result(True))
+    malloc.delete(params["name"], answer(request, True))

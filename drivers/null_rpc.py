@@ -8,6 +8,7 @@ from bdev import module as bm
 from reactor.rpc import Param, rpc_method
 
 from . import null
+from ._rpcutil import answer, answer_value
 
 
 @rpc_method("bdev_null_create", params=[
@@ -18,19 +19,14 @@ from . import null
 ])
 def bdev_null_create(request, params):
     """Create a null bdev (writes discarded, reads move no data): the benchmark baseline."""
-    def done(rc, name):
-        if rc:
-            request.errno(rc)
-        else:
-            request.result(name)
     null.create(params["name"], params["num_blocks"], params["block_size"], params["uuid"],
-                cb=done)
+                cb=answer_value(request))
 
 
 @rpc_method("bdev_null_delete", params=[Param("name", str, help="null bdev name")])
 def bdev_null_delete(request, params):
     """Delete a null bdev."""
-    null.delete(params["name"], lambda rc: request.errno(rc) if rc else request.result(True))
+    null.delete(params["name"], answer(request, True))
 
 
 def _resize(name, new_size_mb) -> int:
@@ -60,4 +56,4 @@ def bdev_null_resize(request, params):
         request.errno(rc)
         return
     bm.broadcast(_resize_replica, [name, size],
-                 lambda rc: request.errno(rc) if rc else request.result(True), include_self=False)
+                 answer(request, True), include_self=False)

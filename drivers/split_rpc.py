@@ -2,6 +2,7 @@
 from reactor.rpc import Param, rpc_method
 
 from . import split
+from ._rpcutil import answer, answer_value
 
 
 @rpc_method("bdev_split_create", params=[
@@ -11,15 +12,10 @@ from . import split
 ])
 def bdev_split_create(request, params):
     """Split a bdev into equal parts <base>p0..; returns the new bdev names."""
-    def done(rc, names):
-        if rc:
-            request.errno(rc)
-        else:
-            request.result(names)
-    split.create(params["base_bdev"], params["split_count"], done, params["split_size_mb"])
+    split.create(params["base_bdev"], params["split_count"], answer_value(request), params["split_size_mb"])
 
 
 @rpc_method("bdev_split_delete", params=[Param("base_bdev", str, help="the split base bdev")])
 def bdev_split_delete(request, params):
     """Delete every split part of a base bdev."""
-    split.delete(params["base_bdev"], lambda rc: request.errno(rc) if rc else request.result(True))
+    split.delete(params["base_bdev"], answer(request, True))
