@@ -60,15 +60,20 @@ def broadcast(handler, args=(), cb=None, include_self: bool = True) -> None:
         r.send(r.default_tid(i), _bcast_run, (op, t.id, name, list(args)))
 
 
-@wire.remote("bdev.bcast_run")
-def _bcast_run(op, origin, name, args):
-    done = _Done(op, origin)
+def _run_named(done, name, args, what) -> None:
+    """Run the registered handler ``name(done, *args)``; one that raises answers -EIO
+    (unless it answered already), so the waiting side never hangs on it."""
     try:
         wire.lookup(name)(done, *args)
     except Exception:
-        log.exception("replicated handler %s raised", name)
+        log.exception("%s handler %s raised", what, name)
         if not done.fired:
             done(-5)
+
+
+@wire.remote("bdev.bcast_run")
+def _bcast_run(op, origin, name, args):
+    _run_named(_Done(op, origin), name, args, "replicated")
 
 
 @wire.remote("bdev.bcast_done")
@@ -134,13 +139,7 @@ class _MainDone:
 
 @wire.remote("bdev.to_main_run")
 def _to_main_run(op, origin, name, args):
-    done = _MainDone(op, origin)
-    try:
-        wire.lookup(name)(done, *args)
-    except Exception:
-        log.exception("main-thread handler %s raised", name)
-        if not done.fired:
-            done(-5)
+    _run_named(_MainDone(op, origin), name, args, "main-thread")
 
 
 @wire.remote("bdev.to_main_done")
