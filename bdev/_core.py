@@ -24,6 +24,7 @@ from collections import deque
 
 import reactor as rx
 from reactor import wire
+from reactor.reactor import TID_SHIFT
 
 from . import _bcast, _qos, _stats
 from ._const import *  # noqa: F401,F403
@@ -112,9 +113,36 @@ class IoStat:
         return d
 
 
+def _split_param(field):
+    """A split parameter of Bdev: the hot path reads only ``_may_split``, so every write
+    of a parameter recomputes it -- a module (or test) may change one after register and
+    the next I/O follows it, as the seed reads them per I/O."""
+    slot = "_" + field
+
+    def get(self):
+        return getattr(self, slot)
+
+    def set(self, value):
+        setattr(self, slot, value)
+        self._may_split = _may_split(self)
+    return property(get, set, doc=f"split parameter {field} (see _split_param)")
+
+
+def _may_split(b) -> bool:
+    return (bool(getattr(b, "_split_on_optimal_io_boundary", False) and getattr(b, "_optimal_io_boundary", 0))
+            or bool(getattr(b, "_max_rw_size", 0) or getattr(b, "_max_num_segments", 0)
+                    or getattr(b, "_max_segment_size", 0)))
+
+
 class Bdev:
     """struct spdk_bdev: what a module fills in (name, geometry, fn_table, ctxt, module)
     plus the layer's internal state.  Built by a module, then ``bdev_register(bdev)``."""
+
+    optimal_io_boundary = _split_param("optimal_io_boundary")
+    split_on_optimal_io_boundary = _split_param("split_on_optimal_io_boundary")
+    max_rw_size = _split_param("max_rw_size")
+    max_num_segments = _split_param("max_num_segments")
+    max_segment_size = _split_param("max_segment_size")
 
     def __init__(self, name=None, *, blocklen=512, blockcnt=0, module=None, fn_table=None, ctxt=None,
                  product_name="", write_cache=False, need_aligned_buffer=False,
@@ -142,7 +170,10 @@ class Bdev:
         self.open_elsewhere: dict = {}   # main replica: reactor index -> has open descs
         self.aliases: list = []
         self.claim_module = None
-        self.reset_in_progress = None
+        self.reset_in_progress = None    # the reset this replica runs (the seed's field)
+        self.reset_token = 0             # ... and the main thread's grant for it
+        self.reset_holder = None         # main replica: (tid, token) of the granted reset
+        self.reset_waiting = deque()     # main replica: asks waiting for it
         self.qos = None
         self.qos_mod_in_progress = False
         self.unregister_cb = None
@@ -158,8 +189,8 @@ class Bdev:
         self.histogram = None            # closed channels' latency buckets (this replica)
         self.io_device_name = None
         self._submit = None
-        self._may_split = False
         self.mgr = None
+        self.fini_started = False        # destruct begun on this replica (close must not redo it)
 
     def __repr__(self):
         return f"<Bdev {self.name} {self.blockcnt}x{self.blocklen}>"
@@ -240,7 +271,7 @@ class BdevChannel:
     """spdk_bdev_channel: a thread's channel to a bdev (ctx of the bdev's io_channel)."""
 
     __slots__ = ("bdev", "channel", "shared_resource", "mgmt", "mgmt_io_ch", "stat", "io_outstanding",
-                 "queued_resets", "flags", "reset_depth", "thread", "io_ch", "clock", "histogram")
+                 "queued_resets", "flags", "reset_token", "thread", "io_ch", "clock", "histogram")
 
     def __init__(self, bdev):
         self.bdev = bdev
@@ -252,7 +283,7 @@ class BdevChannel:
         self.io_outstanding = 0
         self.queued_resets = deque()
         self.flags = 0
-        self.reset_depth = 0   # freezes by resets in progress (several reactors may reset)
+        self.reset_token = 0   # several reactors: the ask for this channel's reset in flight
         self.thread = None
         self.io_ch = None
         self.clock = None
@@ -363,6 +394,8 @@ class Manager:
         self.qos_conf = {}
         self.mgmt_key = self           # the mgmt io_device (local to this reactor)
         self.dma: dict = {}            # id(view) -> (view, handle): dma_malloc'd buffers
+        self.early_claims: dict = {}   # name -> module: claimed on main before registered here
+        self.reset_askers: dict = {}   # token -> channel whose reset ask is in flight
 
     @property
     def is_main(self) -> bool:
@@ -547,6 +580,8 @@ def _on_reactor_death(r, index: int) -> None:
     m = r.locals.get("bdev")
     if m is not None:
         _qos.on_reactor_death(r, m, index)
+        if m.is_main:
+            _resets_on_reactor_death(r, m, index)
 
 
 def initialize(cb, cb_arg=None, conf: dict | None = None) -> None:
@@ -955,8 +990,7 @@ def _bdev_init(bdev) -> int:
     bdev.reset_in_progress = None
     bdev.mgr = m
     bdev._submit = bdev.fn_table.submit_request
-    bdev._may_split = bool(bdev.split_on_optimal_io_boundary and bdev.optimal_io_boundary) or bool(
-        bdev.max_rw_size or bdev.max_num_segments or bdev.max_segment_size)
+    bdev.fini_started = False
     _qos.config_from_conf(bdev, m.qos_conf)
     # Users often register their own io_devices under the bdev name: prefix it.
     bdev.io_device_name = f"bdev_{bdev.name}"
@@ -1003,6 +1037,8 @@ def _bdev_start(bdev) -> None:
     m.bdevs.append(bdev)
     m.names[bdev.name] = bdev
     if not m.is_main:
+        if bdev.name in m.early_claims:
+            bdev.claim_module = m.early_claims.pop(bdev.name)
         return  # examine is control plane: the main reactor runs it, replicas follow
     _notify_registry(m, "register", bdev.name)
     for mod in list(_modules):
@@ -1043,6 +1079,7 @@ def _destroy_cb(bdev) -> None:
 
 
 def _bdev_fini(bdev) -> None:
+    bdev.fini_started = True
     _qos.on_fini(bdev)
     if bdev.qd_poller is not None:
         _stats.stop_qd(bdev)
@@ -1152,6 +1189,7 @@ def _unregister_replica(done, name):
     m = _mgr(False)
     b = None
     if m is not None:
+        m.early_claims.pop(name, None)
         for x in m.bdevs:
             if x.name == name:
                 b = x
@@ -1235,7 +1273,9 @@ def close(desc) -> None:
         # desc of the *bdev* decides: each replica reports to the main one (_qos.py).
         _qos.report_open_descs(bdev, False)
     _stats.set_qd_sampling_period(bdev, 0)
-    if bdev.status == STATUS_REMOVING and not bdev.open_descs:
+    # A desc without remove_cb does not hold the unregister back (seed): the bdev may be
+    # destructed already, and its last close must not unregister it a second time.
+    if bdev.status == STATUS_REMOVING and not bdev.open_descs and not bdev.fini_started:
         _unregister_local(bdev, bdev.unregister_cb, bdev.unregister_ctx)
 
 
@@ -1245,19 +1285,73 @@ def desc_get_bdev(desc):
 
 def module_claim_bdev(bdev, desc, module) -> int:
     """spdk_bdev_module_claim_bdev: -EPERM if another module holds it; a claim through a
-    read-only desc upgrades it to write."""
+    desc makes that desc read-write.
+
+    A claim is a bdev-wide fact owned by the main reactor (docs/architecture.md): it is
+    decided there (any thread of reactor 0, against the main replica) and reaches every
+    other replica by the ordered broadcast, so a write open on another reactor fails
+    once the claim's message has arrived there (an open ordered before it is one the
+    seed, too, lets stay open).  On another reactor nothing is decided: the call
+    succeeds only if this replica already holds the owner's claim for ``module`` -- a
+    vbdev's replicated builder attaching its own base descriptor -- and is -EPERM
+    otherwise.  With several reactors the module must be registered (replicas find it
+    by name)."""
+    r = rx.current_reactor()
+    several = r.n_reactors > 1 and rx.get_thread() is not None
+    if several and r.index != 0:
+        if bdev.claim_module is not module:
+            log.error("claim of bdev %s by module %s refused on reactor %d: claims are decided "
+                      "by the main reactor", bdev.name, module.name, r.index)
+            return -EPERM
+        if desc is not None:
+            desc.write = True
+        return 0
     if bdev.claim_module is not None:
         log.error("bdev %s already claimed by module %s", bdev.name, bdev.claim_module.name)
         return -EPERM
+    if several and module_list_find(module.name) is not module:
+        log.error("claim of bdev %s: module %s is not registered, so other reactors cannot "
+                  "name it", bdev.name, module.name)
+        return -EINVAL
     if desc is not None and not desc.write:
         desc.write = True
     bdev.claim_module = module
+    if several:
+        _bcast.broadcast(_claim_replica, [bdev.name, module.name], None, include_self=False)
     return 0
 
 
 def module_release_bdev(bdev) -> None:
+    """spdk_bdev_module_release_bdev.  On the main reactor (which owns claims) it releases
+    the claim everywhere (the others learn it by broadcast); on another reactor it
+    changes nothing -- a replica's vbdev destruct calls it, and the owner's release is
+    the one that counts."""
     assert bdev.claim_module is not None, f"{bdev.name} is not claimed"
+    r = rx.current_reactor()
+    several = r.n_reactors > 1 and rx.get_thread() is not None
+    if several and r.index != 0:
+        return
     bdev.claim_module = None
+    if several:
+        _bcast.broadcast(_claim_replica, [bdev.name, None], None, include_self=False)
+
+
+@wire.remote("bdev.claim_replica")
+def _claim_replica(done, name, module_name):
+    """A replica learns a claim (module_name) or a release (None).  The bdev may not be
+    registered here yet: a module that claims a base during examine does so before its
+    create's broadcast reaches this replica; the claim then waits for the registration."""
+    m = _mgr(False)
+    if m is not None:
+        b = m.names.get(name)
+        mod = module_list_find(module_name) if module_name is not None else None
+        if b is not None and b.name == name:
+            b.claim_module = mod
+        elif module_name is not None:
+            m.early_claims[name] = mod
+        else:
+            m.early_claims.pop(name, None)
+    done(0)
 
 
 # ===================================================================== channels
@@ -1705,7 +1799,14 @@ def _io_submit(io) -> None:
     if bdev._may_split and _should_split(io):
         io.submit_tsc = io.ch.clock()    # the parent's (its children get their own)
         if io.type == IO_TYPE_READ and io.iovs[0] is None:
-            io_get_buf(io, _io_split, io.num_blocks * bdev.blocklen)
+            n = io.num_blocks * bdev.blocklen
+            if n > LARGE_BUF_MAX_SIZE:
+                # No layer buffer that large: the parent fails, after the call (it never
+                # reached a module, so no counter moves).
+                log.error("read of %d bytes without a buffer exceeds %d", n, LARGE_BUF_MAX_SIZE)
+                _fail_parent(io)
+                return
+            io_get_buf(io, _io_split, n)
         else:
             _io_split(None, io)
         return
@@ -2075,8 +2176,7 @@ def _queue_io_wait_with_cb(io, cb_fn) -> None:
     rc = queue_io_wait(io.bdev, io.ch.io_ch, entry)
     if rc:
         log.error("queue IO failed, rc=%d", rc)
-        io.status = IO_STATUS_FAILED
-        io.cb(io, False, io.caller_ctx)
+        _fail_parent(io)
 
 
 def _io_split_with_payload(io) -> None:
@@ -2123,8 +2223,7 @@ def _io_split_with_payload(io) -> None:
         # Out of child iovec slots: the child must still be whole blocks.
         if to_bytes % blocklen:
             log.error("remaining %d is not a multiple of block size %d", to_bytes, blocklen)
-            io.status = IO_STATUS_FAILED
-            io.cb(io, False, io.caller_ctx)
+            _fail_parent(io)
             return
         n -= to_bytes // blocklen
     io.child_iov = child
@@ -2138,8 +2237,15 @@ def _io_split_with_payload(io) -> None:
     elif rc == -ENOMEM:
         _queue_io_wait_with_cb(io, _io_split_with_payload)
     else:
-        io.status = IO_STATUS_FAILED
-        io.cb(io, False, io.caller_ctx)
+        _fail_parent(io)
+
+
+def _fail_parent(io) -> None:
+    """A split or emulated parent fails: its callback runs later, from the thread's
+    deferred batch -- never inside the user's call (the first child is made there) and
+    without touching io_outstanding (only children were counted)."""
+    io.status = IO_STATUS_FAILED
+    _defer(io)
 
 
 def _io_split_done(child, success, parent) -> None:
@@ -2168,8 +2274,7 @@ def _write_zero_buffer_next(io) -> None:
     elif rc == -ENOMEM:
         _queue_io_wait_with_cb(io, _write_zero_buffer_next)
     else:
-        io.status = IO_STATUS_FAILED
-        io.cb(io, False, io.caller_ctx)
+        _fail_parent(io)
 
 
 def _write_zero_buffer_done(child, success, parent) -> None:
@@ -2210,19 +2315,120 @@ def reset(desc, ch, cb, cb_arg=None) -> int:
     return 0
 
 
-_REMOTE_RESET = object()   # marks a replica frozen by a reset started on another reactor
+_reset_tokens = itertools.count(1)
 
 
 def _channel_start_reset(ch) -> None:
+    """Start ``ch``'s first queued reset once the bdev has no reset in progress.
+
+    The reset in progress is a bdev-wide fact owned by the main thread
+    (docs/architecture.md).  On one reactor the main replica *is* this one: the seed's
+    check of ``bdev.reset_in_progress``.  With several, the channel asks the main
+    thread, which grants one reset of the bdev at a time across all reactors in the
+    order asked (``_reset_ask``); the granted channel freezes every channel everywhere,
+    submits, unfreezes and reports back (``_reset_finished``), and the next one runs."""
+    if not ch.queued_resets:
+        return
     bdev = ch.bdev
-    if bdev.reset_in_progress is None and ch.queued_resets:
-        io = ch.queued_resets[0]
-        bdev.reset_in_progress = io
-        # Hold a channel reference for the life of the reset, so the walks below never
-        # find the device gone.
-        io.ch_ref = rx.get_io_channel(bdev)
-        _bcast.for_each_channel(bdev, _reset_freeze_channel, {"bdev": bdev.name, "origin": rx.current_reactor().index},
+    r = rx.current_reactor()
+    if r.n_reactors == 1:
+        if bdev.reset_in_progress is None:
+            _run_reset(ch)
+        return
+    if ch.reset_token:
+        return          # asked already; the grant starts the first queued one
+    token = _reset_tokens.__next__()   # (this module defines next(): SPDK's bdev iterator)
+    ch.reset_token = token
+    bdev.mgr.reset_askers[token] = ch
+    r.send(r.default_tid(0), _reset_ask, (bdev.name, rx.get_thread().id, token))
+
+
+def _run_reset(ch) -> None:
+    bdev = ch.bdev
+    io = ch.queued_resets[0]
+    bdev.reset_in_progress = io
+    # Hold a channel reference for the life of the reset, so the walks below never
+    # find the device gone.
+    io.ch_ref = rx.get_io_channel(bdev)
+    _bcast.for_each_channel(bdev, _reset_freeze_channel, {"bdev": bdev.name},
                             _ResetCpl(ch).freeze_done)
+
+
+@wire.remote("bdev.reset_ask")
+def _reset_ask(name, tid, token) -> None:
+    """Main thread: a channel (thread ``tid``) asks to run its reset of ``name``."""
+    m = _mgr(False)
+    b = m.names.get(name) if m is not None else None
+    if b is None:
+        rx.current_reactor().send(tid, _reset_grant, (token, False))
+        return
+    b.reset_waiting.append((tid, token))
+    if b.reset_holder is None:
+        _reset_grant_next(b)
+
+
+def _reset_grant_next(b) -> None:
+    r = rx.current_reactor()
+    while b.reset_waiting:
+        tid, token = b.reset_waiting.popleft()
+        if (tid >> TID_SHIFT) in r.dead:
+            continue
+        b.reset_holder = (tid, token)
+        r.send(tid, _reset_grant, (token, True))
+        return
+
+
+@wire.remote("bdev.reset_grant")
+def _reset_grant(token, granted) -> None:
+    """On the asking channel's thread: the main thread's answer."""
+    m = _mgr(False)
+    ch = m.reset_askers.pop(token, None) if m is not None else None
+    if ch is None:
+        return
+    ch.reset_token = 0
+    name = ch.bdev.name
+    if not granted:               # the bdev is leaving the main replica
+        _abort_queued_io(ch.queued_resets, ch)
+        return
+    if not ch.queued_resets:      # aborted meanwhile (its channel went away)
+        _send_reset_finished(name, token)
+        return
+    ch.bdev.reset_token = token
+    _run_reset(ch)
+
+
+def _send_reset_finished(name, token) -> None:
+    r = rx.current_reactor()
+    r.send(r.default_tid(0), _reset_finished, (name, token))
+
+
+@wire.remote("bdev.reset_finished")
+def _reset_finished(name, token) -> None:
+    """Main thread: the granted reset is done (or was not needed); grant the next."""
+    m = _mgr(False)
+    b = m.names.get(name) if m is not None else None
+    if b is None or b.reset_holder is None or b.reset_holder[1] != token:
+        return
+    b.reset_holder = None
+    _reset_grant_next(b)
+
+
+def _resets_on_reactor_death(r, m, index) -> None:
+    """Main replica: reactor ``index`` died.  Its queued asks go; a reset it held leaves
+    channels frozen on the survivors, so the main thread unfreezes them and grants the
+    next reset."""
+    for b in m.bdevs:
+        b.reset_waiting = deque(w for w in b.reset_waiting if (w[0] >> TID_SHIFT) != index)
+        holder = b.reset_holder
+        if holder is not None and (holder[0] >> TID_SHIFT) == index:
+            log.error("bdev %s: reactor %d died holding its reset; unfreezing", b.name, index)
+            rx.send_msg(r.default_thread, _unfreeze_after_death, b, holder[1])
+
+
+def _unfreeze_after_death(b, token) -> None:
+    def done(it, status, b=b, token=token):
+        _reset_finished(b.name, token)
+    _bcast.for_each_channel(b, _unfreeze_channel, {"bdev": b.name}, done)
 
 
 class _ResetCpl:
@@ -2239,19 +2445,22 @@ class _ResetCpl:
 
     def unfreeze_done(self, it, status) -> None:
         io = self.io
+        ch = io.ch
         if io.ch_ref is not None:
             rx.put_io_channel(io.ch_ref)
             io.ch_ref = None
+        token = ch.bdev.reset_token
+        ch.bdev.reset_token = 0
         _io_complete(io)
+        if token:
+            _send_reset_finished(ch.bdev.name, token)
+            _channel_start_reset(ch)      # this channel's next queued reset asks again
 
 
 @wire.remote("bdev.reset_freeze")
 def _reset_freeze_channel(it) -> None:
     channel = it.get_channel().ctx
     bdev = channel.bdev
-    if bdev.reset_in_progress is None:
-        bdev.reset_in_progress = _REMOTE_RESET
-    channel.reset_depth += 1
     channel.flags |= BDEV_CH_RESET_IN_PROGRESS
     mgmt = channel.mgmt
     tmp = deque()
@@ -2268,15 +2477,9 @@ def _reset_freeze_channel(it) -> None:
 @wire.remote("bdev.reset_unfreeze")
 def _unfreeze_channel(it) -> None:
     ch = it.get_channel().ctx
-    bdev = ch.bdev
-    if bdev.reset_in_progress is _REMOTE_RESET:
-        bdev.reset_in_progress = None
-    if ch.reset_depth > 0:
-        ch.reset_depth -= 1
-    if ch.reset_depth == 0:
-        ch.flags &= ~BDEV_CH_RESET_IN_PROGRESS
-    if ch.queued_resets:
-        _channel_start_reset(ch)
+    ch.flags &= ~BDEV_CH_RESET_IN_PROGRESS
+    if ch.queued_resets and ch.thread.reactor.n_reactors == 1:
+        _channel_start_reset(ch)          # the seed; with several reactors each asked main
     rx.for_each_channel_continue(it, 0)
 
 
@@ -2302,18 +2505,24 @@ def callback_raised(io) -> None:
                   getattr(bdev, "name", "?"))
 
 
+def _defer(io) -> None:
+    """Complete ``io`` from its thread's next deferred batch (one message per thread
+    carries every completion deferred until then)."""
+    mgmt = io.ch.mgmt
+    mgmt.deferred.append(io)
+    if not mgmt.deferred_scheduled:
+        mgmt.deferred_scheduled = True
+        rx.send_msg(mgmt.thread, _run_deferred, mgmt)
+
+
 def _io_complete(io) -> None:
     if io.in_submit_request or io.io_submit_ch is not None:
         # Back to the submitting thread (QoS), and never inside submit: a callback that
-        # submits again must not recurse.  One message per thread carries a batch.
+        # submits again must not recurse.
         if io.io_submit_ch is not None:
             io.ch = io.io_submit_ch
             io.io_submit_ch = None
-        mgmt = io.ch.mgmt
-        mgmt.deferred.append(io)
-        if not mgmt.deferred_scheduled:
-            mgmt.deferred_scheduled = True
-            rx.send_msg(mgmt.thread, _run_deferred, mgmt)
+        _defer(io)
         return
     ch = io.ch
     if io.status == IO_STATUS_SUCCESS and not io.proxy:

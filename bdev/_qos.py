@@ -286,16 +286,14 @@ def route(io) -> None:
         return
     tid = qos.thread_id
     if tid is None:
-        if rx.current_reactor().n_reactors == 1:
-            _core._io_submit_now(io)  # seed: no QoS thread (QoS being rebuilt): submit here
-        else:
-            # QoS was torn down (last desc closed) and this channel still has it on:
-            # wait for a QoS thread, asking for one (this thread, if it is on the main
-            # reactor) -- the limit keeps holding for the bdev as a whole.
-            qos.pending.append(io)
-            _choose_thread(io.bdev, io.ch)
-            if qos.thread is t:
-                _flush_pending(io.bdev)
+        # QoS was torn down (last desc closed) and this channel still has it on: wait for
+        # a QoS thread, asking the main reactor for one (this thread, if it is on the main
+        # reactor) -- the limit keeps holding for the bdev as a whole.  (The seed queues
+        # it on the QoS object with no poller until some channel is created.)
+        qos.pending.append(io)
+        _choose_thread(io.bdev, io.ch)
+        if qos.thread is t:
+            _flush_pending(io.bdev)
         return
     if qos.thread is not None:
         io.io_submit_ch = io.ch
@@ -544,18 +542,6 @@ def _qos_channel_destroy(qos) -> None:
     qos.poller = None
 
 
-def on_last_close(bdev) -> None:
-    """The seed's spdk_bdev_qos_destroy, on the last close (one reactor): swap in a fresh
-    QoS with the same limits; the next channel re-selects a thread."""
-    old = bdev.qos
-    new = Qos()
-    new.limit = list(old.limit)
-    bdev.qos = new
-    if old.thread is not None:
-        new.queued = old.queued  # keep queued I/O with the bdev (the next QoS thread runs it)
-        rx.send_msg(old.thread, _qos_channel_destroy, old)
-
-
 # The last close across reactors.  Every replica tells the main one when its count of open
 # descs of a bdev goes 0 -> 1 or 1 -> 0 (one message per transition, FIFO per reactor
 # pair, so the main replica's view of each reactor is the last state that reactor sent).
@@ -565,10 +551,6 @@ def on_last_close(bdev) -> None:
 # still has QoS on, and its next I/O asks the main reactor for a new QoS thread.
 def report_open_descs(bdev, is_open: bool) -> None:
     r = rx.current_reactor()
-    if r.n_reactors == 1:
-        if not is_open and bdev.qos is not None:
-            on_last_close(bdev)
-        return
     if r.index == 0:
         _maybe_destroy(bdev)
     else:
@@ -593,7 +575,8 @@ def _maybe_destroy(bdev) -> None:
     if qos.thread_id is None or bdev.qos_mod_in_progress:
         return   # nothing to tear down yet, or a change in flight decides
     _swap_replica(bdev)
-    _bcast.broadcast(_qos_destroy_replica, [bdev.name], None, include_self=False)
+    if bdev.mgr.reactor.n_reactors > 1:
+        _bcast.broadcast(_qos_destroy_replica, [bdev.name], None, include_self=False)
 
 
 @wire.remote("bdev.qos_destroy_replica")

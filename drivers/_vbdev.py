@@ -53,9 +53,13 @@ def unregister_by_name(name: str, module, cb) -> None:
 
 
 def open_base(name: str, remove_cb, ctx, module):
-    """Open base bdev ``name`` read-write for a vbdev and claim it for ``module``.
-    Returns ``(rc, desc)``: -ENODEV when missing, -EPERM when another module claimed it."""
-    rc, desc = api.open_ext(name, True, remove_cb, ctx)
+    """Open base bdev ``name`` for a vbdev and claim it for ``module`` (the claim makes
+    the descriptor read-write).  Returns ``(rc, desc)``: -ENODEV when missing, -EPERM
+    when another module claimed it.  On the main reactor this is the claim; a replica's
+    builder runs after the main one's claim has reached it and attaches its own
+    descriptor to that claim (so it opens read-only first: a write open of a claimed
+    bdev is refused)."""
+    rc, desc = api.open_ext(name, False, remove_cb, ctx)
     if rc:
         return rc, None
     rc = bm.module_claim_bdev(desc.bdev, desc, module)
@@ -66,7 +70,8 @@ def open_base(name: str, remove_cb, ctx, module):
 
 
 def close_base(desc) -> None:
-    """Release the claim and close (a vbdev's destruct).  The claim belongs to this replica."""
+    """Release the claim and close (a vbdev's destruct).  The main replica's release is
+    the one that counts (it reaches the others); elsewhere it only closes."""
     if desc is None:
         return
     b = desc.bdev

@@ -324,7 +324,9 @@ def _build(name, level, strip_size_kb, base_names, uuid) -> int:
         b = api.get_by_name(n)
         if b is None:
             return -errno.ENODEV
-        if b.claim_module is not None:
+        # claims are the main reactor's: there a claimed base is refused; a replica's
+        # builder finds the main one's claim for raid already in place
+        if b.claim_module is not None and (_vbdev.on_main_reactor() or b.claim_module is not raid_module):
             return -errno.EPERM
         bases.append(b)
     blocklen = bases[0].blocklen

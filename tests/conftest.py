@@ -70,3 +70,24 @@ def no_leaks():
             pass
     assert not leaked, f"test leaked shared-memory segments: {sorted(leaked)}"
     assert not children, f"test leaked child processes: {[c.pid for c in children]}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bdev_io_may_be_lost(why): the test loses I/O on purpose "
+                            "(a reactor killed under it); callbacks are not counted")
+
+
+@pytest.fixture(autouse=True)
+def bdev_invariants(request, monkeypatch):
+    """Deterministic bdev and driver tests end with the layer's invariants intact
+    (tests/bdev_invariants.py): no io_outstanding negative or left over, every callback
+    of the test's I/O calls run exactly once."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    if not name.startswith(("test_bdev_", "test_drivers_")):
+        yield
+        return
+    import bdev_invariants
+    tracker = bdev_invariants.install(monkeypatch)
+    yield tracker
+    problems = tracker.finish(request.node.get_closest_marker("bdev_io_may_be_lost") is not None)
+    assert not problems, "bdev invariants broken:\n  " + "\n  ".join(problems)

@@ -370,7 +370,6 @@ def test_split_on_boundary_sequential_children(h):
     S.complete("s")
     # split disabled: crossing I/O goes whole
     b.split_on_optimal_io_boundary = False
-    b._may_split = False
     assert B.read_blocks(desc, ch, bytearray(4 * 512), 14, 4, cpl, "r") == 0
     assert log[-1] == (B.IO_TYPE_READ, 14, 4, [2048])
     S.complete("s")
@@ -418,6 +417,8 @@ def test_split_more_than_32_child_iovs(h):
     iovs = [bytearray(512) for _ in range(31)] + [bytearray(256), bytearray(256)] + \
            [bytearray(512) for _ in range(32)]
     assert B.readv_blocks(desc, ch, iovs, 32, 64, cpl, "bad") == 0
+    assert cpl.done[-1] == ("p", True)             # not inside the call: later, on this thread
+    h.poll_threads()
     assert cpl.done[-1] == ("bad", False)
     # quarter-block iovs: 32 slots hold 8 blocks, so children are cut back to that
     iovs = [bytearray(128) for _ in range(64)] + [bytearray(512) for _ in range(16)]
