@@ -2522,7 +2522,11 @@ def _io_complete(io) -> None:
         if io.io_submit_ch is not None:
             io.ch = io.io_submit_ch
             io.io_submit_ch = None
-        _defer(io)
+        mgmt = io.ch.mgmt      # _defer(io), inlined: malloc completes every I/O in submit
+        mgmt.deferred.append(io)
+        if not mgmt.deferred_scheduled:
+            mgmt.deferred_scheduled = True
+            rx.send_msg(mgmt.thread, _run_deferred, mgmt)
         return
     ch = io.ch
     if io.status == IO_STATUS_SUCCESS and not io.proxy:
