@@ -1,6 +1,6 @@
 """The bdev layer's two faces (docs/bdev.md): drivers/ and tools/ reach the layer only
 through ``bdev.api`` (``import bdev`` re-exports it) and ``bdev.module``; both list their
-exports in ``__all__``.
+exports in ``__all__``; and bdev/ depends on neither drivers/ nor tools/.
 
 Imports are read with ``ast`` (every import statement, those inside functions included,
 and ``importlib.import_module("...")`` with a literal name), not by grepping text."""
@@ -144,3 +144,10 @@ def test_bdev_package_reexports_the_user_api():
     assert list(bdev.__all__) == list(bdev.api.__all__)
     assert all(getattr(bdev, n) is getattr(bdev.api, n) for n in bdev.api.__all__)
 
+
+
+def test_bdev_imports_neither_drivers_nor_tools():
+    bad = [f"{p.relative_to(ROOT)}:{ln}: imports {m}"
+           for p, tree in _sources("bdev") for ln, m in imported_modules(p, tree)
+           if m.split(".")[0] in ("drivers", "tools")]
+    assert bad == []
