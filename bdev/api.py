@@ -14,7 +14,7 @@ Conventions, as in SPDK:
 * Buffers: anything supporting the buffer protocol with the right length (bytearray,
   memoryview); iovecs are lists of such.  A read may pass ``None`` and get a buffer
   from the layer's shared pool in ``bdev_io.iovs[0]``.
-* DMA buffers (SPDK's spdk_dma_malloc/zmalloc/free, what bdevperf uses): ``dma_malloc(size,
+* DMA buffers (SPDK's spdk_dma_malloc/zmalloc/free; the NBD export's buffers): ``dma_malloc(size,
   align=512)`` / ``dma_zmalloc`` return a memoryview in this reactor's slice of the shared
   arena (or None when that pool is empty or size > 64 KiB -- no waiting), ``dma_free(buf)``
   gives it back.  Such a buffer crosses reactors (QoS) without a bounce copy.
