@@ -14,7 +14,7 @@ Conventions, as in SPDK:
 * Buffers: anything supporting the buffer protocol with the right length (bytearray,
   memoryview); iovecs are lists of such.  A read may pass ``None`` and get a buffer
   from the layer's shared pool in ``bdev_io.iovs[0]``.
-* DMA buffers (SPDK's spdk_dma_malloc/zmalloc/free, what bdevperf uses): ``dma_malloc(size,
+* DMA buffers (SPDK's spdk_dma_malloc/zmalloc/free; the NBD export's buffers): ``dma_malloc(size,
   align=512)`` / ``dma_zmalloc`` return a memoryview in this reactor's slice of the shared
   arena (or None when that pool is empty or size > 64 KiB -- no waiting), ``dma_free(buf)``
   gives it back.  Such a buffer crosses reactors (QoS) without a bounce copy.
@@ -56,4 +56,40 @@ set_qos_rate_limits = _qos.set_rate_limits
 get_qos_rpc_type = _qos.get_rpc_type
 bdev_unregister = _core.bdev_unregister   # users may hot-remove too (e.g. an RPC delete)
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations",)]
+__all__ = [
+    # descriptors and channels
+    "Bdev", "Desc", "open", "open_ext", "close", "desc_get_bdev", "get_io_channel",
+    "put_io_channel",
+    # I/O (bytes and _blocks variants), the bdev_io, -ENOMEM waits
+    "read", "read_blocks", "readv", "readv_blocks", "write", "write_blocks", "writev",
+    "writev_blocks", "write_zeroes", "write_zeroes_blocks", "unmap", "unmap_blocks", "flush",
+    "flush_blocks", "reset", "nvme_admin_passthru", "nvme_io_passthru", "nvme_io_passthru_md",
+    "BdevIo", "free_io", "io_get_nvme_status", "io_get_scsi_status", "io_get_iovec",
+    "io_get_thread", "io_get_submit_tsc", "IoWaitEntry", "queue_io_wait",
+    # DMA buffers
+    "dma_malloc", "dma_zmalloc", "dma_free",
+    # the registry
+    "get_by_name", "bdevs", "first", "next", "first_leaf", "next_leaf", "alias_add",
+    "alias_del", "alias_del_all", "get_aliases", "bdev_unregister", "watch_registry",
+    "unwatch_registry", "wait_for_examine",
+    # getters
+    "get_name", "get_product_name", "get_block_size", "get_num_blocks", "get_uuid",
+    "get_buf_align", "get_optimal_io_boundary", "has_write_cache", "io_type_supported",
+    "dump_info_json",
+    # QoS
+    "get_qos_rate_limits", "set_qos_rate_limits", "get_qos_rpc_type", "QOS_LIMIT_NOT_DEFINED",
+    "QOS_NUM_RATE_LIMIT_TYPES", "QOS_RW_IOPS_RATE_LIMIT", "QOS_RW_BPS_RATE_LIMIT",
+    "QOS_R_BPS_RATE_LIMIT", "QOS_W_BPS_RATE_LIMIT",
+    # statistics and histograms
+    "IoStat", "get_device_stat", "get_channels_stat", "get_io_stat", "reset_device_stat",
+    "get_qd", "get_qd_sampling_period", "set_qd_sampling_period", "get_io_time",
+    "get_weighted_io_time", "histogram_enable", "histogram_get",
+    # the layer itself
+    "initialize", "finish", "get_opts", "set_opts", "subsystem_config_json",
+    # constants
+    "EVENT_REMOVE", "EVENT_RESIZE",
+    "IO_TYPE_READ", "IO_TYPE_WRITE", "IO_TYPE_UNMAP", "IO_TYPE_FLUSH", "IO_TYPE_RESET",
+    "IO_TYPE_NVME_ADMIN", "IO_TYPE_NVME_IO", "IO_TYPE_NVME_IO_MD", "IO_TYPE_WRITE_ZEROES",
+    "IO_STATUS_SCSI_ERROR", "IO_STATUS_NVME_ERROR", "IO_STATUS_FAILED", "IO_STATUS_PENDING",
+    "IO_STATUS_SUCCESS", "IO_STATUS_NOMEM",
+]

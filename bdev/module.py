@@ -18,11 +18,17 @@ each has its own Bdev and ctxt.  The pattern (see drivers/malloc.py)::
     def _create_replica(done, name, ...):
         done(module.bdev_register(_build(name, ...)))
 
-    def create(name, ..., cb):            # main thread
+    def create(name, ..., cb):
+        if not module.on_main_thread():                    # the main thread owns the
+            return module.to_main(_create_on_main, [name, ...], cb)   # registry: hop there
         rc = module.bdev_register(_build(name, ...))       # here, synchronously
         if rc: return cb(rc, name)
         module.broadcast(_create_replica, [name, ...], lambda rc: cb(rc, name),
                          include_self=False)              # then everywhere else
+
+(``_create_on_main`` is the ``@reactor.remote`` wrapper of ``create`` itself.)  A module
+whose bdevs keep data in shared memory creates its segments with ``shm_instance()``.
+Errors are the negated errno constants exported here (``-module.EINVAL``).
 
 Examine callbacks run on the main reactor only.  Everything a module calls runs on the
 calling thread; the I/O calls on the I/O's thread.
@@ -30,14 +36,66 @@ calling thread; the I/O calls on the I/O's thread.
 from __future__ import annotations
 
 from . import _core
-from ._bcast import broadcast  # noqa: F401
-from ._const import *  # noqa: F401,F403
-from ._core import (Bdev, BdevIo, IoWaitEntry, bdev_destruct_done, bdev_register,  # noqa: F401
+from ._bcast import broadcast, on_main_thread, to_main
+from ._const import (EAGAIN, EBADF, EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOENT, ENOMEM,
+                     ENOTSUP, EPERM, EVENT_REMOVE, EVENT_RESIZE, IO_STATUS_FAILED,
+                     IO_STATUS_NOMEM, IO_STATUS_NVME_ERROR, IO_STATUS_PENDING,
+                     IO_STATUS_SCSI_ERROR, IO_STATUS_SUCCESS, IO_TYPE_FLUSH, IO_TYPE_INVALID,
+                     IO_TYPE_NAMES, IO_TYPE_NVME_ADMIN, IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD,
+                     IO_TYPE_READ, IO_TYPE_RESET, IO_TYPE_UNMAP, IO_TYPE_WRITE,
+                     IO_TYPE_WRITE_ZEROES, LARGE_BUF_MAX_SIZE, NUM_IO_TYPES, NVME_SC_SUCCESS,
+                     NVME_SC_INTERNAL_DEVICE_ERROR, NVME_SCT_GENERIC,
+                     SCSI_ASC_INTERNAL_TARGET_FAILURE, SCSI_ASC_INVALID_COMMAND_OPERATION_CODE,
+                     SCSI_ASC_INVALID_FIELD_IN_CDB, SCSI_ASC_LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE,
+                     SCSI_ASC_NO_ADDITIONAL_SENSE, SCSI_ASC_UNRECOVERED_READ_ERROR,
+                     SCSI_ASC_WRITE_ERROR, SCSI_ASCQ_CAUSE_NOT_REPORTABLE,
+                     SCSI_SENSE_ABORTED_COMMAND, SCSI_SENSE_HARDWARE_ERROR,
+                     SCSI_SENSE_ILLEGAL_REQUEST, SCSI_SENSE_MEDIUM_ERROR, SCSI_SENSE_NO_SENSE,
+                     SCSI_SENSE_NOT_READY, SCSI_STATUS_CHECK_CONDITION, SCSI_STATUS_GOOD,
+                     SMALL_BUF_MAX_SIZE, STATUS_INVALID, STATUS_READY, STATUS_REMOVING)
+from ._core import (Bdev, BdevIo, IoWaitEntry, bdev_destruct_done, bdev_register,
                     bdev_unregister, io_complete, io_get_buf, module_claim_bdev,
                     module_examine_done, module_finish_done, module_init_done,
                     module_list_find, module_list_remove, module_release_bdev,
                     notify_blockcnt_change, vbdev_register)
 
+__all__ = [
+    # module description and registration
+    "BdevModule", "register_module", "module_list_find", "module_list_remove",
+    "module_init_done", "module_finish_done", "module_examine_done",
+    # bdevs
+    "Bdev", "FnTable", "bdev_register", "vbdev_register", "bdev_unregister",
+    "bdev_destruct_done", "notify_blockcnt_change", "module_claim_bdev",
+    "module_release_bdev",
+    # replication (DESIGN.md, Control plane) and the module's shared memory
+    "broadcast", "on_main_thread", "to_main", "shm_instance",
+    # the bdev_io
+    "BdevIo", "IoWaitEntry", "io_complete", "io_get_buf", "bdev_io_complete",
+    "bdev_io_get_buf", "bdev_io_complete_nvme_status", "bdev_io_complete_scsi_status",
+    "bdev_io_get_iovec", "bdev_io_get_thread", "bdev_io_get_submit_tsc", "bdev_io_set_buf",
+    "bdev_io_callback_raised",
+    # errno values (returned negated)
+    "EAGAIN", "EBADF", "EBUSY", "EEXIST", "EINVAL", "EIO", "ENODEV", "ENOENT", "ENOMEM",
+    "ENOTSUP", "EPERM",
+    # io types, statuses, events, bdev states
+    "IO_TYPE_INVALID", "IO_TYPE_READ", "IO_TYPE_WRITE", "IO_TYPE_UNMAP", "IO_TYPE_FLUSH",
+    "IO_TYPE_RESET", "IO_TYPE_NVME_ADMIN", "IO_TYPE_NVME_IO", "IO_TYPE_NVME_IO_MD",
+    "IO_TYPE_WRITE_ZEROES", "NUM_IO_TYPES", "IO_TYPE_NAMES",
+    "IO_STATUS_SCSI_ERROR", "IO_STATUS_NVME_ERROR", "IO_STATUS_FAILED", "IO_STATUS_PENDING",
+    "IO_STATUS_SUCCESS", "IO_STATUS_NOMEM",
+    "EVENT_REMOVE", "EVENT_RESIZE", "STATUS_INVALID", "STATUS_READY", "STATUS_REMOVING",
+    # get_buf limits
+    "SMALL_BUF_MAX_SIZE", "LARGE_BUF_MAX_SIZE",
+    # NVMe and SCSI status values for complete_nvme_status / complete_scsi_status
+    "NVME_SCT_GENERIC", "NVME_SC_SUCCESS", "NVME_SC_INTERNAL_DEVICE_ERROR",
+    "SCSI_STATUS_GOOD", "SCSI_STATUS_CHECK_CONDITION",
+    "SCSI_SENSE_NO_SENSE", "SCSI_SENSE_NOT_READY", "SCSI_SENSE_MEDIUM_ERROR",
+    "SCSI_SENSE_HARDWARE_ERROR", "SCSI_SENSE_ILLEGAL_REQUEST", "SCSI_SENSE_ABORTED_COMMAND",
+    "SCSI_ASC_NO_ADDITIONAL_SENSE", "SCSI_ASC_WRITE_ERROR", "SCSI_ASC_UNRECOVERED_READ_ERROR",
+    "SCSI_ASC_INVALID_COMMAND_OPERATION_CODE", "SCSI_ASC_LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE",
+    "SCSI_ASC_INVALID_FIELD_IN_CDB", "SCSI_ASC_INTERNAL_TARGET_FAILURE",
+    "SCSI_ASCQ_CAUSE_NOT_REPORTABLE",
+]
 
 class BdevModule:
     """struct spdk_bdev_module.  ``module_init() -> int`` runs at bdev initialize (an
@@ -103,3 +161,13 @@ bdev_io_get_thread = _core.io_get_thread
 bdev_io_get_submit_tsc = _core.io_get_submit_tsc
 bdev_io_set_buf = _core.io_set_buf
 bdev_io_callback_raised = _core.callback_raised   # log a raising callback, keep the batch going
+
+
+def shm_instance():
+    """This replica's owner of the bdev layer's shared memory (an ``ipc.shm.Instance``):
+    on the main reactor once ``initialize`` ran, else None (the other replicas map what
+    the main one created; before initialize there is nothing to own).  A module creates
+    its per-bdev segments with it, ``Segment.create(shm_instance(), what, size)``, so
+    they are unlinked at bdev finish and on every exit path (drivers/malloc.py)."""
+    m = _core.get_manager()
+    return m.instance if m is not None else None

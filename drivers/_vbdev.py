@@ -1,8 +1,8 @@
 """Helpers the driver modules share: per-reactor module state, replicated create, and the
 "forward a bdev_io to a base bdev" step every vbdev repeats.
 
-drivers/passthru.py spells each of these out with comments (it is the template); the
-other modules call them here so the mechanics live in one place.
+The mechanics live here, in one place; drivers/passthru.py (the template) calls them
+with a comment at each call saying why, and every other module calls them the same way.
 
 Replication (DESIGN.md, Control plane): a create RPC runs on the main reactor's app
 thread.  ``replicated_create`` builds the bdev there first (synchronously, so a bad
@@ -85,9 +85,9 @@ def on_main_reactor() -> bool:
 
 
 # -------------------------------------------------------------- a vbdev over one base
-# The vbdevs that wrap a single base (delay, error) keep it in ``disk.desc``, the vbdev
-# in ``disk.bdev`` and the replica in ``state(<module>)[disk.name]``; passthru spells
-# the same steps out with comments.
+# The vbdevs that wrap a single base (passthru, delay, error) keep its descriptor in
+# ``disk.desc``, the vbdev in ``disk.bdev`` and the replica in
+# ``state(<module>)[disk.name]``.
 
 def base_event_unregister(event, _bdev, disk) -> None:
     """A base's event callback: when the base goes away, the main reactor unregisters the

@@ -20,7 +20,6 @@ import reactor as rx
 from reactor import wire
 
 import bdev as _bdev
-from bdev import _bcast, _core
 from bdev import module as bm
 
 log = logging.getLogger("ringstack.malloc")
@@ -160,8 +159,8 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
     segment cannot be created."""
     from ipc.shm import Segment
     cb = cb or (lambda rc, name: None)
-    if not _bcast.on_main_thread():   # the main thread owns the registry: hop there
-        _bcast.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary], cb)
+    if not bm.on_main_thread():   # the main thread owns the registry: hop there
+        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary], cb)
         return
     t = rx.get_thread()
     if name is None:
@@ -173,21 +172,20 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
     def fail(rc):
         rx.send_msg(t, cb, rc, name)
     if block_size <= 0 or block_size % 512 or num_blocks <= 0 or optimal_io_boundary < 0:
-        fail(-_core.EINVAL)
+        fail(-bm.EINVAL)
         return
     if _bdev.get_by_name(name) is not None:
-        fail(-_core.EEXIST)
+        fail(-bm.EEXIST)
         return
-    m = _core.get_manager()
-    inst = m.instance if m is not None else None
+    inst = bm.shm_instance()
     if inst is None:
-        fail(-_core.ENODEV)
+        fail(-bm.ENODEV)
         return
     try:
         seg = Segment.create(inst, f"malloc{next(_seq)}", num_blocks * block_size)
     except Exception:
         log.exception("malloc %s: cannot create its segment", name)
-        fail(-_core.ENOMEM)
+        fail(-bm.ENOMEM)
         return
     uuid = uuid or str(_uuid.uuid4())
     b = _build(name, seg, block_size, num_blocks, uuid, optimal_io_boundary, owned=True)
@@ -211,6 +209,6 @@ def delete(name, cb=None) -> None:
     cb = cb or (lambda rc: None)
     b = _bdev.get_by_name(name)
     if b is None or b.module is not malloc_module:
-        rx.send_msg(rx.get_thread(), cb, -_core.ENODEV)
+        rx.send_msg(rx.get_thread(), cb, -bm.ENODEV)
         return
-    _core.bdev_unregister(b, lambda arg, rc: cb(rc))
+    bm.bdev_unregister(b, lambda arg, rc: cb(rc))

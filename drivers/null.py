@@ -15,7 +15,6 @@ import reactor as rx
 from reactor import wire
 
 import bdev as _bdev
-from bdev import _bcast, _core
 from bdev import module as bm
 
 log = logging.getLogger("ringstack.null")
@@ -108,15 +107,15 @@ def _create_replica(done, name, num_blocks, block_size, uuid):
 def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
     """Create a null bdev on every reactor (main thread); ``cb(rc, name)``."""
     cb = cb or (lambda rc, name: None)
-    if not _bcast.on_main_thread():   # the main thread owns the registry: hop there
-        _bcast.to_main(_create_on_main, [name, num_blocks, block_size, uuid], cb)
+    if not bm.on_main_thread():   # the main thread owns the registry: hop there
+        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid], cb)
         return
     t = rx.get_thread()
     if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0:
-        rx.send_msg(t, cb, -_core.EINVAL, name)
+        rx.send_msg(t, cb, -bm.EINVAL, name)
         return
     if _bdev.get_by_name(name) is not None:
-        rx.send_msg(t, cb, -_core.EEXIST, name)
+        rx.send_msg(t, cb, -bm.EEXIST, name)
         return
     uuid = uuid or str(_uuid.uuid4())
     b = _build(name, num_blocks, block_size, uuid)
@@ -138,6 +137,6 @@ def delete(name, cb=None) -> None:
     cb = cb or (lambda rc: None)
     b = _bdev.get_by_name(name)
     if b is None or b.module is not null_module:
-        rx.send_msg(rx.get_thread(), cb, -_core.ENODEV)
+        rx.send_msg(rx.get_thread(), cb, -bm.ENODEV)
         return
-    _core.bdev_unregister(b, lambda arg, rc: cb(rc))
+    bm.bdev_unregister(b, lambda arg, rc: cb(rc))

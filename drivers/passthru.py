@@ -3,7 +3,9 @@
 This module does nothing useful on purpose.  It sits on top of one *base* bdev, claims it
 (so nobody else can write to it behind our back), and forwards every I/O unchanged.  What
 it shows is the whole life of a vbdev in ringstack, and each step carries a comment saying
-*why* it is done that way.  Copy this file, rename, and change ``_submit`` to do your thing.
+*why* it is done that way.  Copy this file, rename, and change ``submit_request`` to do
+your thing.  The mechanics every vbdev over one base shares live in ``drivers/_vbdev.py``
+and are called here exactly as drivers/delay.py and drivers/error.py call them.
 
 The pieces, in the order a request meets them:
 
@@ -30,9 +32,9 @@ The pieces, in the order a request meets them:
    ``-ENOMEM``: we park the request with ``queue_io_wait`` and resubmit when one is free
    (failing it would turn a transient shortage into an I/O error).
 
-5. **Completion** (:func:`_complete`): copy the base's status into ours, give the base's
-   bdev_io back (``free_io``) *before* completing ours (our caller's callback may submit
-   again and want that bdev_io).
+5. **Completion** (``_vbdev.submit_to_base``'s default callback): copy the base's status
+   into ours (NVMe status included), give the base's bdev_io back (``free_io``) *before*
+   completing ours (our caller's callback may submit again and want that bdev_io).
 
 6. **Hot-remove**: when the base goes away, the bdev layer calls our event callback on the
    thread that opened the base.  The main reactor's replica unregisters the vbdev
@@ -55,21 +57,24 @@ from . import _vbdev
 log = logging.getLogger("ringstack.passthru")
 
 #: The module description.  No module_init/fini: the module keeps nothing global; all its
-#: state is per reactor, created with the first vbdev and dropped with the last.
+#: state is per reactor (``_vbdev.state("passthru")``), created with the first vbdev and
+#: dropped with the last.
 passthru_module = bm.register_module(bm.BdevModule("passthru"))
 
 
 class PtNode:
     """One replica's context of one passthru vbdev (SPDK's ``struct vbdev_passthru``).
     It is also the io_device key of the replica's channels (a plain object, so the
-    device stays local to this reactor: each reactor registers its own)."""
+    device stays local to this reactor: each reactor registers its own).  The field
+    names are the ones the ``_vbdev`` helpers use: ``desc`` is our descriptor on the
+    base, ``bdev`` the vbdev."""
 
-    __slots__ = ("name", "base_name", "base_desc", "bdev", "__weakref__")
+    __slots__ = ("name", "base_name", "desc", "bdev", "__weakref__")
 
     def __init__(self, name, base_name):
         self.name = name
         self.base_name = base_name
-        self.base_desc = None
+        self.desc = None
         self.bdev = None
 
 
@@ -86,41 +91,40 @@ def _channel_create(node: PtNode) -> PtChannel:
     # Runs on the thread that asked for a channel to the vbdev: take that thread's
     # channel to the base.  The base descriptor belongs to the reactor's default thread,
     # but a desc's channels may be had on any thread of its reactor (as in SPDK).
-    base_ch = api.get_io_channel(node.base_desc)
-    if base_ch is None:
-        raise RuntimeError(f"passthru {node.name}: no channel to base {node.base_name}")
-    return PtChannel(base_ch)
+    # ``base_channel`` raises when the base gives none, so no half-made channel exists.
+    return PtChannel(_vbdev.base_channel(node, "passthru"))
 
 
 def _channel_destroy(node: PtNode, ctx: PtChannel) -> None:
     api.put_io_channel(ctx.base_ch)
 
 
-class PassthruFnTable(bm.FnTable):
-    """What the bdev layer calls on our bdev (SPDK's ``spdk_bdev_fn_table``)."""
+class PassthruFnTable(_vbdev.OverBaseFnTable):
+    """What the bdev layer calls on our bdev (SPDK's ``spdk_bdev_fn_table``).
+
+    Inherited from ``OverBaseFnTable``, because every vbdev over one base does the same:
+    ``io_type_supported`` -- exactly what the base supports (forwarding cannot add
+    abilities); ``get_io_channel`` -- this thread's channel to our io_device; and
+    ``destruct`` -- runs on each replica once its last descriptor on the vbdev closed:
+    release the claim and close our descriptor on the base *here*, on the reactor that
+    opened it, then drop the io_device and the replica's state (``module_name``)."""
+
+    module_name = "passthru"
 
     def submit_request(self, ch, io) -> None:
         # ``ch`` is our channel on the submitting thread (its ctx a PtChannel).  A read
-        # may arrive without a buffer (the caller let the layer choose): get one first,
-        # from the shared pool, so the base can fill it.
-        _vbdev.with_buf(io, lambda io: _submit(ch.ctx, io))
-
-    def io_type_supported(self, node, io_type) -> bool:
-        # We support exactly what the base supports: forwarding cannot add abilities.
-        return api.io_type_supported(node.base_desc.bdev, io_type)
-
-    def get_io_channel(self, node):
-        return rx.get_io_channel(node)
-
-    def destruct(self, node) -> int:
-        # Runs on each replica once its last descriptor on the vbdev closed.  Release
-        # the claim and close our descriptor on the base *here*, on the thread that
-        # opened it, then drop the io_device and the replica's bookkeeping.
-        _vbdev.close_base(node.base_desc)
-        node.base_desc = None
-        rx.io_device_unregister(node)
-        _vbdev.state("passthru").pop(node.name, None)
-        return 0
+        # may arrive without a buffer (the caller let the layer choose): ``with_buf``
+        # gets one first, from the shared pool, so the base can fill it.  Then the same
+        # request goes to the base (``submit_to_base``; its completion callback copies
+        # the status back, see 5. above).  A base out of bdev_io structures answers
+        # -ENOMEM: ``Resubmitter`` parks the request with ``queue_io_wait`` and tries
+        # again when one is free on this thread -- not an error, failing it would turn
+        # a transient shortage into an I/O error; any other refusal fails the I/O.
+        node = io.bdev.ctxt
+        pch = ch.ctx
+        _vbdev.with_buf(io, _vbdev.Resubmitter(
+            node.desc.bdev, pch.base_ch,
+            lambda io: _vbdev.submit_to_base(io, node.desc, pch.base_ch)))
 
     def dump_info_json(self, node, w: dict) -> int:
         # What bdev_get_bdevs shows under driver_specific.
@@ -137,74 +141,26 @@ class PassthruFnTable(bm.FnTable):
 _fn_table = PassthruFnTable()
 
 
-def _submit(pch: PtChannel, io) -> None:
-    node = io.bdev.ctxt
-    rc = _vbdev.submit_to_base(io, node.base_desc, pch.base_ch, cb=_complete)
-    if rc == 0:
-        return
-    if rc == -errno.ENOMEM:
-        # The base has no free bdev_io on this thread: wait for one, then resubmit.
-        # Not an error -- the layer calls us back when a bdev_io is freed here.
-        entry = api.IoWaitEntry(node.base_desc.bdev, _resubmit, (pch, io))
-        if api.queue_io_wait(node.base_desc.bdev, pch.base_ch, entry) == 0:
-            return
-    log.error("passthru %s: base %s refused the I/O: %s", node.name, node.base_name, rc)
-    io.complete(bm.IO_STATUS_FAILED)
-
-
-def _resubmit(arg) -> None:
-    pch, io = arg
-    _submit(pch, io)
-
-
-def _complete(base_io, success, io) -> None:
-    # Free the base's bdev_io first: our completion may run a callback that submits
-    # again on this thread, and it should find the bdev_io back in the cache.
-    nvme = base_io.get_nvme_status() if base_io.status == bm.IO_STATUS_NVME_ERROR else None
-    api.free_io(base_io)
-    if nvme is not None:
-        io.complete_nvme_status(*nvme)     # keep the base's NVMe status for the caller
-    else:
-        io.complete(bm.IO_STATUS_SUCCESS if success else bm.IO_STATUS_FAILED)
-
-
-def _base_event(event, bdev, node) -> None:
-    # The base is going away (or was resized).  Only the main reactor starts the
-    # vbdev's unregister: the bdev layer replicates it to every reactor, whose destructs
-    # close their own base descriptors.  (If every replica unregistered on its own, the
-    # same vbdev would be unregistered n times.)
-    if event == api.EVENT_REMOVE and _vbdev.on_main_reactor() and node.bdev is not None \
-            and node.bdev.status != bm.STATUS_REMOVING:
-        bm.bdev_unregister(node.bdev, None)
-
-
 def _build(name: str, base_name: str) -> int:
     """Create this reactor's replica of the vbdev.  Returns 0 or a negative errno, and on
     error leaves nothing behind."""
     if api.get_by_name(name) is not None:
         return -errno.EEXIST
     node = PtNode(name, base_name)
-    rc, desc = _vbdev.open_base(base_name, _base_event, node, passthru_module)
+    # Open the base read-write and claim it (-ENODEV: no such base, -EPERM: another
+    # module claimed it).  The event callback is the hot-remove step: when the base goes
+    # away, only the main reactor starts the vbdev's unregister -- the bdev layer
+    # replicates it to every reactor, whose destructs close their own base descriptors
+    # (if every replica unregistered on its own, the vbdev would be unregistered n times).
+    rc, desc = _vbdev.open_base(base_name, _vbdev.base_event_unregister, node, passthru_module)
     if rc:
         return rc
-    base = desc.bdev
-    node.base_desc = desc
-    # The vbdev copies the geometry of its base: same blocks, same size, same rules.
-    bdev = bm.Bdev(name, blocklen=base.blocklen, blockcnt=base.blockcnt,
-                   module=passthru_module, fn_table=_fn_table, ctxt=node,
-                   product_name="passthru", write_cache=base.write_cache,
-                   need_aligned_buffer=base.need_aligned_buffer,
-                   optimal_io_boundary=base.optimal_io_boundary,
-                   split_on_optimal_io_boundary=base.split_on_optimal_io_boundary)
-    node.bdev = bdev
-    rx.io_device_register(node, _channel_create, _channel_destroy, name=f"passthru.{name}")
-    rc = bm.vbdev_register(bdev, [base], 1)
-    if rc:
-        rx.io_device_unregister(node)
-        _vbdev.close_base(desc)
-        return rc
-    _vbdev.state("passthru")[name] = node
-    return 0
+    node.desc = desc
+    # The vbdev copies the geometry of its base (same blocks, same size, same rules),
+    # registers its io_device and the bdev, and records the replica in the module state;
+    # on failure it undoes all of that and releases the base.
+    return _vbdev.register_over_base(node, passthru_module, "passthru", _fn_table, "passthru",
+                                     _channel_create, _channel_destroy)
 
 
 @rx.remote("drivers.passthru.create_replica")

@@ -13,10 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_CORES = len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
 
 
-def bdevperf(*args, timeout=60, env=None):
+def bdevperf(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "tools.cli", "bdevperf", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------ flag errors
@@ -58,9 +57,6 @@ def test_bad_config_json(tmp_path):
 
 
 def test_bad_config_params_one_line(tmp_path):
-    from tools import bdevperf_bdev
-    if not bdevperf_bdev.real_layer_available():
-        pytest.skip("the bdev layer has not landed")
     for entry, needle in (
             ({"method": "bdev_set_options", "params": {"bdev_io_pool_size": -5}}, "bdev_io_pool_size"),
             ({"method": "bdev_malloc_create", "params": {"block_size": 512}}, "num_blocks"),
@@ -75,9 +71,6 @@ def test_bad_config_params_one_line(tmp_path):
 def test_startup_entries_applied(tmp_path):
     """A save_config-style file: bdev_set_options (STARTUP only) is applied before the bdev
     layer starts, not skipped."""
-    from tools import bdevperf_bdev
-    if not bdevperf_bdev.real_layer_available():
-        pytest.skip("the bdev layer has not landed")
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
         {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 4096, "bdev_io_cache_size": 64}},
@@ -184,13 +177,6 @@ def test_other_workloads_run(workload, tmp_path):
 def test_error_bdev_corruption_names_offset(tmp_path):
     """verify over an error bdev (drivers/error.py) whose next read is corrupted at byte 700:
     the run fails and names the target and the offset."""
-    from tools import bdevperf_bdev
-    if not bdevperf_bdev.real_layer_available():
-        pytest.skip("the bdev layer (bdev/api.py) has not landed")
-    try:
-        import drivers.error  # noqa: F401
-    except ImportError:
-        pytest.skip("drivers/error.py (bdev_error_create / bdev_error_inject_error) has not landed")
     img = tmp_path / "base.img"
     img.write_bytes(bytes(4 << 20))
     cfg = tmp_path / "c.json"
@@ -277,28 +263,18 @@ def test_plot_errors_are_one_line(tmp_path):
     assert p.returncode == 1 and "matplotlib is not installed" in p.stderr and "Traceback" not in p.stderr
 
 
-@pytest.mark.parametrize("layer", ["bdev", "standin"])
 @pytest.mark.parametrize("workload", ["randread", "verify"])
-def test_enomem_waits_and_resubmits(tmp_path, workload, layer):
+def test_enomem_waits_and_resubmits(tmp_path, workload):
     """Depth above the bdev_io pool: submits get -ENOMEM, bdevperf queue_io_waits and carries
-    on.  The real layer gets a 256-entry pool through bdev_set_options (a STARTUP entry);
-    the stand-in has 256 bdev_ios per channel."""
+    on.  The bdev layer gets a 256-entry pool through bdev_set_options (a STARTUP entry)."""
     out = tmp_path / "r.json"
-    args = ["-q", "512", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out)]
-    env = None
-    if layer == "bdev":
-        from tools import bdevperf_bdev
-        if not bdevperf_bdev.real_layer_available():
-            pytest.skip("the bdev layer has not landed")
-        cfg = tmp_path / "c.json"
-        cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
-            {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 256, "bdev_io_cache_size": 16}},
-            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 16384,
-                                                        "block_size": 512}}]}]}))
-        args += ["-c", str(cfg)]
-    else:
-        env = {"RINGSTACK_BDEVPERF_BACKEND": "standin"}
-    p = bdevperf(*args, env=env)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 256, "bdev_io_cache_size": 16}},
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 16384,
+                                                    "block_size": 512}}]}]}))
+    p = bdevperf("-q", "512", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out),
+                 "-c", str(cfg))
     assert p.returncode == 0, p.stdout + p.stderr
     j = json.loads(out.read_text())["results"][0]
     assert j["nomem_waits"] > 0 and j["io_failed"] == 0 and j["iops"] > 0 and j["status"] == "finished"

@@ -9,7 +9,7 @@ import pytest
 
 import bdev_stub
 from bdev import api
-from drivers import aio, aio_engine, delay, error, raid
+from drivers import aio, aio_engine, delay, error, passthru, raid
 from drivers_util import Io, mk_malloc, pattern, rm, run_until
 from reactor.testing import Harness
 
@@ -221,3 +221,64 @@ def test_raid0_layout_puts_strips_round_robin(h):
     m1.close()
     h.set_thread(0)
     assert api.get_by_name("R0").blockcnt == 512 and api.get_by_name("R0").optimal_io_boundary == 8
+
+
+# ------------------------------------------------------------ vbdevs out of bdev_ios
+_OVER_ONE_BASE = {
+    "passthru": (lambda base, cb: passthru.create("PT", base, cb), "PT"),
+    "delay": (lambda base, cb: delay.create("DL", base, 0, 0, 0, 0, cb), "DL"),
+    "error": (lambda base, cb: error.create(base, cb), "EE_M0"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_OVER_ONE_BASE))
+def test_vbdev_over_one_base_waits_for_a_bdev_io_and_resubmits(kind, monkeypatch):
+    """passthru, delay and error forward the same way (drivers/_vbdev): a child submit to
+    the base that finds no bdev_io (-ENOMEM) waits with queue_io_wait and is resubmitted
+    when one is freed, so every I/O completes, with the right data, none failed."""
+    waits = []
+    real_wait = api.queue_io_wait
+
+    def counting_wait(bdev, ch, entry):
+        waits.append(bdev.name)
+        return real_wait(bdev, ch, entry)
+    monkeypatch.setattr(api, "queue_io_wait", counting_wait)
+    with Harness(n_threads=1, n_reactors=1) as hh:
+        # an odd number of bdev_ios: each read through the vbdev takes two (its own and
+        # the child the vbdev submits to the base at once), so the child of the read that
+        # takes the last one finds none
+        bdev_stub.init_layer(hh, conf={"BdevIoPoolSize": 7, "BdevIoCacheSize": 2})
+        try:
+            assert mk_malloc(hh, "M0", blocks=64) == 0
+            io = Io(hh, "M0", 0)
+            data = pattern(64 * 512, 3)
+            assert io.write(0, data) == (0, True)
+            io.close()
+            make, name = _OVER_ONE_BASE[kind]
+            assert _ok(hh, make, "M0") == 0
+            v = Io(hh, name, 0)
+            bufs = []
+            done = []
+
+            def cb(bio, success, i):
+                done.append((i, success))
+                api.free_io(bio)
+            while len(bufs) < 16:           # submit until the user's own submit is refused
+                b = bytearray(512)
+                rc = api.read_blocks(v.desc, v.ch, b, len(bufs) * 7, 1, cb, len(bufs))
+                if rc:
+                    assert rc == -errno.ENOMEM
+                    break
+                bufs.append(b)
+            n = len(bufs)
+            assert n >= 2 and waits == ["M0"]             # the last child waits on the base
+            assert run_until(hh, lambda: len(done) == n)
+            assert sorted(done) == [(i, True) for i in range(n)]
+            assert [bytes(b) for b in bufs] == [data[i * 7 * 512:(i * 7 + 1) * 512] for i in range(n)]
+            v.close()
+        finally:
+            hh.set_thread(0)
+            for b in reversed([b.name for b in api.bdevs()]):
+                if api.get_by_name(b) is not None:
+                    rm(hh, b)
+            bdev_stub.fini_layer(hh)

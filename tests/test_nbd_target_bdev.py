@@ -157,3 +157,85 @@ def test_buffers_are_arena_views_cached_per_length_and_returned_at_close(h):
     hd.free(big)
     hd.close()
     assert (m.small_avail, m.large_avail) == (small0, large0)
+
+
+@pytest.fixture
+def small_pools():
+    """One reactor whose bdev layer has 8 small (8 KiB) and 4 large (64 KiB) buffers."""
+    from bdev import _core
+    saved = dict(_core._default_opts)
+    with Harness(n_threads=1, n_reactors=1) as hh:
+        hh.set_thread(0)
+        assert B.set_opts({"small_buf_pool_size": 8, "large_buf_pool_size": 4}) == 0
+        bdev_stub.init_layer(hh)
+        yield hh
+        hh.set_thread(0)
+        for name in [b.name for b in B.bdevs()]:
+            B.bdev_unregister(B.get_by_name(name))
+            hh.poll_threads()
+        bdev_stub.fini_layer(hh)
+    _core._default_opts.update(saved)
+
+
+def _drain_dma(size=512):
+    """dma_malloc until the pool answers None; the buffers taken."""
+    got = []
+    while (v := B.dma_malloc(size)) is not None:
+        got.append(v)
+    return got
+
+
+def test_export_buffers_come_from_the_dma_pool_and_freed_ones_are_handed_on(small_pools):
+    h = small_pools
+    bdev_stub.create("s0", blockcnt=64, blocklen=512)
+    h.poll_threads()
+    e = BdevExport("s0")
+    hd = e.open(lambda *a: None)
+    held = [hd.alloc(4096), hd.alloc(512), hd.alloc(1024)]     # a quarter of 8: two from the pool
+    big = hd.alloc(65536)                                      # a quarter of 4: one large
+    # the export's buffers are accounted in the pool dma_malloc draws from
+    others = _drain_dma()
+    assert len(others) == 8 - 2
+    others_large = _drain_dma(65536)
+    assert len(others_large) == 4 - 1
+    # pool exhausted: the export still serves, from private memory, with no stall
+    hd2 = e.open(lambda *a: None)
+    buf = hd2.alloc(4096)
+    assert buf is not None and len(buf) == 4096
+    d = Done()
+    hd2.read(0, 4096, buf, d.cb("r"))
+    h.poll_threads()
+    assert bdev_stub.complete("s0") == 1
+    h.poll_threads()
+    assert d.got == [("r", 0)]
+    hd2.free(buf)
+    hd2.close()
+    # a get_buf waiter of this thread (the small pool is empty) ...
+    rc, desc = B.open(B.get_by_name("s0"), False)
+    ch = B.get_io_channel(desc)
+    cpl = bdev_stub.Cpl()
+    assert B.read_blocks(desc, ch, None, 0, 1, cpl, "g") == 0
+    h.poll_threads()
+    waited = []
+    bdev_stub.outstanding("s0")[-1].get_buf(lambda mch, io: waited.append(io), 512)
+    assert waited == []
+    # ... gets the first buffer the export gives back when its connection ends
+    for v in held:
+        hd.free(v)
+    hd.free(big)
+    hd.close()
+    assert len(waited) == 1 and len(waited[0].iovs[0]) == 512
+    back = _drain_dma()
+    assert len(back) == 1                                      # the other one went to the pool
+    back_large = _drain_dma(65536)
+    assert len(back_large) == 1                                # and so did the large one
+    bdev_stub.complete("s0")
+    h.poll_threads()
+    assert cpl.done == [("g", True)]
+    for v in others + others_large + back + back_large:
+        assert B.dma_free(v) == 0
+    m = h.reactors[0].locals["bdev"]
+    assert m.buf_pool.in_use == 0 and (m.small_avail, m.large_avail) == (8, 4)
+    B.put_io_channel(ch)
+    B.close(desc)
+    h.poll_threads()

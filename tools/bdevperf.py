@@ -841,9 +841,6 @@ class Run:
 
     # -- 1. bdevs
     def begin(self) -> None:
-        if B.BACKEND == "standin" and not self.o.get("quiet"):
-            print("bdevperf: note: the bdev layer or its malloc module is not available yet; running on bdevperf's "
-                  "stand-in bdev layer (tools/bdevperf_standin.py)", file=sys.stderr, flush=True)
         if self.o.get("config_dict") is not None:
             B.load_config_dict(self.o["config_dict"], self.bdevs_ready)
         elif self.o.get("config"):
@@ -1007,7 +1004,7 @@ class Run:
         global last_result
         last_result = {
             "json": R.perform_tests_json(results, len({s["reactor"] for s in self.specs.values()}),
-                                         self.timeline, {"backend": B.BACKEND}, terminated=self.shutdown),
+                                         self.timeline, terminated=self.shutdown),
             "results": results,
             "rc": self.rc,
             "mismatches": mismatches,
@@ -1083,14 +1080,11 @@ def run_app(opts: dict) -> int:
     from reactor.app import App
     global _run, last_result
     last_result = None
-    if (opts.get("config") or opts.get("config_dict")) and B.BACKEND != "bdev" and B.real_layer_available() \
-            and not os.environ.get("RINGSTACK_BDEVPERF_BACKEND"):
-        B.use_backend("bdev")        # a config names real modules: never the stand-in
-    extra = B.prepare_real() if B.BACKEND == "bdev" else B.IMPORTS
+    extra = B.prepare_real()
     imports = ["tools.bdevperf"] + [m for m in extra if m != "tools.bdevperf"]
     app_kw = {}
     tmpdir = None
-    if B.BACKEND == "bdev" and (opts.get("config") or opts.get("config_dict")):
+    if opts.get("config") or opts.get("config_dict"):
         from reactor.rpc_config import read_config
         config = opts["config_dict"] if opts.get("config_dict") is not None else read_config(opts["config"])
         startup, rest = B.split_startup(config)
@@ -1102,8 +1096,6 @@ def run_app(opts: dict) -> int:
             import tempfile
             tmpdir = tempfile.mkdtemp(prefix="bdevperf.")
             app_kw = {"config": startup, "rpc_socket": os.path.join(tmpdir, "rpc.sock")}
-    saved = os.environ.get("RINGSTACK_BDEVPERF_BACKEND")
-    os.environ["RINGSTACK_BDEVPERF_BACKEND"] = B.BACKEND    # reactors bind the same backend
     try:
         rc = App(opts["cores"], mode=opts["mode"], imports=imports, name="bdevperf",
                  shutdown_cb=_on_app_shutdown, **app_kw).run(_app_main, opts)
@@ -1112,10 +1104,6 @@ def run_app(opts: dict) -> int:
         if tmpdir is not None:
             import shutil
             shutil.rmtree(tmpdir, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("RINGSTACK_BDEVPERF_BACKEND", None)
-        else:
-            os.environ["RINGSTACK_BDEVPERF_BACKEND"] = saved
     return rc
 
 

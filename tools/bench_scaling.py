@@ -89,8 +89,7 @@ def _reactors_case(bdev, mask, workload, io_size, seconds) -> dict:
 def _summary(j: dict) -> dict:
     return {"iops": j["total"]["iops"], "mibps": j["total"]["mibps"],
             "avg_latency_us": j["total"]["avg_latency_us"],
-            "jobs": [{"core_mask": r["core_mask"], "iops": r["iops"]} for r in j["results"]],
-            "backend": j.get("backend")}
+            "jobs": [{"core_mask": r["core_mask"], "iops": r["iops"]} for r in j["results"]]}
 
 
 # ---------------------------------------------------------------- in-process reactors
@@ -170,8 +169,6 @@ def _inprocess_case(bdev, workload, io_size, seconds, n_reactors, n_threads, pro
     from reactor import subsystem
     from tools import bdevperf
     from tools import bdevperf_bdev as B
-    if B.BACKEND != "bdev":
-        B.use_backend("bdev")
     B.prepare_real()
     o = _opts(bdev, "0x3" if n_reactors > 1 else "0x1", workload, io_size, seconds, n_reactors > 1)
     o["cores"] = list(range(n_reactors))

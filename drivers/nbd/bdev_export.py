@@ -14,14 +14,19 @@ io_channel of that thread, so the data plane never leaves the thread:
 * Hot-remove: the descriptor's REMOVE event becomes the server's ``"removed"`` event; the
   server answers in-flight requests with ESHUTDOWN and closes the connection; the handle
   closes the desc and puts the channel once every submitted op has completed.
-* Buffers (`alloc`): up to 64 KiB they come from the bdev layer's shared arena slice of this
-  reactor (the pool `get_buf` uses, with the same accounting, so the layer's counters stay
-  right).  Each view is cached in the handle by length and goes back to the pool only when
-  the connection ends; a connection holds at most CACHE_SMALL/CACHE_LARGE of them (and a
-  quarter of the reactor's pool).  Beyond that, and above 64 KiB, buffers are private
-  memory, also cached (up to PRIVATE_CACHE bytes).  Nothing here crosses processes, so a
-  private buffer costs nothing extra; the bdev layer bounce-copies through the arena
-  whenever an I/O does cross (QoS funnelling).
+* Buffers (`alloc`): up to 64 KiB they are `api.dma_malloc` buffers, i.e. views of this
+  reactor's slice of the bdev layer's shared arena, from the same 8 KiB / 64 KiB pools as
+  `get_buf`, QoS bounce copies and every other `dma_malloc` user.  Each view is cached in
+  the handle by length and given back with `api.dma_free` only when the connection ends
+  (so a `get_buf` waiter of this thread gets it first); a connection holds at most
+  CACHE_SMALL/CACHE_LARGE of them and a quarter of each of this reactor's pools.  Such a
+  buffer crosses reactors (QoS funnelling) without a bounce copy.
+* Pool exhausted: `dma_malloc` answers None at once and never waits.  The handle then
+  serves the request from private memory, as it does above 64 KiB and beyond its share:
+  `alloc` never returns None, so a connection never stalls on buffers, nothing spins
+  waiting for the pool and no request is held back or lost.  Private buffers are cached
+  too (up to PRIVATE_CACHE bytes); the bdev layer bounce-copies one only if its I/O
+  crosses reactors (and that copy waits for an arena buffer in the layer's own queue).
 * FUA: a bdev without a volatile write cache (`has_write_cache` false) persists every write
   it completes, so FUA needs nothing; with a write cache and FLUSH support, a FUA write or
   trim is followed by a flush before it is answered; otherwise FUA is not advertised.
@@ -35,6 +40,7 @@ import logging
 from typing import Optional
 
 import bdev.api as api
+import reactor as rx
 
 from .backend import EVENT_REMOVED, Export, ExportHandle
 
@@ -52,13 +58,12 @@ PRIVATE_CACHE = 16 * 1024 * 1024
 MAX_PAYLOAD = 32 * 1024 * 1024
 
 
-def _manager():
-    """This reactor's bdev manager (its arena pool and buffer counters), or None."""
-    try:
-        from bdev import _core
-        return _core.get_manager()
-    except Exception:  # pragma: no cover - the layer is not initialised here
-        return None
+def _pool_share(count: int) -> int:
+    """This reactor's share of an app-wide pool count (the bdev layer's split: reactor i
+    gets count // n, plus one for the first count % n reactors)."""
+    r = rx.current_reactor()
+    n = r.n_reactors
+    return count // n + (1 if r.index < count % n else 0)
 
 
 class BdevExport(Export):
@@ -109,8 +114,8 @@ class BdevHandle(ExportHandle):
     """One connection's desc + io_channel (see the module docstring)."""
 
     __slots__ = ("export", "desc", "ch", "bdev", "_event_cb", "_bufs", "_by_len", "_private",
-                 "_taken_small", "_taken_large", "_cap_small", "_cap_large", "_mgr", "_pool",
-                 "_waiting", "_shift", "closed", "removed")
+                 "_taken_small", "_taken_large", "_cap_small", "_cap_large", "_waiting",
+                 "_shift", "closed", "removed")
 
     def __init__(self, export: BdevExport, event_cb):
         self.export = export
@@ -125,18 +130,13 @@ class BdevHandle(ExportHandle):
         self.desc = desc
         self.ch = ch
         self.bdev = api.desc_get_bdev(desc)
-        self._bufs: dict = {}          # id(view) -> (its free list, view, full buffer view, handle)
+        self._bufs: dict = {}          # id(view) -> (its free list, view, is a dma buffer)
         self._by_len: dict = {}        # length -> free views of that length
         self._private = 0              # bytes of private buffers cached
         self._taken_small = self._taken_large = 0
-        m = _manager()
-        self._mgr = m
-        self._pool = m.buf_pool if m is not None else None
-        if self._pool is not None:
-            self._cap_small = min(CACHE_SMALL, m.opts["small_buf_pool_size"] // 4)
-            self._cap_large = min(CACHE_LARGE, m.opts["large_buf_pool_size"] // 4)
-        else:
-            self._cap_small = self._cap_large = 0
+        opts = api.get_opts()
+        self._cap_small = min(CACHE_SMALL, _pool_share(opts["small_buf_pool_size"]) // 4)
+        self._cap_large = min(CACHE_LARGE, _pool_share(opts["large_buf_pool_size"]) // 4)
         self._waiting: list = []        # ops waiting for a bdev_io (ENOMEM), in order
         self._shift = export.block_min.bit_length() - 1
         self.closed = False
@@ -158,49 +158,39 @@ class BdevHandle(ExportHandle):
         lst = self._by_len.get(length)
         if lst:
             return lst.pop()
-        full = None
-        if length <= _LARGE:
-            full, h = self._take(0 if length <= _SMALL else 1, length)
-        if full is None:
-            # Private memory (over 64 KiB, or this handle's arena share is used up): cached
-            # too, up to PRIVATE_CACHE bytes, so a stream of 128 KiB reads does not pay
-            # for a fresh zeroed allocation each time.
+        v = self._take(length) if length <= _LARGE else None
+        dma = v is not None
+        if not dma:
+            # Private memory (over 64 KiB, this handle's share used up, or the pool
+            # empty): cached too, up to PRIVATE_CACHE bytes, so a stream of 128 KiB reads
+            # does not pay for a fresh zeroed allocation each time.
             v = memoryview(bytearray(length))
             if self._private + length > PRIVATE_CACHE:
                 return v
             self._private += length
-            full = h = None
-        else:
-            v = full[:length] if len(full) != length else full
         if lst is None:
             lst = self._by_len[length] = []
         # A view stays bound to its length while this handle caches it.
-        self._bufs[id(v)] = (lst, v, full, h)
+        self._bufs[id(v)] = (lst, v, dma)
         return v
 
-    def _take(self, cls: int, length: int):
-        """A new arena buffer of class `cls` (None, None when over this handle's share or
-        the pool is empty)."""
-        m = self._mgr
-        if m is None:
-            return None, None
-        if cls == 0:
-            if self._taken_small >= self._cap_small or m.small_avail <= 0:
-                return None, None
-            h = self._pool.get(_SMALL)
-            if h is None:
-                return None, None
-            m.small_avail -= 1
-            self._taken_small += 1
+    def _take(self, length: int) -> Optional[memoryview]:
+        """A dma_malloc buffer of exactly `length` bytes (<= 64 KiB), or None when this
+        handle holds its share of that size class or the pool is empty (dma_malloc does
+        not wait: the caller falls back to private memory)."""
+        if length <= _SMALL:
+            if self._taken_small >= self._cap_small:
+                return None
+            v = api.dma_malloc(length)
+            if v is not None:
+                self._taken_small += 1
         else:
-            if self._taken_large >= self._cap_large or m.large_avail <= 0:
-                return None, None
-            h = self._pool.get(_LARGE)
-            if h is None:
-                return None, None
-            m.large_avail -= 1
-            self._taken_large += 1
-        return self._pool.view(h), h
+            if self._taken_large >= self._cap_large:
+                return None
+            v = api.dma_malloc(length)
+            if v is not None:
+                self._taken_large += 1
+        return v
 
     def free(self, buf: memoryview) -> None:
         ent = self._bufs.get(id(buf))
@@ -212,23 +202,11 @@ class BdevHandle(ExportHandle):
         if cached != len(self._bufs):
             log.error("nbd: export %r: %d buffers not returned at close", self.export.name,
                       len(self._bufs) - cached)
-        m, pool = self._mgr, self._pool
-        for _lst, v, full, h in self._bufs.values():
-            v.release()
-            if full is None:
-                continue
-            full.release()
-            if m is None:
-                continue
-            try:
-                pool.put(h)
-            except ValueError:
-                log.exception("nbd: arena buffer %s could not be returned", h)
-                continue
-            if h.length <= _SMALL:
-                m.small_avail += 1
-            else:
-                m.large_avail += 1
+        for _lst, v, dma in self._bufs.values():
+            if not dma:
+                v.release()
+            elif api.dma_free(v):   # releases the view; a get_buf waiter here gets it first
+                log.error("nbd: export %r: a dma buffer could not be returned", self.export.name)
         self._bufs.clear()
         self._by_len.clear()
         self._taken_small = self._taken_large = 0
@@ -351,5 +329,4 @@ def _done(bdev_io, success, cb) -> None:
 
 
 def _defer(fn) -> None:
-    import reactor as rx
     rx.send_msg(rx.get_thread(), fn, None)

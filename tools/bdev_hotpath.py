@@ -1,9 +1,11 @@
 """Micro-benchmark of the bdev hot path: read_blocks on the null bdev, submit -> module ->
 complete -> callback, on one thread, at a fixed queue depth, driven the way a reactor
 process drives it (``Reactor.poll_once(now)`` in a loop, the real ``time.monotonic_ns``
-clock, stats on).  What bdevperf adds on top (its own bookkeeping) is not in here.
+clock, stats on).  What bdevperf adds on top (its own bookkeeping) is not in here.  It
+lives in tools/ because it drives a module (drivers/null.py): the bdev layer itself never
+imports drivers/ or tools/ (tests/test_faces.py).
 
-    python -m bdev._bench [-n 1000000] [-q 128] [--profile] [--histogram]
+    python -m tools.bdev_hotpath [-n 1000000] [-q 128] [--profile] [--histogram]
 
 Prints ns per I/O (wall time / completed I/O); ``--profile`` runs a shorter pass under
 cProfile and prints the top functions.
@@ -15,7 +17,6 @@ import time
 
 
 def run(n_ios: int, qd: int, histogram: bool = False, profile: bool = False) -> float:
-    import reactor as rx
     from reactor.testing import Harness
 
     import bdev as B
@@ -77,7 +78,6 @@ def run(n_ios: int, qd: int, histogram: bool = False, profile: bool = False) -> 
         h.poll_threads()
         B.finish(lambda arg: out.append("fini"))
         h.poll_threads()
-        _ = rx
         return dt * 1e9 / state["done"]
 
 

@@ -1,0 +1,153 @@
+"""The bdev layer's two faces (docs/bdev.md): drivers/ and tools/ reach the layer only
+through ``bdev.api`` (``import bdev`` re-exports it) and ``bdev.module``; both list their
+exports in ``__all__``; and bdev/ depends on neither drivers/ nor tools/.
+
+Imports are read with ``ast`` (every import statement, those inside functions included,
+and ``importlib.import_module("...")`` with a literal name), not by grepping text."""
+import ast
+import importlib
+import pathlib
+import types
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FACES = {"bdev": "bdev.api", "bdev.api": "bdev.api", "bdev.module": "bdev.module"}
+
+
+def _sources(*dirs):
+    for d in dirs:
+        for p in sorted((ROOT / d).rglob("*.py")):
+            yield p, ast.parse(p.read_text(), filename=str(p))
+
+
+def _package_of(path: pathlib.Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+
+
+def imported_modules(path, tree):
+    """``(lineno, dotted module name)`` for every module ``tree`` imports; ``from M import
+    n`` yields ``M.n`` when that is a module and ``M`` otherwise, relative imports are
+    resolved against the file's package."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = _package_of(path).split(".")
+                pkg = pkg[:len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([base] if base else []))
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                yield node.lineno, sub if _is_module(sub) else base
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            yield node.lineno, node.args[0].value
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def private_bdev_imports(dirs=("drivers", "tools")):
+    bad = []
+    for path, tree in _sources(*dirs):
+        for lineno, mod in imported_modules(path, tree):
+            if (mod == "bdev" or mod.startswith("bdev.")) and mod not in FACES:
+                bad.append(f"{path.relative_to(ROOT)}:{lineno}: imports {mod}")
+    return bad
+
+
+def test_drivers_and_tools_import_only_the_two_faces():
+    assert private_bdev_imports() == []
+
+
+def test_the_import_check_catches_every_spelling(tmp_path):
+    """The checker itself: each way of reaching a private module is reported."""
+    spellings = ["from bdev import _core", "import bdev._qos", "import bdev._stats as s",
+                 "from bdev._bcast import to_main", "from bdev import api, _const",
+                 "def f():\n    from bdev import _core", "import importlib\n"
+                 "importlib.import_module('bdev._core')"]
+    for src in spellings:
+        p = ROOT / "drivers" / "_face_probe.py"
+        tree = ast.parse(src)
+        mods = [m for _, m in imported_modules(p, tree)]
+        assert any(m.startswith("bdev._") for m in mods), (src, mods)
+    ok = ast.parse("import bdev\nfrom bdev import api\nfrom bdev import module as bm\n"
+                   "import bdev.api as api\nfrom bdev import get_by_name\n")
+    assert all(m in FACES for _, m in imported_modules(ROOT / "drivers" / "x.py", ok))
+
+
+def _face_aliases(tree):
+    """Names bound in ``tree`` to a face module: alias -> face module name (a bare
+    ``import bdev`` / ``import bdev.api`` binds the package, i.e. the user API)."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname and a.name in FACES:
+                    out[a.asname] = FACES[a.name]
+                elif not a.asname and a.name.split(".")[0] == "bdev":
+                    out["bdev"] = "bdev.api"
+        elif isinstance(node, ast.ImportFrom) and node.module == "bdev" and not node.level:
+            for a in node.names:
+                if a.name in ("api", "module"):
+                    out[a.asname or a.name] = f"bdev.{a.name}"
+    return out
+
+
+def test_drivers_and_tools_use_only_exported_names():
+    """``api.X`` / ``bm.X`` / ``bdev.X`` in drivers/ and tools/ name something the face
+    exports (``__all__``): no reaching through the package for ``bdev._core``."""
+    bad = []
+    for path, tree in _sources("drivers", "tools"):
+        aliases = _face_aliases(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in FACES and not node.level:
+                names = [a.name for a in node.names if a.name not in ("api", "module")]
+                face = importlib.import_module(FACES[node.module])
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {n}"
+                        for n in names if n not in face.__all__]
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases):
+                face = importlib.import_module(aliases[node.value.id])
+                if node.value.id == "bdev" and node.attr in ("api", "module"):
+                    continue          # bdev.api.X / bdev.module.X: the face itself
+                if node.attr not in face.__all__:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: "
+                               f"{node.value.id}.{node.attr} is not in {face.__name__}.__all__")
+    assert bad == []
+
+
+@pytest.mark.parametrize("name", ["bdev.api", "bdev.module"])
+def test_all_lists_exactly_the_public_names(name):
+    mod = importlib.import_module(name)
+    exported = mod.__all__
+    assert len(exported) == len(set(exported)), "duplicates in __all__"
+    missing = [n for n in exported if not hasattr(mod, n)]
+    assert missing == [], f"{name}.__all__ names what it does not have: {missing}"
+    public = {n for n, v in vars(mod).items()
+              if not n.startswith("_") and not isinstance(v, types.ModuleType)
+              and n != "annotations"}
+    assert public - set(exported) == set(), f"public in {name} but not in __all__"
+
+
+def test_bdev_package_reexports_the_user_api():
+    import bdev
+    import bdev.api
+    assert list(bdev.__all__) == list(bdev.api.__all__)
+    assert all(getattr(bdev, n) is getattr(bdev.api, n) for n in bdev.api.__all__)
+
+
+
+def test_bdev_imports_neither_drivers_nor_tools():
+    bad = [f"{p.relative_to(ROOT)}:{ln}: imports {m}"
+           for p, tree in _sources("bdev") for ln, m in imported_modules(p, tree)
+           if m.split(".")[0] in ("drivers", "tools")]
+    assert bad == []
