@@ -11,7 +11,7 @@ A bdev module describes itself with a :class:`BdevModule` and registers it once 
 ``dump_info_json(ctxt, w: dict)``         optional: fill ``w`` for bdev_get_bdevs
 ``write_config_json(bdev, out: list)``    optional: append config entries
 
-Replication (DESIGN.md, Control plane): a module's *create* must run on every reactor so
+Replication (docs/architecture.md, Ownership): a module's *create* must run on every reactor so
 each has its own Bdev and ctxt.  The pattern (see drivers/malloc.py)::
 
     @reactor.remote("mymod.create_replica")
@@ -67,7 +67,7 @@ __all__ = [
     "Bdev", "FnTable", "bdev_register", "vbdev_register", "bdev_unregister",
     "bdev_destruct_done", "notify_blockcnt_change", "module_claim_bdev",
     "module_release_bdev",
-    # replication (DESIGN.md, Control plane) and the module's shared memory
+    # replication (docs/architecture.md, Ownership) and the module's shared memory
     "broadcast", "on_main_thread", "to_main", "shm_instance",
     # the bdev_io
     "BdevIo", "IoWaitEntry", "io_complete", "io_get_buf", "bdev_io_complete",

@@ -4,7 +4,7 @@
 The mechanics live here, in one place; drivers/passthru.py (the template) calls them
 with a comment at each call saying why, and every other module calls them the same way.
 
-Replication (DESIGN.md, Control plane): a create RPC runs on the main reactor's app
+Replication (docs/architecture.md, Ownership): a create RPC runs on the main reactor's app
 thread.  ``replicated_create`` builds the bdev there first (synchronously, so a bad
 request fails before anything is broadcast and changes nothing), then runs the same
 builder on every other reactor through ``bdev.module.broadcast`` and answers only when

@@ -1,5 +1,5 @@
 """bdev_malloc: a RAM disk whose data lives in one shared-memory segment, so every
-reactor's replica of the bdev reads and writes the same bytes (DESIGN.md, Memory).
+reactor's replica of the bdev reads and writes the same bytes (docs/architecture.md, Memory).
 
 The main reactor creates the segment (``/ringstack.<pid>.malloc<n>``, owned by the bdev
 layer's Instance, so it is unlinked on delete and on every exit path); each other reactor

@@ -15,7 +15,7 @@ The pieces, in the order a request meets them:
    ``SPDK_BDEV_MODULE_REGISTER``.
 
 2. **Create** (:func:`create`, called by the RPC in passthru_rpc.py on the main thread).
-   Every reactor holds a *replica* of the bdev registry (DESIGN.md, Control plane): a
+   Every reactor holds a *replica* of the bdev registry (docs/architecture.md, Ownership): a
    bdev exists once per reactor, each with its own module context, its own descriptor on
    the base, its own claim.  So create builds the vbdev here first -- synchronously, so a
    bad request (no such base, name taken, base already claimed) fails before anything was

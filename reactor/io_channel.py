@@ -5,7 +5,7 @@ channel context.  Each reactor keeps its own registry: a device's channels live 
 threads of the reactor that holds them.  A device registered under a *string name* with
 callbacks that are registered handlers (``@reactor.remote``) is replicated to every reactor
 before the registering call completes; any other device is local to its reactor (the bdev
-layer replicates its bdevs itself, see DESIGN.md "Control plane").
+layer replicates its bdevs itself, see docs/architecture.md "Ownership").
 
 Walks: ``for_each_channel`` visits, one after the other, each thread holding a channel for
 a device, calling ``fn(iter)`` on that thread; ``fn`` calls

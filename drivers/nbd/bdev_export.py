@@ -1,7 +1,7 @@
 """`BdevExport`: an NBD export over a bdev, through the bdev *user* API (bdev/api.py).
 
 One `BdevExport` object exists per reactor (each reactor holds its own replica of the bdev
-registry, DESIGN.md "Control plane"); the NBD server opens one `BdevHandle` per connection,
+registry, docs/architecture.md "Ownership"); the NBD server opens one `BdevHandle` per connection,
 on the reactor thread that serves the connection.  The handle owns a descriptor and an
 io_channel of that thread, so the data plane never leaves the thread:
 
