@@ -94,7 +94,7 @@ class Reactor:
         self._tid_seq = itertools.count(1)
         self.io_devices: dict = {}        # io_device key -> IoDevice
         self.io_devices_by_name: dict = {}
-        self.walks: dict = {}              # walk id -> origin-side state
+        self.walks: dict = {}              # walk id -> origin-side state (None: failed by a death)
         self._walk_seq = itertools.count(1)
         self.locals: dict = {}             # per-reactor state of subsystems (bdev replica...)
         self.running = True
