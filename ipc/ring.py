@@ -132,6 +132,11 @@ class Ring:
                  "_head", "_blob", "_blob_off", "_pending", "_pending_idx", "_local", "corrupt_frames")
 
     @staticmethod
+    def max_record_for(capacity: int) -> int:
+        """The largest record a ring of ``capacity`` data bytes carries in one frame."""
+        return capacity - FRAME_HEADER - 4
+
+    @staticmethod
     def region_size(capacity: int) -> int:
         """Bytes of shared memory one ring of ``capacity`` data bytes occupies."""
         if not _is_power_of_two(capacity) or capacity < 64:
@@ -168,7 +173,7 @@ class Ring:
                 raise ValueError(f"ring header claims capacity {capacity} that does not fit its region")
         self.capacity = capacity
         # The largest record a single frame can carry.
-        self.max_record = capacity - FRAME_HEADER - 4
+        self.max_record = Ring.max_record_for(capacity)
         self._mask = capacity - 1
         self._words = words
         self._data = region[HEADER_SIZE:HEADER_SIZE + capacity]

@@ -1,8 +1,9 @@
 """ringstack's reactor: threads, pollers, messages, io_devices and channels, walks, and
 the app that runs them in pinned processes.  This module is the user API; the pieces
 live in thread.py (threads, pollers), io_channel.py (devices, channels, walks),
-reactor.py (the per-process loop and routing), testing.py (deterministic mode) and
-app.py (process mode)."""
+fanout.py (broadcast, gather, to_main: running something on every reactor), reactor.py
+(the per-process loop and routing), testing.py (deterministic mode) and app.py (process
+mode)."""
 from .io_channel import (ChannelIter, IoChannel, for_each_channel, for_each_channel_continue,
                          for_each_reactor, for_each_thread, get_io_channel, io_channel_get_thread,
                          io_device_is_registered, io_device_register, io_device_unregister,
@@ -11,6 +12,8 @@ from .reactor import Reactor, ThreadRef, current_reactor
 from .thread import (MSG_BATCH_SIZE, POLLER_BUSY, POLLER_IDLE, Poller, Thread, ThreadError,
                      get_thread, poller_pause, poller_register, poller_resume, poller_unregister)
 from .wire import remote
+from . import fanout
+from .fanout import FanoutError, broadcast, gather, on_main_thread, to_main
 
 
 def now_ns() -> int:

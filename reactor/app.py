@@ -36,7 +36,7 @@ import time
 
 from ipc import codec
 from ipc.mesh import Mesh
-from ipc.ring import Producer
+from ipc.ring import Producer, Ring
 from ipc.shm import Instance, reap_dead_instances
 
 from . import reactor as _r
@@ -66,7 +66,7 @@ SUPERVISE_PERIOD_US = 100_000
 FINI_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 3.0
-RING_CAPACITY = 1 << 20
+RING_CAPACITY = _r.DEFAULT_RING_CAPACITY
 
 POLL, ADAPTIVE = "poll", "adaptive"
 _PROJECT_PACKAGES = ("reactor", "bdev", "ipc", "drivers", "tools")
@@ -154,6 +154,7 @@ class RingTransport:
         self.queued: dict[int, list] = {j: [] for j in self.producers}
         self.dirty: set[int] = set()       # destinations with messages or overflow queued
         self.inbound = [ring for _, ring in mesh.inbound(index)]
+        self.max_record = Ring.max_record_for(mesh.capacity)
         self._single = self.inbound[0] if len(self.inbound) == 1 else None
 
     def send(self, dest: int, record: bytes) -> None:

@@ -14,11 +14,19 @@ from reactor to reactor (this reactor first, then the next index, wrapping); wha
 the handler's name and ``iter.ctx`` *by value*, so what ``fn`` changed on one reactor is what
 the next reactor and the completion see.  ``cpl(iter, status)`` runs on the originating
 thread.  ``for_each_thread`` and ``for_each_reactor`` use the same machinery.
+
+A reactor's death never strands a walk: walks that have not reached it skip it, and a
+walk that had left its origin towards it (or towards reactors after it) completes at once
+on its origin thread with ``-EIO`` (``for_each_thread``'s ``cpl(ctx)`` simply runs); its
+own completion, should it still come, is dropped.  The origin does not know where such a
+walk is, so this is conservative: a walk already past the dead reactor fails too.  A walk
+still visiting its origin reactor is not touched (it will skip the dead one).
 """
 from __future__ import annotations
 
 import logging
 
+from . import reactor as _r
 from . import thread as _t
 from . import wire
 from .reactor import current_reactor
@@ -26,6 +34,7 @@ from .thread import ThreadError
 
 log = logging.getLogger("ringstack.io_channel")
 
+EIO = 5
 ENODEV = 19
 EINVAL = 22
 
@@ -236,7 +245,7 @@ class ChannelIter:
     """SPDK's spdk_io_channel_iter, also used by for_each_thread/for_each_reactor."""
 
     __slots__ = ("kind", "io_device", "dev", "dev_name", "ctx", "fn", "walk_id", "origin_tid",
-                 "remaining", "threads", "pos", "ch", "status")
+                 "remaining", "route", "threads", "pos", "ch", "status")
 
     def get_channel(self):
         return self.ch
@@ -284,6 +293,7 @@ def _start_walk(kind, io_device, fn, ctx, cpl, what):
     it.ch = None
     n = r.n_reactors
     it.remaining = [(r.index + k) % n for k in range(1, n)]
+    it.route = None       # set on the origin's iter when the walk leaves the origin
     if kind == _CHANNEL:
         dev = r.io_devices.get(io_device)
         if dev is None:
@@ -332,6 +342,7 @@ def _walk_advance(it) -> None:
         it.remaining = it.remaining[1:]
     if it.remaining:
         dest = it.remaining[0]
+        it.route = tuple(it.remaining)      # where it may be while away (see the docstring)
         try:
             r.send(r.default_tid(dest), _walk_hop,
                    (it.walk_id, it.origin_tid, it.kind, it.dev_name, wire.name_of(it.fn),
@@ -375,6 +386,7 @@ def _walk_hop(walk_id, origin_tid, kind, dev_name, fn_name, ctx, remaining) -> N
     it.ctx = _mutable(ctx)
     it.fn = wire.lookup(fn_name)
     it.remaining = list(remaining)
+    it.route = None
     it.status = 0
     it.ch = None
     it.dev_name = dev_name
@@ -398,14 +410,42 @@ def _walk_finish(it, status: int) -> None:
 @wire.remote("reactor.walk_done")
 def _walk_done(walk_id, ctx, status) -> None:
     r = current_reactor()
-    entry = r.walks.pop(walk_id, None)
-    if entry is None:
+    if walk_id not in r.walks:
         log.error("completion of unknown walk %d", walk_id)
         return
+    entry = r.walks.pop(walk_id)
+    if entry is None:
+        return    # it completed with -EIO when a reactor on its way died: too late
     cpl, it = entry
     it.ctx = ctx if ctx is it.ctx else _mutable(ctx)
     it.status = status
     cpl(it, status)
+
+
+def _fail_walks_through(r, index: int) -> None:
+    """Death hook (reactor.death_hooks): reactor ``index`` died.  Every walk started on
+    ``r`` that is away on a route through ``index`` completes with -EIO on its origin
+    thread, as a message; its entry stays as a tombstone so its own late completion is
+    dropped quietly."""
+    for walk_id, entry in list(r.walks.items()):
+        if entry is None:
+            continue
+        cpl, it = entry
+        if it.route is None or index not in it.route:
+            continue
+        r.walks[walk_id] = None
+        log.error("reactor %d died: walk %s started on reactor %d completes with -EIO",
+                  index, wire.name_of(it.fn) or it.fn, r.index)
+        r.send(it.origin_tid, _walk_failed, (cpl, it))
+
+
+def _walk_failed(cpl, it) -> None:
+    it.status = -EIO
+    it.ch = None
+    cpl(it, -EIO)
+
+
+_r.death_hooks.append(_fail_walks_through)
 
 
 def for_each_channel(io_device, fn, ctx=None, cpl=None) -> None:

@@ -25,6 +25,8 @@ import itertools
 import logging
 from collections import deque
 
+from ipc.ring import Ring
+
 from . import thread as _t
 from . import wire
 from .thread import Thread, ThreadError
@@ -35,7 +37,15 @@ TID_SHIFT = 16
 #: Records taken from the inbound transport per pass (bounded, see above).
 INBOUND_BATCH = 256
 
+#: Data bytes of each ring between two reactors in process mode (``App(ring_capacity=)``).
+DEFAULT_RING_CAPACITY = 1 << 20
+
 _process_reactor: "Reactor | None" = None
+
+#: ``fn(reactor, index)`` run by :meth:`Reactor.mark_dead` before the watchers: the reactor
+#: layer's own bookkeeping (walks, fanout operations) that must never wait for a dead peer.
+#: Modules of this package append to it when imported.
+death_hooks: list = []
 
 
 def current_reactor() -> "Reactor":
@@ -84,7 +94,7 @@ class Reactor:
         self._tid_seq = itertools.count(1)
         self.io_devices: dict = {}        # io_device key -> IoDevice
         self.io_devices_by_name: dict = {}
-        self.walks: dict = {}              # walk id -> origin-side state
+        self.walks: dict = {}              # walk id -> origin-side state (None: failed by a death)
         self._walk_seq = itertools.count(1)
         self.locals: dict = {}             # per-reactor state of subsystems (bdev replica...)
         self.running = True
@@ -103,6 +113,11 @@ class Reactor:
         if index in self.dead or index == self.index:
             return
         self.dead.add(index)
+        for fn in death_hooks:
+            try:
+                fn(self, index)
+            except Exception:
+                log.exception("reactor %d: death hook %r raised", self.index, fn)
         for fn in list(self.death_watchers):
             try:
                 fn(index)
@@ -167,6 +182,20 @@ class Reactor:
             return -5
         self.transport.send(dest, wire.encode_msg(tid, fn, args))
         return 0
+
+    def send_record(self, dest: int, record: bytes) -> int:
+        """Hand an already encoded message (:func:`wire.encode_msg`) to reactor ``dest``:
+        for callers that encode first, to check the record before sending anything.
+        Returns 0, or -EIO when ``dest`` is dead."""
+        if dest in self.dead:
+            return -5
+        self.transport.send(dest, record)
+        return 0
+
+    @property
+    def max_record(self) -> int:
+        """The largest encoded message the transport carries between two reactors."""
+        return self.transport.max_record
 
     def _deliver(self, record) -> None:
         """Decode one inbound record (a message or a batch of them) and queue each on its
@@ -257,6 +286,9 @@ class LocalTransport:
     a shared-memory ring in process mode (ctx travels by value, handlers by name)."""
 
     dirty = False   # sends are delivered at once: nothing to flush
+    #: What a process-mode ring of the default capacity carries (nothing here enforces
+    #: it on send; the fanout checks it, so a too-large broadcast fails here as there).
+    max_record = Ring.max_record_for(DEFAULT_RING_CAPACITY)
 
     def __init__(self):
         self.peers: list[deque] = []

@@ -1,9 +1,11 @@
 """Statistics gathered from every reactor, in the shapes of SPDK's ``framework_get_reactors``
-and ``thread_get_stats`` RPCs.  Gathering is a walk over the reactors whose ctx (by value)
-accumulates each reactor's entries; the callback runs on the calling thread."""
+and ``thread_get_stats`` RPCs.  Gathering is a fanout (reactor/fanout.py ``gather``): every
+live reactor reports its entries at once and the callback runs on the calling thread.  A
+reactor that is dead, or dies before answering, is left out of the result (it has no
+threads any more); the call never waits for it."""
 from __future__ import annotations
 
-from .io_channel import for_each_channel_continue, for_each_reactor
+from .fanout import gather
 from .reactor import current_reactor
 from .wire import remote
 
@@ -12,27 +14,31 @@ TICK_RATE = 1_000_000_000
 
 
 @remote("reactor.stats.collect_reactor")
-def _collect_reactor(it):
-    it.ctx["reactors"].append(current_reactor().stats())
-    for_each_channel_continue(it, 0)
+def _collect_reactor(done):
+    done(0, current_reactor().stats())
 
 
 @remote("reactor.stats.collect_threads")
-def _collect_threads(it):
-    it.ctx["threads"].extend(t.stats() for t in current_reactor().threads)
-    for_each_channel_continue(it, 0)
+def _collect_threads(done):
+    done(0, [t.stats() for t in current_reactor().threads])
+
+
+def _answered(results) -> list:
+    return [value for _index, rc, value in results if rc == 0]
 
 
 def framework_get_reactors(cb) -> None:
-    """``cb({"tick_rate", "reactors": [...]})`` with one entry per reactor, by lcore."""
-    def done(it, status):
-        reactors = sorted(it.ctx["reactors"], key=lambda r: r["lcore"])
+    """``cb({"tick_rate", "reactors": [...]})`` with one entry per live reactor, by lcore."""
+    def done(rc, results):
+        reactors = sorted((dict(e, lw_threads=list(e["lw_threads"])) for e in _answered(results)),
+                          key=lambda r: r["lcore"])
         cb({"tick_rate": TICK_RATE, "reactors": reactors})
-    for_each_reactor(_collect_reactor, {"reactors": []}, done)
+    gather(_collect_reactor, (), done)
 
 
 def thread_get_stats(cb) -> None:
-    """``cb({"tick_rate", "threads": [...]})`` with every thread of every reactor."""
-    def done(it, status):
-        cb({"tick_rate": TICK_RATE, "threads": sorted(it.ctx["threads"], key=lambda t: t["id"])})
-    for_each_reactor(_collect_threads, {"threads": []}, done)
+    """``cb({"tick_rate", "threads": [...]})`` with every thread of every live reactor."""
+    def done(rc, results):
+        threads = [t for entries in _answered(results) for t in entries]
+        cb({"tick_rate": TICK_RATE, "threads": sorted(threads, key=lambda t: t["id"])})
+    gather(_collect_threads, (), done)

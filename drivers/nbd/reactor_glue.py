@@ -5,8 +5,8 @@ replicated to every reactor.
 Per reactor (``current_reactor().locals["nbd"]``, a :class:`ReactorNbd`):
 
 * an ``NbdTarget`` with its own ``ExportTable`` of `BdevExport` objects built from *this*
-  reactor's bdev replica (every change is applied on every reactor by a walk from the main
-  reactor, in the order the main reactor made it);
+  reactor's bdev replica (every change is applied on every reactor by a broadcast from the
+  main reactor, in the order the main reactor made it);
 * one epoll instance holding every fd the reactor serves (connections; on the main
   reactor the listener and the fd-passing control socket; on the others their end of the
   fd-passing channel), and one period-0 poller registered with ``fd=epoll.fileno()``.
@@ -30,9 +30,15 @@ its own reactor processes, a reactor only its launcher.  If a reactor's channel 
 gone, the connection is served on the main reactor instead (never dropped, never a
 blocking send).
 
-Control operations (`run_on_all_reactors`) are ``for_each_reactor`` walks: the main
-reactor first, then each other reactor in turn; each step may finish later (a stop waits
-for its connections to finish their in-flight requests, bounded by a deadline).
+Control operations (`run_on_all_reactors`) are fanouts (``reactor.gather``): every live
+reactor runs the step at once and the caller hears back when all have finished; each step
+may finish later (a stop waits for its connections to finish their in-flight requests,
+bounded by a deadline, on every reactor in parallel).  They are all or nothing: an
+operation that fails on one reactor (or meets a dead one) is undone on the reactors where
+it succeeded before the caller hears of the failure (an export added on reactor 0 but
+refused on reactor 1 does not stay on reactor 0; a start that cannot attach somewhere
+stops the reactors it started), and a step that fails leaves its own reactor as it found
+it.  A reactor that is dead is skipped; one that dies mid-operation counts as -EIO.
 """
 from __future__ import annotations
 
@@ -108,6 +114,7 @@ class ReactorNbd:
         self._rr_pos = 0
         self.chan = None            # other reactors: channel to the main reactor
         self.stopping = None        # the finish callback, while stopping
+        self.started_here = False   # set up by the "start" step (not by its caller)
         self.stopped = False
         self._deadline = 0
         self.stop_poller = None
@@ -449,10 +456,12 @@ def current() -> ReactorNbd | None:
     return rx.current_reactor().locals.get("nbd")
 
 
-# ====================================================================== walks
-# Each control operation runs on every reactor (main first) as a for_each_reactor walk.
-# ctx = {"op", "args", "out": [per-reactor results], "err": [first error message], "rc"}.
+# ================================================================ control operations
+# Each runs on every reactor at once through the reactor's fanout (reactor/fanout.py);
+# a step answers finish(rc=0, out=None, message=None).
 _OPS: dict = {}
+#: op -> the op that reverses it where it succeeded (the all-or-nothing undo).
+_UNDO_OPS = {"start": "start_undo", "export_add": "export_remove"}
 
 
 def _op(name):
@@ -463,37 +472,45 @@ def _op(name):
 
 
 def run_on_all_reactors(op: str, args: dict, cb) -> None:
-    """Run ``_OPS[op](args, finish)`` on every reactor in turn; ``cb(rc, outs, message)``
-    on the calling thread.  A step reports ``finish(rc=0, out=None, message=None)``."""
-    ctx = {"op": op, "args": args, "out": [], "rc": 0, "msg": ""}
-
-    def cpl(it, status):
-        c = it.ctx or {}
-        rc = c.get("rc", 0) or status
-        cb(rc, list(c.get("out", [])), c.get("msg") or "")
-    rx.for_each_reactor(_step, ctx, cpl)
+    """Run ``_OPS[op](args, finish)`` on every live reactor; ``cb(rc, outs, message)`` on
+    the calling thread, ``outs`` the steps' non-None outputs by reactor index.  If a step
+    fails (or its reactor dies), the op's undo (``_UNDO_OPS``) runs on every reactor where
+    it succeeded before ``cb`` gets the failure: ``message`` names the reactor."""
+    def done(rc, results):
+        outs = [v[0] for _i, _rc, v in results if v is not None and v[0] is not None]
+        message = ""
+        for i, step_rc, v in results:
+            if step_rc:
+                rc = step_rc
+                message = f"reactor {i}: {(v[1] if v else None) or os.strerror(abs(step_rc))}"
+                break
+        cb(rc, outs, message)
+    rx.gather(_step, (op, args), done, undo=_undo if op in _UNDO_OPS else None)
 
 
 @rx.remote("nbd.step")
-def _step(it) -> None:
-    ctx = it.ctx
+def _step(done, op, args) -> None:
+    _run_op(done, op, args)
+
+
+@rx.remote("nbd.undo")
+def _undo(done, op, args) -> None:
+    _run_op(done, _UNDO_OPS[op], args)
+
+
+def _run_op(done, op: str, args) -> None:
     fired = []
 
     def finish(rc: int = 0, out=None, message: str | None = None) -> None:
         if fired:
-            log.error("nbd op %s: step finished twice", ctx["op"])
+            log.error("nbd op %s: step finished twice", op)
             return
         fired.append(1)
-        if out is not None:
-            ctx["out"].append(out)
-        if rc and not ctx["rc"]:
-            ctx["rc"] = rc
-            ctx["msg"] = f"reactor {rx.current_reactor().index}: {message or os.strerror(abs(rc))}"
-        rx.for_each_channel_continue(it, 0)
+        done(rc, None if out is None and not message else [out, message])
     try:
-        _OPS[ctx["op"]](ctx["args"], finish)
+        _OPS[op](args, finish)
     except Exception as exc:
-        log.exception("nbd op %s failed on reactor %d", ctx["op"], rx.current_reactor().index)
+        log.exception("nbd op %s failed on reactor %d", op, rx.current_reactor().index)
         if not fired:
             finish(-errno.EIO, None, f"{type(exc).__name__}: {exc}")
 
@@ -510,9 +527,22 @@ def _op_start(args, finish) -> None:
         svc.attach(args["ctl"], args["main_pid"])
     except OSError as exc:
         log.error("nbd reactor %d: cannot attach the fd channel: %s", r.index, exc)
-        finish(-(exc.errno or errno.EIO), None, f"fd channel: {exc}")
+        # leave this reactor as it was: nothing to undo here
+        svc.stop(lambda: finish(-(exc.errno or errno.EIO), None, f"fd channel: {exc}"))
         return
+    svc.started_here = True
     finish()
+
+
+@_op("start_undo")
+def _op_start_undo(args, finish) -> None:
+    """Undo of a start that succeeded here: stop what the start step set up (not the main
+    reactor's server, which its caller set up and tears down itself)."""
+    svc = current()
+    if svc is None or not svc.started_here:
+        finish()
+        return
+    svc.stop(finish)
 
 
 @_op("stop")
