@@ -26,8 +26,9 @@ import reactor as rx
 from reactor import wire
 from reactor.reactor import TID_SHIFT
 
-from . import _bcast, _qos, _stats
+from . import _bcast, _qos
 from ._const import *  # noqa: F401,F403
+from ._stages import qos_stage, stats_stage
 from ._const import (BDEV_IO_CACHE_SIZE, BDEV_IO_NUM_CHILD_IOV, BDEV_IO_POOL_SIZE,
                      BUF_LARGE_POOL_SIZE, BUF_SMALL_POOL_SIZE, EBADF, EBUSY, EEXIST, EINVAL,
                      ENODEV, ENOENT, ENOMEM, ENOTSUP, EPERM, EVENT_REMOVE, EVENT_RESIZE,
@@ -991,7 +992,7 @@ def _bdev_init(bdev) -> int:
     bdev.mgr = m
     bdev._submit = bdev.fn_table.submit_request
     bdev.fini_started = False
-    _qos.config_from_conf(bdev, m.qos_conf)
+    qos_stage.config_from_conf(bdev, m.qos_conf)
     # Users often register their own io_devices under the bdev name: prefix it.
     bdev.io_device_name = f"bdev_{bdev.name}"
     rx.io_device_register(bdev, _channel_create, _channel_destroy, name=bdev.io_device_name)
@@ -1080,9 +1081,9 @@ def _destroy_cb(bdev) -> None:
 
 def _bdev_fini(bdev) -> None:
     bdev.fini_started = True
-    _qos.on_fini(bdev)
+    qos_stage.on_fini(bdev)
     if bdev.qd_poller is not None:
-        _stats.stop_qd(bdev)
+        stats_stage.stop_qd(bdev)
     rx.io_device_unregister(bdev, lambda: _destroy_cb(bdev))
 
 
@@ -1236,7 +1237,7 @@ def open(bdev, write: bool, remove_cb=None, remove_ctx=None):  # noqa: A001
     desc = Desc(bdev, thread, bool(write), remove_cb, remove_ctx)
     bdev.open_descs.append(desc)
     if len(bdev.open_descs) == 1:
-        _qos.report_open_descs(bdev, True)
+        qos_stage.report_open_descs(bdev, True)
     return 0, desc
 
 
@@ -1271,8 +1272,8 @@ def close(desc) -> None:
     if not bdev.open_descs:
         # The seed stops QoS when the last desc closes.  With several reactors the last
         # desc of the *bdev* decides: each replica reports to the main one (_qos.py).
-        _qos.report_open_descs(bdev, False)
-    _stats.set_qd_sampling_period(bdev, 0)
+        qos_stage.report_open_descs(bdev, False)
+    stats_stage.set_qd_sampling_period(bdev, 0)
     # A desc without remove_cb does not hold the unregister back (seed): the bdev may be
     # destructed already, and its last close must not unregister it a second time.
     if bdev.status == STATUS_REMOVING and not bdev.open_descs and not bdev.fini_started:
@@ -1393,7 +1394,7 @@ def _channel_create(bdev):
     ch.mgmt = mgmt
     if bdev.histogram_enabled:
         ch.histogram = [0] * 65
-    _qos.enable_on_channel(bdev, ch)
+    qos_stage.enable_on_channel(bdev, ch)
     return ch
 
 
@@ -1423,14 +1424,14 @@ def _channel_destroy(bdev, ch) -> None:
     # The channel's history goes into the bdev so device stats keep it (the histogram too).
     bdev.stat.add(ch.stat)
     if ch.histogram is not None and bdev.histogram_enabled:
-        _stats.histogram_fold(bdev, ch.histogram)
+        stats_stage.histogram_fold(bdev, ch.histogram)
     sr = ch.shared_resource
     mgmt = sr.mgmt_ch
     _abort_queued_io(ch.queued_resets, ch)
     _abort_queued_io(sr.nomem_io, ch)
     _abort_buf_io(mgmt.need_buf_small, ch)
     _abort_buf_io(mgmt.need_buf_large, ch)
-    _qos.abort_pending(bdev, ch)
+    qos_stage.abort_pending(bdev, ch)
     rx.put_io_channel(ch.channel)
     sr.ref -= 1
     if sr.ref == 0:
@@ -1632,7 +1633,7 @@ def _return_buf(m, mgmt, h, small) -> None:
         else:
             m.large_avail += 1
         if mgmt.fwd_wait:
-            _qos.retry_fwd_wait(mgmt)
+            qos_stage.retry_fwd_wait(mgmt)
 
 
 # ----------------------------------------------------------------- dma buffers (user API)
@@ -1786,7 +1787,7 @@ def _io_submit_now(io, bypass_qos=False) -> None:
         ch.io_outstanding -= 1
         sr.io_outstanding -= 1
         bdev.qos.queued.append(io)
-        _qos.io_submit(ch)
+        qos_stage.io_submit(ch)
     else:
         log.error("unknown bdev_ch flag %x found", flags)
         io_complete(io, IO_STATUS_FAILED)
@@ -1811,7 +1812,7 @@ def _io_submit(io) -> None:
             _io_split(None, io)
         return
     if io.ch.flags & BDEV_CH_QOS_ENABLED:
-        _qos.route(io)
+        qos_stage.route(io)
     else:
         _io_submit_now(io)
 
@@ -2469,7 +2470,7 @@ def _reset_freeze_channel(it) -> None:
     _abort_queued_io(channel.shared_resource.nomem_io, channel)
     _abort_buf_io(mgmt.need_buf_small, channel)
     _abort_buf_io(mgmt.need_buf_large, channel)
-    _qos.abort_pending(bdev, channel)
+    qos_stage.abort_pending(bdev, channel)
     _abort_queued_io(tmp, channel)
     rx.for_each_channel_continue(it, 0)
 
@@ -2538,7 +2539,7 @@ def _io_complete(io) -> None:
             lat = ch.clock() - io.submit_tsc
             st.read_latency_ticks += lat
             if ch.histogram is not None:
-                _stats.histogram_add(ch, lat)
+                stats_stage.histogram_add(ch, lat)
         elif t == IO_TYPE_WRITE:
             st = ch.stat
             st.bytes_written += io.num_blocks * io.bdev.blocklen
@@ -2546,7 +2547,7 @@ def _io_complete(io) -> None:
             lat = ch.clock() - io.submit_tsc
             st.write_latency_ticks += lat
             if ch.histogram is not None:
-                _stats.histogram_add(ch, lat)
+                stats_stage.histogram_add(ch, lat)
         elif t == IO_TYPE_UNMAP:
             st = ch.stat
             st.bytes_unmapped += io.num_blocks * io.bdev.blocklen

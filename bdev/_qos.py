@@ -29,6 +29,7 @@ from reactor import wire
 from reactor.reactor import TID_SHIFT
 
 from . import _bcast, _core
+from ._stages import qos_stage
 from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
                      IO_STATUS_SUCCESS, IO_TYPE_NVME_ADMIN,
                      IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_UNMAP,
@@ -875,3 +876,10 @@ def _fail_fwd_wait(mgmt) -> None:
         else:
             keep.append(io)
     mgmt.fwd_wait.extend(keep)
+
+
+# The rooms below call QoS through this stage (bdev/_stages.py: they cannot import it).
+qos_stage.install(route=route, io_submit=io_submit, retry_fwd_wait=retry_fwd_wait,
+                  enable_on_channel=enable_on_channel, abort_pending=abort_pending,
+                  config_from_conf=config_from_conf, on_fini=on_fini,
+                  report_open_descs=report_open_descs)

@@ -13,6 +13,7 @@ import reactor as rx
 from reactor import wire
 
 from . import _bcast, _core
+from ._stages import stats_stage
 
 log = logging.getLogger("ringstack.bdev.stats")
 
@@ -258,3 +259,9 @@ def histogram_get(bdev, cb, cb_arg=None) -> None:
 
     _bcast.for_each_reactor(_hist_get_replica, {"bdev": bdev.name, "b": [0] * HISTOGRAM_BUCKETS},
                         replicas_done)
+
+
+# The rooms below call the statistics through this stage (bdev/_stages.py: they cannot
+# import this module).
+stats_stage.install(histogram_add=histogram_add, histogram_fold=histogram_fold, stop_qd=stop_qd,
+                    set_qd_sampling_period=set_qd_sampling_period)
