@@ -11,7 +11,7 @@ One thread in the whole app -- the *QoS thread* -- holds the bdev's queue, quota
   offset, num_blocks, buffer handles)`` is sent; the QoS thread builds a proxy bdev_io over
   the shared-memory buffers, queues it under the same quota and answers ``(token, status)``.
   Payloads that are not already arena buffers are bounce-copied through the sender's slice
-  of the arena (DESIGN.md, Memory).
+  of the arena (docs/architecture.md, Memory).
 
 Which thread: on one reactor, the seed's rule (the first channel that enables QoS).  With
 several reactors the main reactor decides: its own first channel, or the first thread
@@ -28,8 +28,14 @@ import reactor as rx
 from reactor import wire
 from reactor.reactor import TID_SHIFT
 
-from . import _bcast, _core
+from . import _bcast
+from ._buffers import dma_handles, io_get_buf
+from ._complete import _io_complete, io_complete
+from ._manager import get_manager
+from ._registry import get_by_name
 from ._stages import qos_stage
+from ._submit import _io_init, _io_submit_now
+from ._types import BDEV_CH_QOS_ENABLED, BdevIo
 from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
                      IO_STATUS_SUCCESS, IO_TYPE_NVME_ADMIN,
                      IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_UNMAP,
@@ -186,7 +192,7 @@ def enable_on_channel(bdev, ch) -> None:
         return
     if qos.thread_id is None:
         _choose_thread(bdev, ch)
-    ch.flags |= _core.BDEV_CH_QOS_ENABLED
+    ch.flags |= BDEV_CH_QOS_ENABLED
 
 
 def _choose_thread(bdev, ch) -> None:
@@ -205,7 +211,7 @@ def _choose_thread(bdev, ch) -> None:
 
 @wire.remote("bdev.qos_choose_req")
 def _qos_choose_req(name, tid) -> None:
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     if bdev is None or bdev.qos is None:
         return
     r = rx.current_reactor()
@@ -231,7 +237,7 @@ def _qos_thread_set_msg(name, tid) -> None:
 
 
 def _apply_thread(name, tid) -> None:
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     if bdev is None or bdev.qos is None:
         return
     qos = bdev.qos
@@ -259,7 +265,7 @@ def _setup_by_tid(bdev) -> None:
         return
     io_ch.ctx.io_ch = io_ch
     _setup_local(bdev, io_ch.ctx, io_ch)
-    io_ch.ctx.flags |= _core.BDEV_CH_QOS_ENABLED
+    io_ch.ctx.flags |= BDEV_CH_QOS_ENABLED
     _flush_pending(bdev)
 
 
@@ -271,10 +277,10 @@ def _flush_pending(bdev) -> None:
 
 
 def _resubmit_pending(io) -> None:
-    if io.ch.flags & _core.BDEV_CH_QOS_ENABLED and io.bdev.qos is not None:
+    if io.ch.flags & BDEV_CH_QOS_ENABLED and io.bdev.qos is not None:
         route(io)
     else:
-        _core._io_submit_now(io)
+        _io_submit_now(io)
 
 
 # ------------------------------------------------------------------ funnelling
@@ -283,7 +289,7 @@ def route(io) -> None:
     qos = io.bdev.qos
     t = rx.get_thread()
     if qos.thread is t:
-        _core._io_submit_now(io)
+        _io_submit_now(io)
         return
     tid = qos.thread_id
     if tid is None:
@@ -299,7 +305,7 @@ def route(io) -> None:
     if qos.thread is not None:
         io.io_submit_ch = io.ch
         io.ch = qos.ch
-        rx.send_msg(qos.thread, _core._io_submit_now, io)
+        rx.send_msg(qos.thread, _io_submit_now, io)
         return
     if (tid >> TID_SHIFT) == rx.current_reactor().index:
         qos.pending.append(io)  # chosen here but not set up yet; _setup_by_tid flushes
@@ -307,7 +313,7 @@ def route(io) -> None:
     if io.type == IO_TYPE_READ and io.iovs[0] is None:
         n = io.num_blocks * io.bdev.blocklen
         if n <= LARGE_BUF_MAX_SIZE:
-            _core.io_get_buf(io, _forward_after_buf, n)
+            io_get_buf(io, _forward_after_buf, n)
             return
     if not _forward(io):
         io.ch.mgmt.fwd_wait.append(io)
@@ -364,7 +370,7 @@ def _forward(io) -> bool:
     if t == IO_TYPE_READ or t == IO_TYPE_WRITE:
         if io.iovcnt == 1 and io.buf is not None:
             handles.append(list(io.buf))
-        elif m.dma and (dh := _core.dma_handles(m, io.iovs, io.iovcnt,
+        elif m.dma and (dh := dma_handles(m, io.iovs, io.iovcnt,
                                                 io.num_blocks * bdev.blocklen)) is not None:
             handles = dh           # the caller's dma_malloc buffers cross as they are
         else:
@@ -406,7 +412,7 @@ def fail_forwarded(io) -> None:
         _free(m, h)
     io.status = IO_STATUS_FAILED
     io.in_submit_request = True    # never inside a submit call: deferred to a message
-    _core._io_complete(io)
+    _io_complete(io)
 
 
 # _copy_iovs_to and _copy_to_iovs mirror each other and stay apart on purpose: they copy
@@ -463,12 +469,12 @@ def retry_fwd_wait(mgmt) -> None:
 def _qos_fwd_submit(origin, token, name, io_type, offset_blocks, num_blocks, handles, nbytes=0) -> None:
     from ipc import arena as _arena
     r = rx.current_reactor()
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     qos = bdev.qos if bdev is not None else None
     if qos is None or qos.ch is None or qos.thread is not rx.get_thread():
         r.send(origin, _qos_fwd_done, (token, _RESUBMIT, 0, 0, None))
         return
-    p = _core.BdevIo()
+    p = BdevIo()
     p.ch = qos.ch
     p.desc = None
     p.type = io_type
@@ -479,10 +485,10 @@ def _qos_fwd_submit(origin, token, name, io_type, offset_blocks, num_blocks, han
     else:
         p.iovs = [None]
     p.iovcnt = len(p.iovs) if handles else 0
-    _core._io_init(p, bdev, (origin, token), _proxy_done)
+    _io_init(p, bdev, (origin, token), _proxy_done)
     p.nvme_nbytes = nbytes
     p.proxy = PROXY_ADMIT if io_type in _NVME_TYPES else PROXY_DATA
-    _core._io_submit_now(p)
+    _io_submit_now(p)
 
 
 def _proxy_done(p, success, ctx) -> None:
@@ -503,7 +509,7 @@ def _qos_fwd_done(token, status, sct, sc, scsi=None) -> None:
     """On the submitting thread: the QoS thread's answer for a forwarded I/O -- its
     status (NVMe sct/sc and SCSI sense travel with it), _ADMITTED (a passthru may go to
     the module now) or _RESUBMIT (QoS went away)."""
-    m = _core.get_manager()
+    m = get_manager()
     entry = m.fwd.pop(token, None) if m is not None else None
     if entry is None:
         log.error("completion of unknown forwarded I/O %s", token)
@@ -516,7 +522,7 @@ def _qos_fwd_done(token, status, sct, sc, scsi=None) -> None:
         _resubmit_pending(io)   # QoS moved or went away: route again (or submit, if off)
         return
     if status == _ADMITTED:
-        _core._io_submit_now(io, bypass_qos=True)
+        _io_submit_now(io, bypass_qos=True)
         return
     if bounce:
         if status == IO_STATUS_SUCCESS and io.type == IO_TYPE_READ:
@@ -530,7 +536,7 @@ def _qos_fwd_done(token, status, sct, sc, scsi=None) -> None:
         io.nvme_sct, io.nvme_sc = sct, sc
     elif status == IO_STATUS_SCSI_ERROR and scsi is not None:
         io.scsi_sc, io.scsi_sk, io.scsi_asc, io.scsi_ascq = scsi
-    _core._io_complete(io)
+    _io_complete(io)
 
 
 # ------------------------------------------------------------------ teardown
@@ -560,7 +566,7 @@ def report_open_descs(bdev, is_open: bool) -> None:
 
 @wire.remote("bdev.open_descs_report")
 def _open_descs_report(name, index, is_open) -> None:
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     if bdev is None:
         return
     bdev.open_elsewhere[index] = is_open
@@ -582,7 +588,7 @@ def _maybe_destroy(bdev) -> None:
 
 @wire.remote("bdev.qos_destroy_replica")
 def _qos_destroy_replica(done, name) -> None:
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     if bdev is not None and bdev.qos is not None:
         _swap_replica(bdev)
     done(0)
@@ -631,7 +637,7 @@ def abort_pending(bdev, ch) -> None:
             qos.pending.remove(io)
             ch.io_outstanding += 1
             ch.shared_resource.io_outstanding += 1
-            _core.io_complete(io, IO_STATUS_FAILED)
+            io_complete(io, IO_STATUS_FAILED)
     fw = ch.mgmt.fwd_wait
     if fw:
         mine = [io for io in fw if io.ch is ch]
@@ -639,7 +645,7 @@ def abort_pending(bdev, ch) -> None:
             fw.remove(io)
             ch.io_outstanding += 1
             ch.shared_resource.io_outstanding += 1
-            _core.io_complete(io, IO_STATUS_FAILED)
+            io_complete(io, IO_STATUS_FAILED)
 
 
 # ------------------------------------------------------------------ limits
@@ -769,7 +775,7 @@ class _SetCtx:
 
 @wire.remote("bdev.qos_apply_limits")
 def _qos_apply_limits(done, name, limits) -> None:
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     if bdev is not None:
         if bdev.qos is None:
             bdev.qos = Qos()
@@ -789,13 +795,13 @@ def _enable_qos_msg(it) -> None:
 @wire.remote("bdev.qos_disable")
 def _disable_qos_msg(it) -> None:
     ch = it.get_channel().ctx
-    ch.flags &= ~_core.BDEV_CH_QOS_ENABLED
+    ch.flags &= ~BDEV_CH_QOS_ENABLED
     rx.for_each_channel_continue(it, 0)
 
 
 @wire.remote("bdev.qos_disable_replica")
 def _qos_disable_replica(done, name) -> None:
-    bdev = _core.get_by_name(name)
+    bdev = get_by_name(name)
     if bdev is None or bdev.qos is None:
         done(0)
         return
@@ -804,7 +810,7 @@ def _qos_disable_replica(done, name) -> None:
     # I/O still waiting for a QoS thread goes back to its own thread.
     while qos.pending:
         io = qos.pending.popleft()
-        rx.send_msg(io.ch.thread, _core._io_submit_now, io)
+        rx.send_msg(io.ch.thread, _io_submit_now, io)
     if qos.thread is not None:
         rx.send_msg(qos.thread, _disable_qos_done, qos, done)
     else:
@@ -823,7 +829,7 @@ def _disable_qos_done(qos, done) -> None:
         if io.io_submit_ch is not None:
             io.ch = io.io_submit_ch
             io.io_submit_ch = None
-        rx.send_msg(io.ch.thread, _core._io_submit_now, io)
+        rx.send_msg(io.ch.thread, _io_submit_now, io)
     _qos_channel_destroy(qos)
     done(0)
 

@@ -12,8 +12,10 @@ import logging
 import reactor as rx
 from reactor import wire
 
-from . import _bcast, _core
+from . import _bcast
+from ._registry import get_by_name
 from ._stages import stats_stage
+from ._types import U64, IoStat
 
 log = logging.getLogger("ringstack.bdev.stats")
 
@@ -26,7 +28,7 @@ def get_io_stat(bdev, ch):
 
 
 def _zero():
-    return [0] * len(_core.IoStat.FIELDS)
+    return [0] * len(IoStat.FIELDS)
 
 
 def _add(acc, values):
@@ -36,7 +38,7 @@ def _add(acc, values):
 @wire.remote("bdev.stat_replica")
 def _stat_replica(it) -> None:
     ctx = it.ctx
-    b = _core.get_by_name(ctx["bdev"])
+    b = get_by_name(ctx["bdev"])
     if b is not None:
         ctx["s"] = _add(ctx["s"], b.stat.to_list())
     rx.for_each_channel_continue(it, 0)
@@ -55,13 +57,13 @@ def get_device_stat(bdev, cb, cb_arg=None) -> None:
     ctx = {"bdev": bdev.name, "s": _zero()}
 
     def channels_done(it, status):
-        st = _core.IoStat()
+        st = IoStat()
         st.add_list(it.ctx["s"])
         cb(bdev, st, cb_arg, 0)
 
     def replicas_done(it, status):
         if status:   # a reactor died under the walk: report what we have, with the error
-            st = _core.IoStat()
+            st = IoStat()
             st.add_list(it.ctx["s"])
             cb(bdev, st, cb_arg, status)
             return
@@ -72,9 +74,9 @@ def get_device_stat(bdev, cb, cb_arg=None) -> None:
 
 @wire.remote("bdev.stat_reset_replica")
 def _stat_reset_replica(it) -> None:
-    b = _core.get_by_name(it.ctx["bdev"])
+    b = get_by_name(it.ctx["bdev"])
     if b is not None:
-        b.stat = _core.IoStat()
+        b.stat = IoStat()
         if b.histogram is not None:
             b.histogram = [0] * HISTOGRAM_BUCKETS
     rx.for_each_channel_continue(it, 0)
@@ -83,7 +85,7 @@ def _stat_reset_replica(it) -> None:
 @wire.remote("bdev.stat_reset_channel")
 def _stat_reset_channel(it) -> None:
     ch = it.get_channel().ctx
-    ch.stat = _core.IoStat()
+    ch.stat = IoStat()
     if ch.histogram is not None:
         ch.histogram = [0] * HISTOGRAM_BUCKETS
     rx.for_each_channel_continue(it, 0)
@@ -150,7 +152,7 @@ def set_qd_sampling_period(bdev, period: int) -> None:
     bdev.period = period
     if bdev.qd_poller is not None:
         stop_qd(bdev)
-        bdev.measured_queue_depth = _core.U64 - 1
+        bdev.measured_queue_depth = U64 - 1
     if period:
         bdev.qd_poller = rx.poller_register(_calculate_qd, bdev, period, name=f"qd_{bdev.name}")
 
@@ -198,7 +200,7 @@ def histogram_fold(bdev, buckets) -> None:
 
 @wire.remote("bdev.hist_enable_replica")
 def _hist_enable_replica(it) -> None:
-    b = _core.get_by_name(it.ctx["bdev"])
+    b = get_by_name(it.ctx["bdev"])
     if b is not None:
         on = bool(it.ctx["on"])
         b.histogram_enabled = on
@@ -238,7 +240,7 @@ def _hist_get_channel(it) -> None:
 
 @wire.remote("bdev.hist_get_replica")
 def _hist_get_replica(it) -> None:
-    b = _core.get_by_name(it.ctx["bdev"])
+    b = get_by_name(it.ctx["bdev"])
     if b is not None and b.histogram is not None:
         it.ctx["b"] = [a + c for a, c in zip(it.ctx["b"], b.histogram)]
     rx.for_each_channel_continue(it, 0)

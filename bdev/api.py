@@ -24,7 +24,7 @@ Conventions, as in SPDK:
 """
 from __future__ import annotations
 
-from . import _core, _qos, _stats
+from . import _qos
 from ._const import (EVENT_REMOVE, EVENT_RESIZE, IO_STATUS_FAILED, IO_STATUS_NOMEM,  # noqa: F401
                      IO_STATUS_NVME_ERROR, IO_STATUS_PENDING, IO_STATUS_SCSI_ERROR,
                      IO_STATUS_SUCCESS, IO_TYPE_FLUSH, IO_TYPE_NVME_ADMIN, IO_TYPE_NVME_IO,
@@ -32,21 +32,26 @@ from ._const import (EVENT_REMOVE, EVENT_RESIZE, IO_STATUS_FAILED, IO_STATUS_NOM
                      IO_TYPE_WRITE, IO_TYPE_WRITE_ZEROES, QOS_LIMIT_NOT_DEFINED,
                      QOS_NUM_RATE_LIMIT_TYPES, QOS_R_BPS_RATE_LIMIT, QOS_RW_BPS_RATE_LIMIT,
                      QOS_RW_IOPS_RATE_LIMIT, QOS_W_BPS_RATE_LIMIT)
-from ._core import (Bdev, BdevIo, Desc, IoStat, IoWaitEntry,  # noqa: F401
-                    alias_add, alias_del, alias_del_all, close, desc_get_bdev, dump_info_json,
-                    finish, first, first_leaf, flush, flush_blocks, free_io, get_aliases,
-                    get_block_size, get_buf_align, get_by_name, get_io_channel, get_name,
-                    get_num_blocks, get_opts, get_optimal_io_boundary, get_product_name,
-                    get_uuid, has_write_cache, initialize, io_type_supported, next, next_leaf,
-                    nvme_admin_passthru, nvme_io_passthru, nvme_io_passthru_md, open, open_ext,
-                    put_io_channel, queue_io_wait, read, read_blocks, readv, readv_blocks, reset,
-                    set_opts, subsystem_config_json, unmap, unmap_blocks, wait_for_examine,
-                    write, write_blocks, write_zeroes, write_zeroes_blocks, writev,
-                    writev_blocks, bdevs)
-from ._core import io_get_nvme_status, io_get_scsi_status, io_get_iovec, io_get_thread  # noqa: F401
-from ._core import io_get_submit_tsc  # noqa: F401
-from ._core import dma_free, dma_malloc, dma_zmalloc  # noqa: F401
-from ._core import unwatch_registry, watch_registry  # noqa: F401
+from ._bdev_io import free_io, queue_io_wait  # noqa: F401
+from ._buffers import dma_free, dma_malloc, dma_zmalloc  # noqa: F401
+from ._channel import get_io_channel, put_io_channel  # noqa: F401
+from ._complete import (io_get_iovec, io_get_nvme_status, io_get_scsi_status,  # noqa: F401
+                        io_get_submit_tsc, io_get_thread)
+from ._lifecycle import finish, initialize, subsystem_config_json, wait_for_examine  # noqa: F401
+from ._manager import get_opts, set_opts  # noqa: F401
+from ._registry import (alias_add, alias_del, alias_del_all, bdevs, close,  # noqa: F401
+                        desc_get_bdev, dump_info_json, first, first_leaf, get_aliases,
+                        get_block_size, get_buf_align, get_by_name, get_name, get_num_blocks,
+                        get_optimal_io_boundary, get_product_name, get_uuid, has_write_cache,
+                        io_type_supported, next, next_leaf, open, open_ext, unwatch_registry,
+                        watch_registry)
+from ._registry import bdev_unregister  # noqa: F401  users may hot-remove too (e.g. an RPC delete)
+from ._reset import reset  # noqa: F401
+from ._submit import (flush, flush_blocks, nvme_admin_passthru, nvme_io_passthru,  # noqa: F401
+                      nvme_io_passthru_md, read, read_blocks, readv, readv_blocks, unmap,
+                      unmap_blocks, write, write_blocks, write_zeroes, write_zeroes_blocks,
+                      writev, writev_blocks)
+from ._types import Bdev, BdevIo, Desc, IoStat, IoWaitEntry  # noqa: F401
 from ._stats import (get_channels_stat, get_device_stat, get_io_stat, get_io_time,  # noqa: F401
                      get_qd, get_qd_sampling_period, get_weighted_io_time, histogram_enable,
                      histogram_get, reset_device_stat, set_qd_sampling_period)
@@ -54,7 +59,6 @@ from ._stats import (get_channels_stat, get_device_stat, get_io_stat, get_io_tim
 get_qos_rate_limits = _qos.get_rate_limits
 set_qos_rate_limits = _qos.set_rate_limits
 get_qos_rpc_type = _qos.get_rpc_type
-bdev_unregister = _core.bdev_unregister   # users may hot-remove too (e.g. an RPC delete)
 
 __all__ = [
     # descriptors and channels

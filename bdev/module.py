@@ -35,7 +35,6 @@ calling thread; the I/O calls on the I/O's thread.
 """
 from __future__ import annotations
 
-from . import _core
 from ._bcast import broadcast, on_main_thread, to_main
 from ._const import (EAGAIN, EBADF, EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOENT, ENOMEM,
                      ENOTSUP, EPERM, EVENT_REMOVE, EVENT_RESIZE, IO_STATUS_FAILED,
@@ -53,11 +52,14 @@ from ._const import (EAGAIN, EBADF, EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOENT, 
                      SCSI_SENSE_ILLEGAL_REQUEST, SCSI_SENSE_MEDIUM_ERROR, SCSI_SENSE_NO_SENSE,
                      SCSI_SENSE_NOT_READY, SCSI_STATUS_CHECK_CONDITION, SCSI_STATUS_GOOD,
                      SMALL_BUF_MAX_SIZE, STATUS_INVALID, STATUS_READY, STATUS_REMOVING)
-from ._core import (Bdev, BdevIo, IoWaitEntry, bdev_destruct_done, bdev_register,
-                    bdev_unregister, io_complete, io_get_buf, module_claim_bdev,
-                    module_examine_done, module_finish_done, module_init_done,
-                    module_list_find, module_list_remove, module_release_bdev,
-                    notify_blockcnt_change, vbdev_register)
+from . import _buffers, _complete, _manager
+from ._buffers import io_get_buf
+from ._complete import io_complete
+from ._lifecycle import module_examine_done, module_finish_done, module_init_done
+from ._manager import module_list_find, module_list_remove
+from ._registry import (bdev_destruct_done, bdev_register, bdev_unregister, module_claim_bdev,
+                        module_release_bdev, notify_blockcnt_change, vbdev_register)
+from ._types import Bdev, BdevIo, IoWaitEntry
 
 __all__ = [
     # module description and registration
@@ -128,7 +130,7 @@ class BdevModule:
 def register_module(module: BdevModule) -> BdevModule:
     """SPDK_BDEV_MODULE_REGISTER: add to the module list (examine-capable ones first).
     Call at import, before the bdev layer initialises."""
-    _core.module_list_add(module)
+    _manager.module_list_add(module)
     return module
 
 
@@ -154,13 +156,13 @@ class FnTable:
 # bdev_io helpers, as free functions too (SPDK names)
 bdev_io_complete = io_complete
 bdev_io_get_buf = io_get_buf
-bdev_io_complete_nvme_status = _core.io_complete_nvme_status
-bdev_io_complete_scsi_status = _core.io_complete_scsi_status
-bdev_io_get_iovec = _core.io_get_iovec
-bdev_io_get_thread = _core.io_get_thread
-bdev_io_get_submit_tsc = _core.io_get_submit_tsc
-bdev_io_set_buf = _core.io_set_buf
-bdev_io_callback_raised = _core.callback_raised   # log a raising callback, keep the batch going
+bdev_io_complete_nvme_status = _complete.io_complete_nvme_status
+bdev_io_complete_scsi_status = _complete.io_complete_scsi_status
+bdev_io_get_iovec = _complete.io_get_iovec
+bdev_io_get_thread = _complete.io_get_thread
+bdev_io_get_submit_tsc = _complete.io_get_submit_tsc
+bdev_io_set_buf = _buffers.io_set_buf
+bdev_io_callback_raised = _complete.callback_raised   # log a raising callback, keep the batch going
 
 
 def shm_instance():
@@ -169,5 +171,5 @@ def shm_instance():
     the main one created; before initialize there is nothing to own).  A module creates
     its per-bdev segments with it, ``Segment.create(shm_instance(), what, size)``, so
     they are unlinked at bdev finish and on every exit path (drivers/malloc.py)."""
-    m = _core.get_manager()
+    m = _manager.get_manager()
     return m.instance if m is not None else None

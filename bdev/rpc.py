@@ -15,9 +15,11 @@ import struct
 import reactor as rx
 from reactor.rpc import RUNTIME, STARTUP, Param, rpc_method
 
-from . import _core, _qos, _stats
+from . import _qos, _stats
 from . import api
 from ._const import IO_TYPE_NAMES, QOS_LIMIT_NOT_DEFINED, QOS_RPC_TYPE
+from ._manager import get_manager
+from ._types import U64, IoStat
 
 #: The io types listed in supported_io_types, in SPDK's order and with SPDK's names.
 _IO_TYPES_LISTED = [(t, IO_TYPE_NAMES[t]) for t in sorted(IO_TYPE_NAMES)]
@@ -25,7 +27,7 @@ _WAIT_POLL_US = 1000
 
 
 def _layer_up(request) -> bool:
-    if _core.get_manager() is None:
+    if get_manager() is None:
         request.errno(-errno.ENODEV)
         return False
     return True
@@ -122,10 +124,10 @@ def bdev_get_bdevs(request, params):
 
 def _iostat_entry(b, st) -> dict:
     d = {"name": b.name}
-    d.update({f: getattr(st, f) for f in _core.IoStat.FIELDS})
+    d.update({f: getattr(st, f) for f in IoStat.FIELDS})
     d["queue_depth_polling_period"] = _stats.get_qd_sampling_period(b)
     qd = _stats.get_qd(b)
-    d["queue_depth"] = 0 if qd == _core.U64 - 1 else qd
+    d["queue_depth"] = 0 if qd == U64 - 1 else qd
     d["io_time"] = _stats.get_io_time(b)
     d["weighted_io_time"] = _stats.get_weighted_io_time(b)
     return d

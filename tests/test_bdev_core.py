@@ -8,7 +8,7 @@ import reactor as rx
 from reactor.testing import Harness
 
 import bdev as B
-from bdev import _core
+from bdev import _manager
 from bdev import module as bm
 import bdev_stub as S
 
@@ -52,12 +52,12 @@ def test_bytes_to_blocks(h):
 
 def test_num_blocks_change(h):
     b = S.create("b", blockcnt=100)
-    assert _core.notify_blockcnt_change(b, 50) == 0        # shrink, no desc
+    assert bm.notify_blockcnt_change(b, 50) == 0        # shrink, no desc
     assert B.get_num_blocks(b) == 50
-    assert _core.notify_blockcnt_change(b, 70) == 0        # grow
+    assert bm.notify_blockcnt_change(b, 70) == 0        # grow
     desc = open_rw(b)
-    assert _core.notify_blockcnt_change(b, 80) == 0        # grow with desc
-    assert _core.notify_blockcnt_change(b, 60) == -EBUSY   # shrink with desc
+    assert bm.notify_blockcnt_change(b, 80) == 0        # grow with desc
+    assert bm.notify_blockcnt_change(b, 60) == -EBUSY   # shrink with desc
     assert B.get_num_blocks(b) == 80
     B.close(desc)
 
@@ -234,7 +234,7 @@ def test_open_ext_events(h):
     assert B.open_ext("nope", True, lambda *a: None) == (-ENODEV, None)
     rc, desc = B.open_ext("b", True, lambda ev, bd, ctx: events.append((ev, bd.name, ctx)), "c")
     assert rc == 0
-    assert _core.notify_blockcnt_change(b, 20) == 0
+    assert bm.notify_blockcnt_change(b, 20) == 0
     h.poll_threads()
     assert events == [(B.EVENT_RESIZE, "b", "c")]
     B.bdev_unregister(b)
@@ -294,9 +294,9 @@ def _small_pool(h, pool, cache):
 
 @pytest.fixture
 def restore_opts():
-    saved = dict(_core._default_opts)
+    saved = dict(_manager._default_opts)
     yield
-    _core._default_opts.update(saved)
+    _manager._default_opts.update(saved)
 
 
 def test_set_opts_validation(h, restore_opts):
@@ -771,7 +771,7 @@ def test_module_init_failure_reports_minus_one():
             B.initialize(lambda arg, rc: done.append(rc))
             h.poll_threads()
             assert done == [-1]
-            assert _core.get_manager() is None
+            assert _manager.get_manager() is None
     finally:
         bm.module_list_remove(bad)
 

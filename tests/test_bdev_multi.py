@@ -8,6 +8,7 @@ import reactor as rx
 from reactor.testing import Harness
 
 import bdev as B
+from bdev import module as bm
 import bdev_stub as S
 from drivers import malloc, null
 
@@ -306,10 +307,10 @@ def test_finish_unregisters_everything_everywhere(h):
 # ------------------------------------------------------------------ arena ids, pool split
 @pytest.fixture
 def restore_opts():
-    from bdev import _core
-    saved = dict(_core._default_opts)
+    from bdev import _manager
+    saved = dict(_manager._default_opts)
     yield
-    _core._default_opts.update(saved)
+    _manager._default_opts.update(saved)
 
 
 def test_arena_id_cannot_collide_with_other_arenas():
@@ -564,7 +565,7 @@ def test_registry_changes_from_another_reactor_hop_to_the_main_thread(h):
     h.set_thread(3)
     done = []
     B.bdev_unregister(B.get_by_name("hop"), lambda arg, rc: done.append((arg, rc, rx.get_thread().name)), "a")
-    assert B.get_by_name("hop").status == B._core.STATUS_READY    # not applied locally first
+    assert B.get_by_name("hop").status == bm.STATUS_READY    # not applied locally first
     h.poll_threads()
     assert done == [("a", 0, "ut_thread3")]
     for i in (0, 1):

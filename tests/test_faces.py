@@ -70,10 +70,10 @@ def test_drivers_and_tools_import_only_the_two_faces():
 
 def test_the_import_check_catches_every_spelling(tmp_path):
     """The checker itself: each way of reaching a private module is reported."""
-    spellings = ["from bdev import _core", "import bdev._qos", "import bdev._stats as s",
+    spellings = ["from bdev import _registry", "import bdev._qos", "import bdev._stats as s",
                  "from bdev._bcast import to_main", "from bdev import api, _const",
-                 "def f():\n    from bdev import _core", "import importlib\n"
-                 "importlib.import_module('bdev._core')"]
+                 "def f():\n    from bdev import _submit", "import importlib\n"
+                 "importlib.import_module('bdev._types')"]
     for src in spellings:
         p = ROOT / "drivers" / "_face_probe.py"
         tree = ast.parse(src)
@@ -104,7 +104,8 @@ def _face_aliases(tree):
 
 def test_drivers_and_tools_use_only_exported_names():
     """``api.X`` / ``bm.X`` / ``bdev.X`` in drivers/ and tools/ name something the face
-    exports (``__all__``): no reaching through the package for ``bdev._core``."""
+    exports (``__all__``): no reaching through the package for a private room
+    (``bdev._registry``...)."""
     bad = []
     for path, tree in _sources("drivers", "tools"):
         aliases = _face_aliases(tree)
@@ -151,3 +152,4 @@ def test_bdev_imports_neither_drivers_nor_tools():
            for p, tree in _sources("bdev") for ln, m in imported_modules(p, tree)
            if m.split(".")[0] in ("drivers", "tools")]
     assert bad == []
+

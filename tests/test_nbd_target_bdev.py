@@ -142,7 +142,8 @@ def test_buffers_are_arena_views_cached_per_length_and_returned_at_close(h):
     h.set_thread(0)
     bdev_stub.create("s0", blockcnt=64, blocklen=512)
     h.poll_threads()
-    m = B._core.get_manager()
+    from bdev import _manager
+    m = _manager.get_manager()
     small0, large0 = m.small_avail, m.large_avail
     hd = BdevExport("s0").open(lambda *a: None)
     a = hd.alloc(4096)
@@ -162,8 +163,8 @@ def test_buffers_are_arena_views_cached_per_length_and_returned_at_close(h):
 @pytest.fixture
 def small_pools():
     """One reactor whose bdev layer has 8 small (8 KiB) and 4 large (64 KiB) buffers."""
-    from bdev import _core
-    saved = dict(_core._default_opts)
+    from bdev import _manager
+    saved = dict(_manager._default_opts)
     with Harness(n_threads=1, n_reactors=1) as hh:
         hh.set_thread(0)
         assert B.set_opts({"small_buf_pool_size": 8, "large_buf_pool_size": 4}) == 0
@@ -174,7 +175,7 @@ def small_pools():
             B.bdev_unregister(B.get_by_name(name))
             hh.poll_threads()
         bdev_stub.fini_layer(hh)
-    _core._default_opts.update(saved)
+    _manager._default_opts.update(saved)
 
 
 def _drain_dma(size=512):
