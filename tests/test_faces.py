@@ -153,3 +153,80 @@ def test_bdev_imports_neither_drivers_nor_tools():
            if m.split(".")[0] in ("drivers", "tools")]
     assert bad == []
 
+
+# ------------------------------------------------------------------ the rooms of bdev/
+BDEV_MAX_LINES = 900
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def bdev_import_graph() -> dict:
+    """bdev module -> the bdev modules it imports, every import statement counted (those
+    inside functions too).  The implicit import of a parent package is not an edge."""
+    graph = {}
+    for path, tree in _sources("bdev"):
+        mod = _module_name(path)
+        graph[mod] = sorted({m for _, m in imported_modules(path, tree)
+                             if (m == "bdev" or m.startswith("bdev.")) and m != mod})
+    return graph
+
+
+def find_cycle(graph: dict):
+    """A cycle of ``graph`` as a list ``[a, b, ..., a]``, or None."""
+    state = {}                     # 1: on the current path, 2: done
+    path = []
+
+    def visit(n):
+        state[n] = 1
+        path.append(n)
+        for m in graph.get(n, ()):
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_no_bdev_module_passes_900_lines():
+    """bdev/ is cut into rooms along the seams of bdev.c (docs/bdev.md): none may grow
+    past ~900 lines (split it along its next seam instead)."""
+    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "bdev").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > BDEV_MAX_LINES}
+    assert long == {}
+
+
+def test_bdev_imports_form_a_dag():
+    """Lower rooms never import higher ones (module- or function-level); where a lower
+    room must call up (QoS, statistics, the reset's completion) it goes through a stage
+    the higher room installs (bdev/_stages.py)."""
+    graph = bdev_import_graph()
+    assert "bdev._types" in graph and "bdev._qos" in graph      # the parse found the rooms
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_check_finds_cycles():
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": ["b", "c"], "b": ["c"], "c": []}) is None
+    tree = ast.parse("def f():\n    from . import _qos\n")
+    mods = [m for _, m in imported_modules(ROOT / "bdev" / "_types.py", tree)]
+    assert mods == ["bdev._qos"]                                 # a function-level import
+
+
+def test_every_stage_entry_is_installed():
+    import bdev  # noqa: F401  (imports every room)
+    from bdev import _stages
+    assert _stages.missing() == []
