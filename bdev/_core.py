@@ -888,6 +888,8 @@ def alias_add(bdev, alias) -> int:
     if alias is None or alias == "":
         log.error("empty alias passed")
         return -EINVAL
+    if _bcast.replicable(_alias_replica, [bdev.name, alias, True]):
+        return -EINVAL          # no other reactor could receive it: nothing changes
     m = _mgr()
     if alias in m.names:
         log.error("bdev name/alias %s already exists", alias)

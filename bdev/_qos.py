@@ -29,7 +29,7 @@ from reactor import wire
 from reactor.reactor import TID_SHIFT
 
 from . import _bcast, _core
-from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
+from ._const import (EAGAIN, EINVAL, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
                      IO_STATUS_SUCCESS, IO_TYPE_NVME_ADMIN,
                      IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_UNMAP,
                      IO_TYPE_WRITE, IO_TYPE_WRITE_ZEROES, LARGE_BUF_MAX_SIZE, QOS_CONF_TYPE,
@@ -715,6 +715,9 @@ def set_rate_limits(bdev, limits, cb, cb_arg=None) -> None:
         if rem:
             log.error("requested rate limit %d is not a multiple of %d; rounded up", limits[i], mn)
             limits[i] += mn - rem
+    if _bcast.replicable(_qos_apply_limits, [bdev.name, limits]):
+        cb(cb_arg, -EINVAL)     # a limit no other reactor could receive: nothing changes
+        return
     if bdev.qos_mod_in_progress:
         cb(cb_arg, -EAGAIN)
         return
