@@ -31,12 +31,7 @@ from reactor.reactor import TID_SHIFT
 from . import _bcast
 from ._buffers import dma_handles, io_get_buf
 from ._complete import _io_complete, io_complete
-from ._manager import get_manager
-from ._registry import get_by_name
-from ._stages import qos_stage
-from ._submit import _io_init, _io_submit_now
-from ._types import BDEV_CH_QOS_ENABLED, BdevIo
-from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
+from ._const import (EAGAIN, EINVAL, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_SCSI_ERROR,
                      IO_STATUS_SUCCESS, IO_TYPE_NVME_ADMIN,
                      IO_TYPE_NVME_IO, IO_TYPE_NVME_IO_MD, IO_TYPE_READ, IO_TYPE_UNMAP,
                      IO_TYPE_WRITE, IO_TYPE_WRITE_ZEROES, LARGE_BUF_MAX_SIZE, QOS_CONF_TYPE,
@@ -45,6 +40,11 @@ from ._const import (EAGAIN, IO_STATUS_FAILED, IO_STATUS_NVME_ERROR, IO_STATUS_S
                      QOS_R_BPS_RATE_LIMIT, QOS_RPC_TYPE, QOS_RW_BPS_RATE_LIMIT,
                      QOS_RW_IOPS_RATE_LIMIT, QOS_TIMESLICE_IN_USEC, QOS_W_BPS_RATE_LIMIT,
                      SMALL_BUF_MAX_SIZE)
+from ._manager import get_manager
+from ._registry import get_by_name
+from ._stages import qos_stage
+from ._submit import _io_init, _io_submit_now
+from ._types import BDEV_CH_QOS_ENABLED, BdevIo
 
 log = logging.getLogger("ringstack.bdev.qos")
 
@@ -722,6 +722,9 @@ def set_rate_limits(bdev, limits, cb, cb_arg=None) -> None:
         if rem:
             log.error("requested rate limit %d is not a multiple of %d; rounded up", limits[i], mn)
             limits[i] += mn - rem
+    if _bcast.replicable(_qos_apply_limits, [bdev.name, limits]):
+        cb(cb_arg, -EINVAL)     # a limit no other reactor could receive: nothing changes
+        return
     if bdev.qos_mod_in_progress:
         cb(cb_arg, -EAGAIN)
         return

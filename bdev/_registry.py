@@ -84,6 +84,8 @@ def alias_add(bdev, alias) -> int:
     if alias is None or alias == "":
         log.error("empty alias passed")
         return -EINVAL
+    if _bcast.replicable(_alias_replica, [bdev.name, alias, True]):
+        return -EINVAL          # no other reactor could receive it: nothing changes
     m = _mgr()
     if alias in m.names:
         log.error("bdev name/alias %s already exists", alias)
@@ -468,11 +470,23 @@ def close(desc) -> None:
         # The seed stops QoS when the last desc closes.  With several reactors the last
         # desc of the *bdev* decides: each replica reports to the main one (_qos.py).
         qos_stage.report_open_descs(bdev, False)
+    # The seed stops queue-depth sampling on every close.  Sampling started on the main
+    # replica (where RPCs run) is stopped there too when the close is on another reactor.
     stats_stage.set_qd_sampling_period(bdev, 0)
+    r = bdev.mgr.reactor if bdev.mgr is not None else None
+    if r is not None and r.index != 0 and not bdev.fini_started:
+        r.send(r.default_tid(0), _qd_stop_on_main, (bdev.name,))
     # A desc without remove_cb does not hold the unregister back (seed): the bdev may be
     # destructed already, and its last close must not unregister it a second time.
     if bdev.status == STATUS_REMOVING and not bdev.open_descs and not bdev.fini_started:
         _unregister_local(bdev, bdev.unregister_cb, bdev.unregister_ctx)
+
+
+@wire.remote("bdev.qd_stop_on_main")
+def _qd_stop_on_main(name) -> None:
+    b = get_by_name(name)
+    if b is not None and b.period:
+        stats_stage.set_qd_sampling_period(b, 0)
 
 
 def desc_get_bdev(desc):

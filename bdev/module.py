@@ -35,7 +35,7 @@ calling thread; the I/O calls on the I/O's thread.
 """
 from __future__ import annotations
 
-from ._bcast import broadcast, on_main_thread, to_main
+from ._bcast import broadcast, on_main_thread, replicable, to_main
 from ._const import (EAGAIN, EBADF, EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOENT, ENOMEM,
                      ENOTSUP, EPERM, EVENT_REMOVE, EVENT_RESIZE, IO_STATUS_FAILED,
                      IO_STATUS_NOMEM, IO_STATUS_NVME_ERROR, IO_STATUS_PENDING,
@@ -70,7 +70,7 @@ __all__ = [
     "bdev_destruct_done", "notify_blockcnt_change", "module_claim_bdev",
     "module_release_bdev",
     # replication (docs/architecture.md, Ownership) and the module's shared memory
-    "broadcast", "on_main_thread", "to_main", "shm_instance",
+    "broadcast", "replicable", "on_main_thread", "to_main", "shm_instance",
     # the bdev_io
     "BdevIo", "IoWaitEntry", "io_complete", "io_get_buf", "bdev_io_complete",
     "bdev_io_get_buf", "bdev_io_complete_nvme_status", "bdev_io_complete_scsi_status",

@@ -32,14 +32,46 @@ def state(module_name: str) -> dict:
 def replicated_create(build, handler, args, cb) -> None:
     """``build(*args) -> int`` here, then ``handler(done, *args)`` on every other reactor
     (``handler`` is the ``@remote`` wrapper of the same build); ``cb(rc)`` on this thread
-    once all applied.  A failure here answers at once (as a message) and broadcasts
-    nothing."""
-    rc = build(*args)
+    once all applied.  All or nothing (docs/architecture.md): arguments another reactor
+    could not receive are -EINVAL before anything is built; a failure here answers at
+    once (as a message) and broadcasts nothing; a replica that fails makes the bdevs this
+    build registered go again, everywhere, before ``cb(rc)``."""
     t = rx.get_thread()
+    rc = bm.replicable(handler, list(args))
     if rc:
         rx.send_msg(t, cb, rc)
         return
-    bm.broadcast(handler, list(args), cb, include_self=False)
+    before = {b.name for b in api.bdevs()}
+    rc = build(*args)
+    if rc:
+        rx.send_msg(t, cb, rc)
+        return
+    created = [b.name for b in api.bdevs() if b.name not in before]
+    broadcast_create(handler, list(args), created, cb)
+
+
+def broadcast_create(handler, args, created, cb) -> None:
+    """The second half of a replicated create, once the main replica registered the bdevs
+    named ``created``: ``handler(done, *args)`` on every other reactor, then ``cb(0)``;
+    if a replica answers an error, those bdevs are unregistered on every reactor (a
+    replica that never built them answers that at once) and ``cb(rc)`` follows."""
+    def after(rc):
+        if rc == 0:
+            cb(0)
+            return
+        log.error("%s failed on a replica (%d): undoing %s everywhere", getattr(handler, "__qualname__", handler),
+                  rc, ", ".join(created) or "nothing")
+        _unregister_all(list(created), lambda: cb(rc))
+    bm.broadcast(handler, args, after, include_self=False)
+
+
+def _unregister_all(names, then) -> None:
+    while names:
+        b = api.get_by_name(names.pop())
+        if b is not None and b.status != bm.STATUS_REMOVING:
+            bm.bdev_unregister(b, lambda _arg, _rc: _unregister_all(names, then))
+            return
+    then()
 
 
 def unregister_by_name(name: str, module, cb) -> None:

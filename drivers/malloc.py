@@ -22,6 +22,8 @@ from reactor import wire
 import bdev as _bdev
 from bdev import module as bm
 
+from . import _vbdev
+
 log = logging.getLogger("ringstack.malloc")
 
 _seq = itertools.count()
@@ -159,10 +161,17 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
     segment cannot be created."""
     from ipc.shm import Segment
     cb = cb or (lambda rc, name: None)
-    if not bm.on_main_thread():   # the main thread owns the registry: hop there
-        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary], cb)
-        return
     t = rx.get_thread()
+    # what the replicas will receive (the segment name and uuid are filled in below: a
+    # segment name is short, a uuid is 36 characters)
+    if bm.replicable(_create_replica, [name or "Malloc0000", "s" * 64, block_size, num_blocks,
+                                       uuid or "u" * 36, optimal_io_boundary]):
+        rx.send_msg(t, cb, -bm.EINVAL, name)
+        return
+    if not bm.on_main_thread():   # the main thread owns the registry: hop there
+        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary], cb,
+                   fail=(-bm.EIO, name))
+        return
     if name is None:
         n = 0
         while _bdev.get_by_name(f"Malloc{n}") is not None:
@@ -194,8 +203,8 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
         b.fn_table.destruct(b.ctxt)
         fail(rc)
         return
-    bm.broadcast(_create_replica, [name, seg.name, block_size, num_blocks, uuid, optimal_io_boundary],
-                 lambda rc: cb(rc, name), include_self=False)
+    _vbdev.broadcast_create(_create_replica, [name, seg.name, block_size, num_blocks, uuid,
+                                              optimal_io_boundary], [name], lambda rc: cb(rc, name))
 
 
 @wire.remote("malloc.create_on_main")

@@ -17,6 +17,8 @@ from reactor import wire
 import bdev as _bdev
 from bdev import module as bm
 
+from . import _vbdev
+
 log = logging.getLogger("ringstack.null")
 
 _SUPPORTED = {bm.IO_TYPE_READ, bm.IO_TYPE_WRITE, bm.IO_TYPE_WRITE_ZEROES, bm.IO_TYPE_UNMAP,
@@ -107,11 +109,16 @@ def _create_replica(done, name, num_blocks, block_size, uuid):
 def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
     """Create a null bdev on every reactor (main thread); ``cb(rc, name)``."""
     cb = cb or (lambda rc, name: None)
-    if not bm.on_main_thread():   # the main thread owns the registry: hop there
-        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid], cb)
-        return
     t = rx.get_thread()
-    if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0:
+    args = [name, num_blocks, block_size, uuid]
+    if bm.replicable(_create_replica, [name, num_blocks, block_size, uuid or "u" * 36]):  # uuid filled in below
+        rx.send_msg(t, cb, -bm.EINVAL, name)
+        return
+    if not bm.on_main_thread():   # the main thread owns the registry: hop there
+        bm.to_main(_create_on_main, args, cb, fail=(-bm.EIO, name))
+        return
+    if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0 \
+            or num_blocks * block_size >= 1 << 64:      # the size in bytes fits SPDK's u64
         rx.send_msg(t, cb, -bm.EINVAL, name)
         return
     if _bdev.get_by_name(name) is not None:
@@ -124,8 +131,8 @@ def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
         b.fn_table.destruct(b.ctxt)
         rx.send_msg(t, cb, rc, name)
         return
-    bm.broadcast(_create_replica, [name, num_blocks, block_size, uuid], lambda rc: cb(rc, name),
-                 include_self=False)
+    _vbdev.broadcast_create(_create_replica, [name, num_blocks, block_size, uuid], [name],
+                            lambda rc: cb(rc, name))
 
 
 @wire.remote("null.create_on_main")

@@ -33,6 +33,8 @@ def _resize(name, new_size_mb) -> int:
     b = api.get_by_name(name)
     if b is None or b.module is not null.null_module:
         return -errno.ENODEV
+    if new_size_mb * 1024 * 1024 >= 1 << 64:
+        return -errno.EINVAL        # the size in bytes must fit SPDK's u64
     blocks = new_size_mb * 1024 * 1024 // b.blocklen
     if blocks == 0:
         return -errno.EINVAL
@@ -40,8 +42,15 @@ def _resize(name, new_size_mb) -> int:
 
 
 @rx.remote("drivers.null.resize_replica")
-def _resize_replica(done, name, new_size_mb):
+def _resize_replica(done, name, new_size_mb, old_blocks):
     done(_resize(name, new_size_mb))
+
+
+@rx.remote("drivers.null.resize_undo")
+def _resize_undo(done, name, new_size_mb, old_blocks):
+    """A replica could not take the new size: the ones that did go back to the old one."""
+    b = api.get_by_name(name)
+    done(bm.notify_blockcnt_change(b, old_blocks) if b is not None else 0)
 
 
 @rpc_method("bdev_null_resize", params=[
@@ -49,11 +58,23 @@ def _resize_replica(done, name, new_size_mb):
     Param("new_size", int, min=1, help="new size in MiB"),
 ])
 def bdev_null_resize(request, params):
-    """Resize a null bdev (growing always works; shrinking fails with EBUSY while open)."""
+    """Resize a null bdev (growing always works; shrinking fails with EBUSY while open, on
+    any reactor: then no reactor keeps the new size)."""
     name, size = params["name"], params["new_size"]
-    rc = _resize(name, size)
+    b = api.get_by_name(name)
+    old = b.blockcnt if b is not None else 0
+    args = [name, size, old]
+    rc = bm.replicable(_resize_replica, args)
+    if rc == 0:
+        rc = _resize(name, size)
     if rc:
         request.errno(rc)
         return
-    bm.broadcast(_resize_replica, [name, size],
-                 answer(request, True), include_self=False)
+
+    def after(rc):
+        if rc == 0:
+            request.result(True)
+            return
+        bm.notify_blockcnt_change(b, old)      # the broadcast undid the others
+        request.errno(rc)
+    bm.broadcast(_resize_replica, args, after, include_self=False, undo=_resize_undo)

@@ -33,9 +33,13 @@ class StubDisk(bm.FnTable):
         self.channels = []
         self.destructed = False
         self.fail_inline = None  # status to complete inline with (inside submit)
+        self.no_channel = False  # get_io_channel gives None (the module has no channel)
+        self.fail_create_ch = False  # the module's own channel create fails
 
     # fn_table
     def get_io_channel(self, ctxt):
+        if self.no_channel:
+            return None
         return rx.get_io_channel(self)
 
     def io_type_supported(self, ctxt, io_type):
@@ -66,6 +70,8 @@ class StubDisk(bm.FnTable):
 
 
 def _ch_create(disk):
+    if disk.fail_create_ch:
+        raise RuntimeError(f"stub {disk.name}: channel create refused")
     c = StubChannel(disk)
     disk.channels.append(c)
     return c
@@ -156,13 +162,33 @@ class Cpl:
 
     def __init__(self):
         self.done = []
+        self.threads = []        # the thread each completion ran on (same order as done)
 
     def __call__(self, io, success, arg):
         self.done.append((arg, success))
+        self.threads.append(rx.get_thread().name)
         B.free_io(io)
+
+    def by_arg(self):
+        """{arg: (success, thread name)}; fails if an arg completed more than once."""
+        out = {}
+        for (a, ok), t in zip(self.done, self.threads):
+            assert a not in out, f"completion of {a!r} ran twice"
+            out[a] = (ok, t)
+        return out
 
     def args(self):
         return [a for a, _ in self.done]
 
     def statuses(self):
         return [s for _, s in self.done]
+
+
+def assert_idle(*io_chs):
+    """Nothing in flight: every given bdev io_channel and its shared resource count no
+    outstanding I/O, and the shared resource has nothing parked after NOMEM."""
+    for ch in io_chs:
+        c = ch.ctx
+        assert c.io_outstanding == 0, (ch, c.io_outstanding)
+        assert c.shared_resource.io_outstanding == 0, (ch, c.shared_resource.io_outstanding)
+        assert not c.shared_resource.nomem_io, (ch, len(c.shared_resource.nomem_io))

@@ -397,3 +397,106 @@ def test_split_flag_set_after_register_is_read_per_io(h1):
     B.put_io_channel(ch)
     B.close(d)
     h.poll_threads()
+
+
+# ------------------------------------------------------------------ 7. all or nothing
+from drivers import delay, malloc, null, passthru  # noqa: E402
+
+BIG = 2 ** 64
+HUGE_NAME = "n" * (1 << 20)          # larger than one ring record
+
+
+def _everywhere(h, fn):
+    out = []
+    for i in (0, 1):
+        h.set_thread(i)
+        out.append(fn())
+    return out
+
+
+def _names():
+    return sorted(b.name for b in B.bdevs())
+
+
+def test_create_with_an_argument_another_reactor_cannot_receive_changes_nothing(h2):
+    h = h2
+    h.set_thread(0)
+    before = _everywhere(h, _names)
+    out = []
+    malloc.create("mbig", 8, 512, optimal_io_boundary=BIG, cb=lambda rc, n: out.append(rc))
+    null.create(HUGE_NAME, 8, 512, cb=lambda rc, n: out.append(rc))
+    null.create("nbig", BIG, 512, cb=lambda rc, n: out.append(rc))
+    h.poll_threads()
+    assert out == [-22, -22, -22]
+    assert _everywhere(h, _names) == before
+
+
+def test_vbdev_create_with_an_argument_another_reactor_cannot_receive_leaves_the_base_unclaimed(h2):
+    h = h2
+    h.set_thread(0)
+    S.create("db")
+    h.poll_threads()
+    out = []
+    delay.create("dbig", "db", BIG, BIG, 1, 2, out.append)
+    h.poll_threads()
+    assert out == [-22]
+    assert _everywhere(h, _names) == [["db"], ["db"]]
+    assert _everywhere(h, lambda: B.get_by_name("db").claim_module) == [None, None]
+    h.set_thread(1)
+    rc, w = B.open(B.get_by_name("db"), True)        # still writable everywhere
+    assert rc == 0
+    B.close(w)
+
+
+def test_a_replica_that_cannot_build_the_bdev_undoes_the_create_everywhere(h2):
+    h = h2
+    h.set_thread(0)
+    # a base only the main reactor has: the replica's passthru builder finds none
+    assert bm.bdev_register(S._build("local0", 1024, 512)) == 0
+    out = []
+    passthru.create("pt", "local0", out.append)
+    h.poll_threads()
+    assert out == [-19]
+    assert _everywhere(h, lambda: B.get_by_name("pt")) == [None, None]
+    h.set_thread(0)
+    assert B.get_by_name("local0").claim_module is None
+    rc, w = B.open(B.get_by_name("local0"), True)
+    assert rc == 0
+    B.close(w)
+    done = []
+    B.bdev_unregister(B.get_by_name("local0"), lambda a, rc: done.append(rc))
+    h.poll_threads()
+    assert done == [0]
+
+
+def test_qos_limit_another_reactor_cannot_receive_changes_nothing(h2):
+    h = h2
+    h.set_thread(0)
+    S.create("ql")
+    h.poll_threads()
+    res = []
+    B.set_qos_rate_limits(B.get_by_name("ql"), [20000, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+    h.poll_threads()
+    for limits in ([BIG, NOT, NOT, NOT], [NOT, BIG, NOT, NOT], [NOT, NOT, 2 ** 63, NOT],
+                   [NOT, NOT, NOT, BIG]):
+        B.set_qos_rate_limits(B.get_by_name("ql"), limits, lambda a, rc: res.append(rc))
+        h.poll_threads()
+    assert res == [0, -22, -22, -22, -22]
+    assert _everywhere(h, lambda: B.get_qos_rate_limits(B.get_by_name("ql"))) == \
+        [[20000, 0, 0, 0], [20000, 0, 0, 0]]
+    # and the bdev still takes a new limit afterwards (no change left "in progress")
+    h.set_thread(0)
+    B.set_qos_rate_limits(B.get_by_name("ql"), [0, NOT, NOT, NOT], lambda a, rc: res.append(rc))
+    h.poll_threads()
+    assert res[-1] == 0
+
+
+def test_alias_another_reactor_cannot_receive_changes_nothing(h2):
+    h = h2
+    h.set_thread(0)
+    S.create("al")
+    h.poll_threads()
+    assert B.alias_add(B.get_by_name("al"), HUGE_NAME) == -22
+    h.poll_threads()
+    assert _everywhere(h, lambda: B.get_aliases(B.get_by_name("al"))) == [[], []]
+    assert _everywhere(h, lambda: B.get_by_name(HUGE_NAME)) == [None, None]

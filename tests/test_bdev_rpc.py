@@ -207,3 +207,39 @@ def test_bdev_layer_rpcs(clean):
     code, msg = err(t, "bdev_set_options", bdev_io_pool_size=1024)
     assert code == -1      # SPDK: wrong state
     assert t.call("bdev_malloc_delete", name="Q0") is True
+
+
+def _seen_on(t, name, reactor, block=0):
+    """What reactor ``reactor``'s replica says of ``name``: 0 (a read at ``block``
+    works), -19 (no such bdev there), -22 (``block`` is past its end)."""
+    return t.io(name, reactor, "read", off=block, num=1)["rc"]
+
+
+def test_a_failed_change_is_kept_by_no_reactor(clean):
+    """docs/architecture.md, All or nothing: arguments another reactor could not receive
+    are refused before the main reactor applies anything; checked on both reactors."""
+    t = clean
+    assert t.call("bdev_null_create", name="N0", num_blocks=2048, block_size=BS) == "N0"
+    t.call("bdev_set_qos_limit", name="N0", rw_ios_per_sec=20000)
+    before = state(t)
+    for params in ({"name": "Nbig", "num_blocks": 2 ** 64, "block_size": BS},
+                   {"name": "Nbig", "num_blocks": 2 ** 63, "block_size": 2 ** 20}):
+        code, _ = err(t, "bdev_null_create", **params)
+        assert code in (-32602, -errno.EINVAL)
+    code, _ = err(t, "bdev_null_resize", name="N0", new_size=2 ** 44)    # 2**64 bytes
+    assert code in (-32602, -errno.EINVAL)
+    for limit in ({"rw_ios_per_sec": 2 ** 64}, {"rw_mbytes_per_sec": 2 ** 63},
+                  {"r_mbytes_per_sec": 2 ** 63}, {"w_mbytes_per_sec": 2 ** 64}):
+        code, _ = err(t, "bdev_set_qos_limit", name="N0", **limit)
+        assert code in (-32602, -errno.EINVAL)
+    code, _ = err(t, "bdev_delay_create", name="D0", base_bdev_name="N0", avg_read_latency=2 ** 64,
+                  p99_read_latency=2 ** 64, avg_write_latency=1, p99_write_latency=2)
+    assert code in (-32602, -errno.EINVAL)
+    assert state(t) == before                                   # listed, claimed, size: as before
+    assert t.call("bdev_get_bdevs", name="N0")[0]["assigned_rate_limits"]["rw_ios_per_sec"] == 20000
+    for r in (0, 1):
+        assert _seen_on(t, "Nbig", r) == -19
+        assert _seen_on(t, "D0", r) == -19
+        assert _seen_on(t, "N0", r, block=2047) == 0 and _seen_on(t, "N0", r, block=2048) == -22
+        assert t.io("N0", r, "write", off=0, num=1, data=b"\0" * BS)["rc"] == 0   # not claimed
+    assert t.call("bdev_null_delete", name="N0") is True
