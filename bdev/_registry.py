@@ -90,13 +90,7 @@ def alias_add(bdev, alias) -> int:
     if alias in m.names:
         log.error("bdev name/alias %s already exists", alias)
         return -EEXIST
-    if not _bcast.on_main_thread() and rx.get_thread() is not None:
-        _bcast.to_main(_alias_on_main, [bdev.name, alias, True], None)
-        return 0
-    _alias_apply(m, bdev, alias, True)
-    if m.reactor.n_reactors > 1 and rx.get_thread() is not None:
-        _bcast.broadcast(_alias_replica, [bdev.name, alias, True], None, include_self=False)
-    return 0
+    return _alias_change(m, bdev, alias, True)
 
 
 def alias_del(bdev, alias) -> int:
@@ -105,13 +99,18 @@ def alias_del(bdev, alias) -> int:
     if alias not in bdev.aliases:
         log.info("alias %s does not exist", alias)
         return -ENOENT
-    m = _mgr()
+    return _alias_change(_mgr(), bdev, alias, False)
+
+
+def _alias_change(m, bdev, alias, add) -> int:
+    """The checked alias change: made by the main thread (which owns the registry), then
+    broadcast; from any other thread it hops there first (the answer is 0 already)."""
     if not _bcast.on_main_thread() and rx.get_thread() is not None:
-        _bcast.to_main(_alias_on_main, [bdev.name, alias, False], None)
+        _bcast.to_main(_alias_on_main, [bdev.name, alias, add], None)
         return 0
-    _alias_apply(m, bdev, alias, False)
+    _alias_apply(m, bdev, alias, add)
     if m.reactor.n_reactors > 1 and rx.get_thread() is not None:
-        _bcast.broadcast(_alias_replica, [bdev.name, alias, False], None, include_self=False)
+        _bcast.broadcast(_alias_replica, [bdev.name, alias, add], None, include_self=False)
     return 0
 
 
