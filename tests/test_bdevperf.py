@@ -1,9 +1,10 @@
-"""`ringstack bdevperf`: flag errors, verify across reactors, corruption detection, JSON vs table.
+"""`ringstack bdevperf`: flag errors, verify across reactors, corruption detection, results vs table.
 
 Runs bdevperf as a subprocess (it starts reactor processes); every run is short (1 s)."""
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -21,7 +22,6 @@ def bdevperf(*args, timeout=60):
 # ------------------------------------------------------------------------------ flag errors
 @pytest.mark.parametrize("args, needle", [
     (["-q", "8", "-o", "4096", "-w", "randomread", "-t", "1"], "unknown workload 'randomread'"),
-    (["-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-M", "50"], "-M is only valid with -w rw or randrw"),
     (["-q", "8", "-o", "4096", "-w", "randrw", "-t", "1"], "-M must be specified"),
     (["-q", "8", "-o", "4096", "-w", "rw", "-t", "1", "-M", "101"], "-M must be specified"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-m", "0xZZ"], "bad -m"),
@@ -34,9 +34,16 @@ def bdevperf(*args, timeout=60):
     (["-q", "8", "-o", "4096", "-t", "1"], "-w (workload) is required"),
     (["-q", "8", "-o", "4096", "-w", "read"], "-t (run time in seconds) is required"),
     (["-q", "x", "-o", "4096", "-w", "read", "-t", "1"], "-q expects an integer"),
-    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-Z"], "unrecognized arguments: -Z"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-Y"], "unrecognized arguments: -Y"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-P", "3"], "-P option must be specified with -S option"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-D"], "Please use -D option only when using randread"),
+    (["-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-F", "-1"], "Illegal zipf theta value -1"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-p", "1"], "the main core must be the lowest core"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-L", "nope"], "unknown -L flag 'nope'"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-s", "lots"], "invalid memory size 'lots'"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-J", "/nonexistent/x.log"], "Failed to open /nonexistent/x.log"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t"], "expected one argument"),
-    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "--json", "/nonexistent/r.json"], "cannot write --json"),
+    (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "--results", "/nonexistent/r.json"], "cannot write --results"),
     (["-q", "8", "-o", "4096", "-w", "read", "-t", "1", "-c", "/nonexistent.json"], "cannot read config"),
 ])
 def test_bad_flags_one_line(args, needle):
@@ -116,7 +123,7 @@ def _table(stdout):
 @pytest.mark.skipif(not TWO_CORES, reason="needs cores 0 and 1")
 def test_verify_two_reactors_no_mismatch(tmp_path):
     out = tmp_path / "r.json"
-    p = bdevperf("-q", "8", "-o", "4096", "-w", "verify", "-t", "1", "-m", "0x3", "-C", "--json", str(out))
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "verify", "-t", "1", "-m", "0x3", "-C", "--results", str(out))
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Running I/O for 1 seconds..." in p.stdout
     assert "mismatch" not in p.stdout.lower()
@@ -134,7 +141,7 @@ def test_verify_two_reactors_no_mismatch(tmp_path):
 
 def test_json_matches_table(tmp_path):
     out = tmp_path / "r.json"
-    p = bdevperf("-q", "16", "-o", "4k", "-w", "randread", "-t", "1", "-l", "--json", str(out))
+    p = bdevperf("-q", "16", "-o", "4k", "-w", "randread", "-t", "1", "-l", "--results", str(out))
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(out.read_text())
     rows = _table(p.stdout)
@@ -155,7 +162,7 @@ def test_json_matches_table(tmp_path):
     total = rows[-1][1]
     assert total[0] == pytest.approx(res["total"]["iops"], abs=0.006)
     # -l: SPDK's percentile lines
-    assert " Latency summary" in p.stdout and re.search(r"99\.90000% :\s+[\d.]+us", p.stdout)
+    assert "\n Latency summary\n" in p.stdout and re.search(r"\n 99\.90000% :\s+[\d.]+us\n", p.stdout)
     assert res["timeline"] and res["timeline"][0]["iops"] > 0
 
 
@@ -163,7 +170,7 @@ def test_json_matches_table(tmp_path):
 def test_other_workloads_run(workload, tmp_path):
     extra = ["-M", "50"] if workload == "rw" else []
     out = tmp_path / "r.json"
-    p = bdevperf("-q", "8", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out), *extra)
+    p = bdevperf("-q", "8", "-o", "4096", "-w", workload, "-t", "1", "--results", str(out), *extra)
     assert p.returncode == 0, p.stdout + p.stderr
     assert f"workload: {workload}" in p.stdout
     total = _table(p.stdout)[-1]
@@ -188,7 +195,7 @@ def test_error_bdev_corruption_names_offset(tmp_path):
                     "corrupt_offset": 700}},
     ]}]}))
     out = tmp_path / "r.json"
-    p = bdevperf("-q", "4", "-o", "4096", "-w", "verify", "-t", "1", "-c", str(cfg), "--json", str(out))
+    p = bdevperf("-q", "4", "-o", "4096", "-w", "verify", "-t", "1", "-c", str(cfg), "--results", str(out))
     assert p.returncode != 0
     m = re.search(r"Buffer mismatch! Target: EE_Base0 Disk Offset: (\d+) \(first bad block (\d+), "
                   r"byte offset (\d+)", p.stdout)
@@ -212,7 +219,7 @@ def test_sigint_drains_and_reports_terminated(tmp_path):
     import time
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "bdevperf", "-q", "8", "-o", "4096",
-                             "-w", "randread", "-t", "30", "--json", str(out)],
+                             "-w", "randread", "-t", "30", "--results", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -234,7 +241,7 @@ def test_sigint_drains_and_reports_terminated(tmp_path):
 
 def _write_result(tmp_path):
     res = tmp_path / "r.json"
-    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "--json", str(res))
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "--results", str(res))
     assert p.returncode == 0, p.stderr
     return res
 
@@ -273,8 +280,186 @@ def test_enomem_waits_and_resubmits(tmp_path, workload):
         {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 256, "bdev_io_cache_size": 16}},
         {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 16384,
                                                     "block_size": 512}}]}]}))
-    p = bdevperf("-q", "512", "-o", "4096", "-w", workload, "-t", "1", "--json", str(out),
+    p = bdevperf("-q", "512", "-o", "4096", "-w", workload, "-t", "1", "--results", str(out),
                  "-c", str(cfg))
     assert p.returncode == 0, p.stdout + p.stderr
     j = json.loads(out.read_text())["results"][0]
     assert j["nomem_waits"] > 0 and j["io_failed"] == 0 and j["iops"] > 0 and j["status"] == "finished"
+
+
+# ------------------------------------------------------------- SPDK's output, byte for byte
+# The formats of SPDK's examples/bdev/bdevperf/bdevperf.c (performance_dump_job_stdout,
+# bdevperf_test_done, _performance_dump_done), as regular expressions over the raw bytes.
+_NUM = r" +\d+\.\d\d"
+SPDK_LINES = {
+    "latency_head": r"\n {96}Latency\(us\)\n",
+    "device_head": (r"\r Device Information          : runtime\(s\)       IOPS      MiB/s     Fail/s"
+                    r"     TO/s    Average        min        max\n"),
+    "job": r"\nJob: Malloc0 \(Core Mask 0x1, workload: randread, depth: 16, IO size: 4096\)\n",
+    "row": r"\n\t Malloc0             :" + _NUM * 5 + r" +\d+\.\d\d" * 3 + r"\n",
+    "rule": r"\r =={57}=+\n",
+    "total": r"\r Total                       :            " + _NUM * 7 + r"\n",
+    "progress": r"\n {0,3}\d+\.\d\d IOPS, +\d+\.\d\d MiB/s\r",
+}
+
+
+def test_output_is_spdks_byte_for_byte():
+    p = subprocess.run([sys.executable, "-m", "tools.cli", "bdevperf", "-q", "16", "-o", "4096",
+                        "-w", "randread", "-t", "2"], cwd=ROOT, capture_output=True, timeout=60)
+    out = p.stdout.decode()
+    assert p.returncode == 0, out + p.stderr.decode()
+    for name, rx_ in SPDK_LINES.items():
+        assert re.search(rx_, out), (name, out)
+    assert "\n Job:" not in out                      # SPDK's Job: lines have no leading space
+    assert re.search(r"\r\n {96}Latency\(us\)\n", out)  # the \r line is ended by the table's \n
+    assert "\r =" + "=" * 114 + "\n" in out and "=" * 116 not in out
+
+
+def test_M_with_randread_warns_and_runs():
+    """SPDK: "Ignoring -M option..." on stderr, and the test runs as randread."""
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-M", "50")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Ignoring -M option... Please use -M option only when using rw or randrw." in p.stderr
+    assert "workload: randread, depth: 8" in p.stdout and "percentage" not in p.stdout
+
+
+def _two_malloc_config(tmp_path, name="conf.json"):
+    cfg = tmp_path / name
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": n, "num_blocks": 16384, "block_size": 512}}
+        for n in ("Malloc0", "Malloc1")]}]}, indent=1))
+    return cfg
+
+
+@pytest.mark.parametrize("flag", ["--json", "-c", "--config"])
+def test_json_flag_is_the_config_and_is_never_written(tmp_path, flag):
+    cfg = _two_malloc_config(tmp_path)
+    before, mtime = cfg.read_bytes(), cfg.stat().st_mtime_ns
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", flag, str(cfg), "--results", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Job: Malloc0 " in p.stdout and "Job: Malloc1 " in p.stdout     # the config's bdevs
+    assert cfg.read_bytes() == before and cfg.stat().st_mtime_ns == mtime
+    assert [j["job"] for j in json.loads(out.read_text())["results"]] == ["Malloc0", "Malloc1"]
+
+
+def test_results_file(tmp_path):
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "--results", str(out))
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert res["results"][0]["job"] == "Malloc0" and res["core_count"] == 1 and res["timeline"]
+
+
+def _delay_config(tmp_path, latency_us):
+    cfg = tmp_path / "delay.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512}},
+        {"method": "bdev_delay_create", "params": {
+            "name": "Delay0", "base_bdev_name": "Malloc0", "avg_read_latency": latency_us,
+            "p99_read_latency": latency_us, "avg_write_latency": latency_us,
+            "p99_write_latency": latency_us}}]}]}))
+    return cfg
+
+
+@pytest.mark.parametrize("extra", [[], ["-k", "1"], ["-k", "1", "-X"]])
+def test_k_counts_timeouts_in_TO_per_s(tmp_path, extra):
+    """I/O that takes 2.5 s: with -k 1 the once-a-second check finds every in-flight I/O
+    outstanding at 2 s (and the drain's at 4 s); without -k nothing is counted.  -X would
+    abort them where the bdev has SPDK's ABORT type (none has): they still complete."""
+    out = tmp_path / "r.json"
+    p = bdevperf("-q", "4", "-o", "4096", "-w", "randread", "-t", "4", "-c",
+                 str(_delay_config(tmp_path, 2_500_000)), "--results", str(out), *extra)
+    assert p.returncode == 0, p.stdout + p.stderr
+    j = json.loads(out.read_text())["results"][0]
+    row = _table(p.stdout)[0][1]             # runtime IOPS MiB/s Fail/s TO/s ...
+    if extra:
+        assert j["io_timeout"] >= 4 and row[4] > 0
+        assert j["io_failed"] == 0 and j["iops"] > 0
+    else:
+        assert j["io_timeout"] == 0 and row[4] == 0
+    assert "Ignoring g_abort" not in p.stdout
+
+
+def test_X_without_k_is_ignored_as_spdk_says():
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-X")
+    assert p.returncode == 0 and "Timeout must be set for abort option, Ignoring g_abort" in p.stdout
+
+
+def test_Z_fails_as_spdk_on_a_bdev_without_zcopy():
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-Z")
+    assert p.returncode == 1
+    assert "Test requires ZCOPY but bdev module does not support ZCOPY" in p.stderr
+
+
+def _aio_config(tmp_path, size):
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(size))
+    cfg = tmp_path / "aio.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_aio_create", "params": {"name": "Aio0", "filename": str(img), "block_size": 512}}]}]}))
+    return img, cfg
+
+
+def _write_counts(img, io_size=4096, bs=512):
+    """-U's data: per I/O slot, the write count (high halves), after checking the low halves
+    are SPDK's (block index in the I/O + byte offset in the block)."""
+    data = img.read_bytes()
+    want_low = [k // (bs // 8) + (k % (bs // 8)) * 8 for k in range(io_size // 8)]
+    counts = []
+    for off in range(0, len(data), io_size):
+        words = struct.unpack(f"<{io_size // 8}Q", data[off:off + io_size])
+        assert [w & 0xFFFFFFFF for w in words] == want_low
+        assert len({w >> 32 for w in words}) == 1
+        counts.append(words[0] >> 32)
+    return counts
+
+
+def test_U_unique_writes_and_D_random_map(tmp_path):
+    """-U: every write carries its count; -D: each pass writes every slot once, so the last
+    write of every slot is within the last two passes (uniform offsets leave some slot far
+    behind: with 64 slots the chance they do not is about 1e-4)."""
+    img, cfg = _aio_config(tmp_path, 64 * 4096)
+    p = bdevperf("-q", "1", "-o", "4096", "-w", "randwrite", "-t", "1", "-U", "-D", "-c", str(cfg))
+    assert p.returncode == 0, p.stdout + p.stderr
+    counts = _write_counts(img)
+    assert max(counts) > 4 * 64                  # several passes ran
+    assert max(counts) - min(counts) < 2 * 64
+    # without -U the data is the buffer's zeros
+    (tmp_path / "b").mkdir()
+    img2, cfg2 = _aio_config(tmp_path / "b", 16 * 4096)
+    p = bdevperf("-q", "1", "-o", "4096", "-w", "write", "-t", "1", "-c", str(cfg2))
+    assert p.returncode == 0 and img2.read_bytes() == bytes(16 * 4096)
+
+
+def test_F_zipf_draws_follow_spdks_generator():
+    import random as _random
+    from tools.bdevperf_jobfile import zipf_table
+    n, theta = 1000, 1.2
+    draws = zipf_table(n, theta, 200_000, _random.Random(7))
+    zetan = sum((1.0 / (i + 1)) ** theta for i in range(n))
+    assert min(draws) == 0 and max(draws) < n
+    for v in (0, 1, 9):                          # P(v) = (v+1)^-theta / zeta(n)
+        assert draws.count(v) / len(draws) == pytest.approx((v + 1) ** -theta / zetan, rel=0.1)
+
+
+def test_F_zipf_run():
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-F", "1.2")
+    assert p.returncode == 0 and "workload: randread" in p.stdout, p.stderr
+
+
+def test_P_moving_average_with_S():
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "3", "-S", "1", "-P", "2")
+    assert p.returncode == 0, p.stderr
+    assert sum(1 for ln in p.stdout.split("\n") if ln.startswith(" Total")) >= 3
+    from tools.bdevperf_report import ema_next
+    assert ema_next(0.0, 100.0, 1) == 100.0              # n = 1: the last period alone
+    assert ema_next(100.0, 400.0, 3) == 250.0            # M = 2 / (3 + 1)
+
+
+def test_environment_flags_accepted_as_documented_noops():
+    p = bdevperf("-q", "8", "-o", "4096", "-w", "randread", "-t", "1", "-i", "0", "-g", "-R",
+                 "-e", "0x0", "--no-huge", "-u", "-n", "4", "-d", "-H", "-N", "-p", "0",
+                 "--silence-noticelog", "--interrupt-mode", "-L", "bdevperf")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Job: Malloc0 " in p.stdout

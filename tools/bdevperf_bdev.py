@@ -79,19 +79,10 @@ def create_default(done) -> None:
     _call_rpc("bdev_malloc_create", dict(DEFAULT_BDEV), done)
 
 
-def load_config(path: str, done) -> None:
-    """Replay an SPDK JSON config (``-c``); ``done(rc, message)``."""
-    from reactor.rpc_config import ConfigError, read_config
-    try:
-        config = read_config(path)
-    except ConfigError as exc:
-        done(-errno.EINVAL, str(exc))
-        return
-    _with_server(lambda server, finish: _load(server, config, finish), done)
-
-
 def load_config_dict(config: dict, done) -> None:
-    """Replay an SPDK JSON config given as a dict (bench scaling builds its bdevs so)."""
+    """Replay an SPDK JSON config (the RUNTIME entries of ``-c``/``--json``, or the configs
+    bench scaling builds) through the RPC method table; ``done(rc, message)``.  The one place
+    bdevperf loads a config."""
     from reactor.rpc_config import ConfigError, entries
     try:
         entries(config)

@@ -110,6 +110,11 @@ def totals(stats: list[dict]) -> dict:
     return t
 
 
+def ema_next(ema: float, iops: float, n: int) -> float:
+    """-P n: SPDK's exponential moving average of the per-period IO/s, M = 2 / (n + 1)."""
+    return ema + (iops - ema) * 2 / (n + 1)
+
+
 def job_failed(r: dict) -> bool:
     """SPDK's rule (failed I/O without reset/-f), and also a job that ended on an error of
     its own (a verify mismatch, a submit error): SPDK fails the run then, we say which job."""
@@ -124,14 +129,14 @@ RULE = "\r " + "=" * 115
 
 def job_lines(r: dict, s: dict) -> list[str]:
     if r["workload"] in ("rw", "randrw"):
-        head = (f" Job: {r['name']} (Core Mask {r['core_mask']}, workload: {r['workload']}, "
+        head = (f"Job: {r['name']} (Core Mask {r['core_mask']}, workload: {r['workload']}, "
                 f"percentage: {r['rw_percentage']}, depth: {r['queue_depth']}, IO size: {r['io_size']})")
     else:
-        head = (f" Job: {r['name']} (Core Mask {r['core_mask']}, workload: {r['workload']}, "
+        head = (f"Job: {r['name']} (Core Mask {r['core_mask']}, workload: {r['workload']}, "
                 f"depth: {r['queue_depth']}, IO size: {r['io_size']})")
     lines = [head]
     if job_failed(r):
-        lines.append(f" Job: {r['name']} ended in about {s['runtime']:.2f} seconds with error")
+        lines.append(f"Job: {r['name']} ended in about {s['runtime']:.2f} seconds with error")
     if r["verify"]:
         lines.append(f"\t Verification LBA range: start 0x{r['ios_base']:x} length 0x{r['size_in_ios']:x}")
     lines.append("\t {:<20s}: {:10.2f} {:10.2f} {:10.2f} {:10.2f} {:8.2f} {:10.2f} {:10.2f} {:10.2f}".format(
@@ -161,7 +166,6 @@ def final_table(results: list[dict], latency_level: int = 0) -> str:
         for r in results:
             out.append("\r " + "=" * 45)
             out.append(f"\r Job: {r['name']} (Core Mask {r['core_mask']})")
-            out.append("")
             for cut, us in percentiles(r["hist"], LATENCY_CUTOFFS):
                 out.append(f"{cut * 100:9.5f}% : {us:9.3f}us")
             out.append("")
@@ -170,7 +174,6 @@ def final_table(results: list[dict], latency_level: int = 0) -> str:
             for r in results:
                 out.append("\r " + "=" * 45)
                 out.append(f"\r Job: {r['name']} (Core Mask {r['core_mask']})")
-                out.append("")
                 total = sum(c for _, c in r["hist"])
                 so_far = 0
                 for i, c in sorted(r["hist"]):
@@ -182,14 +185,15 @@ def final_table(results: list[dict], latency_level: int = 0) -> str:
 
 
 def progress_line(iops: float, mibps: float) -> str:
-    """SPDK's summarized per-period line (``%12.2f IOPS, %8.2f MiB/s``)."""
+    """SPDK's summarized per-period line (``%12.2f IOPS, %8.2f MiB/s``, printed with a
+    ``\r`` and no newline, so each period overwrites the last on a terminal)."""
     return f"{iops:12.2f} IOPS, {mibps:8.2f} MiB/s"
 
 
 # ---------------------------------------------------------------------------------- JSON
-def job_json(r: dict, s: dict, terminated: bool = False) -> dict:
+def job_json(r: dict, s: dict, terminated: bool = False, spdk_only: bool = False) -> dict:
     """One entry of SPDK's perform_tests ``results`` (same keys, same order), plus
-    ringstack's extras (percentiles and the histogram) after them."""
+    ringstack's extras (percentiles and the histogram) after them unless ``spdk_only``."""
     j = {"job": r["name"], "core_mask": r["core_mask"], "workload": r["workload"]}
     if r["workload"] in ("rw", "randrw"):
         j["percentage"] = r["rw_percentage"]
@@ -208,6 +212,8 @@ def job_json(r: dict, s: dict, terminated: bool = False) -> dict:
         "min_latency_us": s["min_latency_us"],
         "max_latency_us": s["max_latency_us"],
     })
+    if spdk_only:
+        return j
     pct = dict(percentiles(r["hist"], [c for _, c in JSON_PERCENTILES]))
     j["latency_percentiles_us"] = {name: pct.get(c) for name, c in JSON_PERCENTILES}
     j["latency_histogram"] = [[bucket_range(i)[0] / 1000, bucket_range(i)[1] / 1000, c]
@@ -221,10 +227,14 @@ def job_json(r: dict, s: dict, terminated: bool = False) -> dict:
 
 
 def perform_tests_json(results: list[dict], core_count: int, timeline=None, extra=None,
-                       terminated: bool = False) -> dict:
+                       terminated: bool = False, spdk_only: bool = False) -> dict:
+    """SPDK's perform_tests result ({"results": [...], "core_count": N}); unless
+    ``spdk_only``, with ringstack's totals, timeline and per-job extras (the --results file)."""
     stats = [job_stats(r) for r in results]
-    out = {"results": [job_json(r, s, terminated) for r, s in zip(results, stats)],
+    out = {"results": [job_json(r, s, terminated, spdk_only) for r, s in zip(results, stats)],
            "core_count": core_count}
+    if spdk_only:
+        return out
     t = totals(stats)
     out["total"] = {k: t[k] for k in ("iops", "mibps", "fail_per_s", "timeout_per_s",
                                       "avg_latency_us", "min_latency_us", "max_latency_us")}

@@ -80,7 +80,7 @@ def _reactors_case(bdev, mask, workload, io_size, seconds) -> dict:
     from tools import bdevperf
     o = _opts(bdev, mask, workload, io_size, seconds, multithread=(mask != "0x1"))
     rc = bdevperf.run_app(o)
-    res = bdevperf.last_result
+    res = bdevperf.RUN.last_result
     if rc or res is None:
         raise RuntimeError(f"bdevperf {bdev} {workload} -m {mask} failed (rc {rc})")
     return _summary(res["json"])
@@ -187,9 +187,9 @@ def _inprocess_case(bdev, workload, io_size, seconds, n_reactors, n_threads, pro
             state["rc"] = rc
 
         def start():
-            bdevperf._run = bdevperf.Run(o, n_reactors, finish)
-            bdevperf._run.begin()
-        bdevperf.last_result = None
+            bdevperf.RUN.session = bdevperf.RUN.Session(o, n_reactors, finish)
+            bdevperf.RUN.session.begin()
+        bdevperf.RUN.last_result = None
         ip.call(start)
         if profile is not None:
             profile.enable()
@@ -197,13 +197,13 @@ def _inprocess_case(bdev, workload, io_size, seconds, n_reactors, n_threads, pro
         if profile is not None:
             profile.disable()
     finally:
-        bdevperf._run = None
+        bdevperf.RUN.session = None
         state.pop("fini", None)
         ip.call(subsystem.fini_all, lambda *a: state.__setitem__("fini", True))
         ip.run_until(lambda: "fini" in state, 30)
-    if state["rc"] or bdevperf.last_result is None:
+    if state["rc"] or bdevperf.RUN.last_result is None:
         raise RuntimeError(f"in-process bdevperf failed (rc {state['rc']})")
-    return _summary(bdevperf.last_result["json"])
+    return _summary(bdevperf.RUN.last_result["json"])
 
 
 # ------------------------------------------------------------------------- quiet gate

@@ -1,4 +1,4 @@
-"""`ringstack plot RESULTS.json -o out.png`: plot a bdevperf ``--json`` result.
+"""`ringstack plot RESULTS.json -o out.png`: plot a bdevperf ``--results`` file.
 
 Two panels: the latency histogram of every job (from the log-linear histogram bdevperf
 records) and the per-second IOPS timeline.  matplotlib is an optional extra
@@ -14,8 +14,8 @@ class PlotError(Exception):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plot", help="plot a bdevperf --json result (latency histogram, IOPS timeline)")
-    p.add_argument("results", metavar="RESULTS.json", help="file written by ringstack bdevperf --json")
+    p = sub.add_parser("plot", help="plot a bdevperf --results file (latency histogram, IOPS timeline)")
+    p.add_argument("results", metavar="RESULTS.json", help="file written by ringstack bdevperf --results")
     p.add_argument("-o", "--output", default="bdevperf.png", metavar="OUT.png", help="image to write")
 
     p.set_defaults(func=run)
@@ -30,7 +30,7 @@ def load(path: str) -> dict:
     except ValueError as exc:
         raise PlotError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise PlotError(f"{path} is not a bdevperf --json result (no \"results\" array)")
+        raise PlotError(f"{path} is not a bdevperf --results file (no \"results\" array)")
     return data
 
 
