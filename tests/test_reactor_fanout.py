@@ -629,3 +629,21 @@ def test_nbd_start_failing_on_a_reactor_leaves_it_as_it_was():
         assert r0.locals.get("nbd") is main and not main.stopped   # not the caller's to undo
         main.stop(lambda: None)
         h.poll_threads()
+
+
+def test_nbd_second_stop_finishes_with_the_first():
+    """A stop while one is under way (or done) gets its finish too, once."""
+    with Harness(2, n_reactors=2) as h:
+        S, glue, svcs = _nbd_setup(h)
+        try:
+            h.set_thread(0)
+            got = []
+            svcs[0].stop(lambda: got.append("first"))
+            svcs[0].stop(lambda: got.append("second"))
+            h.poll_threads()
+            assert sorted(got) == ["first", "second"]
+            svcs[0].stop(lambda: got.append("third"))       # already stopped
+            h.poll_threads()
+            assert got.count("third") == 1 and len(got) == 3
+        finally:
+            _nbd_teardown(h, S, svcs)

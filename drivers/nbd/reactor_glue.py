@@ -114,6 +114,7 @@ class ReactorNbd:
         self._rr_pos = 0
         self.chan = None            # other reactors: channel to the main reactor
         self.stopping = None        # the finish callback, while stopping
+        self.stop_waiters = []      # finish callbacks of later stops, run with it
         self.started_here = False   # set up by the "start" step (not by its caller)
         self.stopped = False
         self._deadline = 0
@@ -403,6 +404,11 @@ class ReactorNbd:
         """Stop accepting, let every connection finish its in-flight requests (at most
         STOP_DRAIN_S), close everything, then ``finish()``."""
         if self.stopping is not None:
+            # a second stop while one is under way (or done) finishes with the first
+            if self.stopped:
+                rx.send_msg(rx.get_thread(), finish)
+            else:
+                self.stop_waiters.append(finish)
             return
         if self.listener is not None:
             self._unregister(self.listener.fileno())
@@ -450,6 +456,9 @@ class ReactorNbd:
         if self.reactor.locals.get("nbd") is self:
             del self.reactor.locals["nbd"]
         finish()
+        for waiter in self.stop_waiters:
+            waiter()
+        self.stop_waiters = []
 
 
 def current() -> ReactorNbd | None:
