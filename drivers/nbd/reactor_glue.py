@@ -22,7 +22,8 @@ Per reactor (``current_reactor().locals["nbd"]``, a :class:`ReactorNbd`):
 Placement: the main reactor accepts, then gives each new socket to the next reactor in
 turn (itself included).  A socket for another reactor travels as an fd (SCM_RIGHTS) over a
 Unix SOCK_SEQPACKET connection that the other reactor opened, when the server started, to an
-*abstract* Unix address (``\\0ringstack.<pid>.nbd.<n>``) the main reactor listens on: there
+*abstract* Unix address (``\\0ringstack.<pid>.nbd.<n>.<128 random bits>``, unguessable, so
+another user cannot take it first) the main reactor listens on: there
 is no file to create, chmod or remove, and nothing is left behind on any exit path (the
 name disappears with the socket, even after SIGKILL).  Abstract names have no file
 permissions, so both ends check the peer with SO_PEERCRED: the main reactor accepts only
@@ -48,6 +49,7 @@ import itertools
 import logging
 import os
 import select
+import secrets
 import socket
 import struct
 
@@ -323,7 +325,9 @@ class ReactorNbd:
         self._register(self.listener.fileno(), self.listener, _IN)
         if self.reactor.n_reactors > 1:
             ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            self.ctl_name = f"\0ringstack.{os.getpid()}.nbd.{next(_seq)}"
+            # The name carries 128 random bits: another local user could otherwise bind
+            # the next predictable name first and make the start fail (EADDRINUSE).
+            self.ctl_name = f"\0ringstack.{os.getpid()}.nbd.{next(_seq)}.{secrets.token_hex(16)}"
             try:
                 ctl.bind(self.ctl_name)
                 ctl.listen(self.reactor.n_reactors)
