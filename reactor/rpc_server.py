@@ -33,6 +33,7 @@ socket and lock files.
 from __future__ import annotations
 
 import codecs
+import errno
 import fcntl
 import json
 import logging
@@ -472,12 +473,23 @@ class RpcServer:
         path = self.path
         if len(os.fsencode(path)) >= 108:
             raise RpcServerError(f"RPC socket path too long ({len(path)} bytes, max 107): {path}")
+        # The lock file often lives in a world-writable directory (/var/tmp): never follow
+        # a symlink planted there (O_NOFOLLOW), and use only a regular file of our own
+        # (a hard link to someone else's file is refused too).
         try:
-            self._lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-                                    0o600)
+            self._lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC
+                                    | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
         except OSError as exc:
-            raise RpcServerError(f"cannot open lock file {self._lock_path}: "
-                                 f"{exc.strerror}") from None
+            why = ("it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror)
+            self._lock_path = ""       # not ours: never unlink it
+            raise RpcServerError(f"cannot open lock file {path}.lock: {why}") from None
+        st = os.fstat(self._lock_fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            self._lock_path = ""
+            raise RpcServerError(f"cannot use lock file {path}.lock: not a regular file of this "
+                                 f"user with one link")
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -646,3 +646,26 @@ def test_pipelined_flood_with_backpressure_keeps_order(served, sock_path):
     assert [r["id"] for r in out] == list(range(n))
     assert all(len(r["result"]) == size for r in out)
     s.close()
+
+
+def test_lock_file_symlink_or_foreign_file_is_refused(sock_path, tmp_path):
+    """The lock file may sit in a world-writable directory (/var/tmp): a symlink planted
+    at <socket>.lock is never followed (nothing is created where it points), and a hard
+    link to another file is not used either."""
+    target = tmp_path / "elsewhere"
+    os.symlink(target, sock_path + ".lock")
+    with pytest.raises(RpcServerError, match="symbolic link"):
+        RpcServer(sock_path)
+    assert not os.path.lexists(target)                  # nothing created through the link
+    assert os.path.islink(sock_path + ".lock")          # and the planted link left alone
+    os.unlink(sock_path + ".lock")
+    other = tmp_path / "other"
+    other.write_text("x")
+    os.link(other, sock_path + ".lock")
+    with pytest.raises(RpcServerError, match="regular file of this user"):
+        RpcServer(sock_path)
+    assert other.read_text() == "x" and os.path.exists(sock_path + ".lock")
+    os.unlink(sock_path + ".lock")
+    with RpcServer(sock_path):                          # a clean path still works
+        pass
+    assert not os.path.exists(sock_path + ".lock")
