@@ -17,8 +17,9 @@ Wire behaviour (SPDK's lib/jsonrpc and lib/rpc, JSON-RPC 2.0):
   the head.  Notifications (no ``id``) take no slot and get no response, errors included.
 * A batch (array) gets one array response once all its members are done; an empty array is
   -32600; a batch of notifications gets no response.
-* Errors: -32700 parse error (then the connection is closed once earlier responses are out:
-  a byte stream has no resync point), -32600 invalid request, -32601 method not found, -32602
+* Errors: -32700 parse error (also for a value nested deeper than 64 levels, SPDK's
+  limit; then the connection is closed once earlier responses are out: a byte stream has
+  no resync point), -32600 for an id JSON cannot carry back (1e400) answered with id null, -32600 invalid request, -32601 method not found, -32602
   invalid parameters (message names the parameter), -32603 internal error (a handler raised;
   the exception is logged and the server keeps serving), -1 method invalid in the current state
   (SPDK's SPDK_JSONRPC_ERROR_INVALID_STATE wording), and a handler's own ``-errno`` codes.
@@ -37,6 +38,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -86,6 +88,7 @@ MAX_OUT_BYTES = 16 * 1024 * 1024  # unsent bytes before we stop reading
 MAX_VALUE_BYTES = 32 * 1024 * 1024    # one JSON value (SPDK_JSONRPC_RECV_BUF_SIZE-like cap)
 MAX_CONNS = 64                    # SPDK_JSONRPC_MAX_CONNS
 MAX_ID_LEN = 128                  # SPDK_JSONRPC_ID_MAX_LEN
+MAX_NESTING = 64                  # SPDK_JSON_MAX_NESTING_DEPTH: deeper is a parse error
 
 
 class RpcServerError(Exception):
@@ -229,6 +232,9 @@ class _StreamParser:
                 self._in_str = True
             elif ch in "{[":
                 self._depth += 1
+                if self._depth > MAX_NESTING:
+                    # (json's decoder recurses: a deep value must never reach it)
+                    raise ValueError(f"JSON nested deeper than {MAX_NESTING} levels")
             else:
                 self._depth -= 1
                 if self._depth <= 0:
@@ -776,6 +782,8 @@ class RpcServer:
         has_id = "id" in obj
         id_ok = req_id is None or (isinstance(req_id, (str, int, float))
                                    and not isinstance(req_id, bool))
+        if id_ok and isinstance(req_id, float) and not math.isfinite(req_id):
+            id_ok = False                # 1e400: no JSON number can carry it back
         if id_ok and isinstance(req_id, str) and len(req_id) > MAX_ID_LEN:
             id_ok = False
         if not id_ok:

@@ -669,3 +669,44 @@ def test_lock_file_symlink_or_foreign_file_is_refused(sock_path, tmp_path):
     with RpcServer(sock_path):                          # a clean path still works
         pass
     assert not os.path.exists(sock_path + ".lock")
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100000])
+@pytest.mark.parametrize("where", ["top", "params", "batch"])
+def test_deep_nesting_gets_a_parse_error_not_silence(served, sock_path, depth, where):
+    """JSON nested past SPDK's 64 levels is a parse error, answered (id null), then the
+    connection closes; the server keeps serving others."""
+    deep = "[" * depth + "]" * depth
+    body = {"top": deep,
+            "params": '{"jsonrpc":"2.0","method":"echo","id":1,"params":{"value":%s}}' % deep,
+            "batch": '[{"jsonrpc":"2.0","method":"echo","id":1,"params":{"value":1}},%s]' % deep}[where]
+    s = raw(sock_path)
+    s.sendall(body.encode())
+    (resp,) = read_values(s, 1)
+    assert resp["error"]["code"] == -32700 and resp["id"] is None
+    s.close()
+    s2 = raw(sock_path)
+    s2.sendall(enc(req("echo", 7, {"value": "still here"})))
+    assert read_values(s2, 1)[0]["result"] == "still here"
+    s2.close()
+
+
+def test_nesting_at_the_limit_is_accepted(served, sock_path):
+    value = json.loads("[" * 62 + "]" * 62)             # 62 + params {} + request {} = 64
+    s = raw(sock_path)
+    s.sendall(enc(req("echo", 1, {"value": value})))
+    assert read_values(s, 1)[0]["result"] == value
+    s.close()
+
+
+@pytest.mark.parametrize("bad_id", ["1e400", "-1e400"])
+def test_id_json_cannot_carry_back_is_invalid_request_and_runs_nothing(served, sock_path, bad_id):
+    s = raw(sock_path)
+    s.sendall(('{"jsonrpc":"2.0","method":"kv_set","id":%s,"params":{"key":"k","value":1}}' % bad_id).encode())
+    (resp,) = read_values(s, 1)
+    assert resp == {"jsonrpc": "2.0", "id": None,
+                    "error": {"code": -32600, "message": "Invalid request"}}
+    s.sendall(enc(req("echo", 2, {"value": "next"})))
+    assert read_values(s, 1)[0]["result"] == "next"
+    assert "k" not in served.table.store                 # the method never ran
+    s.close()
