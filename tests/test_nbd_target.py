@@ -299,6 +299,25 @@ def test_nbd_client_list_over_tcp_then_back(target):
     assert oct(os.stat(target.nbd_sock).st_mode & 0o777) == "0o600"
 
 
+def test_nbd_server_start_refuses_socket_paths_no_client_could_connect_to(target):
+    assert target.call("nbd_server_stop") is True
+    long_dir = target.tmp / ("d" * 150)
+    long_dir.mkdir()
+    try:
+        for listen in (str(long_dir / "s.sock"), str(target.tmp / "nul\0.sock")):
+            with pytest.raises(RpcError) as exc:
+                target.call("nbd_server_start", {"listen": listen})
+            assert exc.value.code == -22 and "socket path" in exc.value.message, exc.value
+        assert os.listdir(long_dir) == []
+        with pytest.raises(RpcError) as exc:       # and no server was left half-started
+            target.call("nbd_export_add", {"bdev_name": "Malloc0"})
+        assert exc.value.code == -22
+    finally:
+        assert target.call("nbd_server_start", {"listen": target.nbd_sock}) is True
+        target.call("nbd_export_add", {"bdev_name": "Malloc0"})
+        target.call("nbd_export_add", {"bdev_name": "Malloc1", "export_name": "ro", "readonly": True})
+
+
 def test_rpc_errors_change_nothing(target):
     cases = [
         ("nbd_server_start", {"listen": str(target.tmp / "other.sock")}, -17),
