@@ -87,9 +87,13 @@ def bdev_info(b) -> dict:
     return out
 
 
+WAIT_TIMEOUT_MAX_MS = 3_600_000     # a waiting request still gets its answer within an hour
+
+
 @rpc_method("bdev_get_bdevs", params=[
     Param("name", str, required=False, help="bdev name or alias (default: all)"),
-    Param("timeout", int, default=0, min=0, help="ms to wait for the bdev to appear"),
+    Param("timeout", int, default=0, min=0, max=WAIT_TIMEOUT_MAX_MS,
+          help="ms to wait for the bdev to appear (at most one hour: a request is answered)"),
 ])
 def bdev_get_bdevs(request, params):
     """Get information about block devices (all, or one by name)."""

@@ -144,8 +144,8 @@ def _create_replica(done, name, seg_name, blocklen, blockcnt, uuid, boundary):
     from ipc.shm import Segment
     try:
         seg = Segment.attach(seg_name)
-    except Exception:
-        log.exception("malloc %s: cannot map %s", name, seg_name)
+    except (OSError, ValueError) as exc:
+        log.error("malloc %s: cannot map %s: %s", name, seg_name, exc)
         done(-5)
         return
     b = _build(name, seg, blocklen, blockcnt, uuid, boundary, owned=False)
@@ -180,7 +180,8 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
 
     def fail(rc):
         rx.send_msg(t, cb, rc, name)
-    if block_size <= 0 or block_size % 512 or num_blocks <= 0 or optimal_io_boundary < 0:
+    if block_size <= 0 or block_size % 512 or num_blocks <= 0 or optimal_io_boundary < 0 \
+            or num_blocks * block_size >= 1 << 64:      # the size in bytes fits SPDK's u64
         fail(-bm.EINVAL)
         return
     if _bdev.get_by_name(name) is not None:
@@ -192,8 +193,9 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
         return
     try:
         seg = Segment.create(inst, f"malloc{next(_seq)}", num_blocks * block_size)
-    except Exception:
-        log.exception("malloc %s: cannot create its segment", name)
+    except (OSError, ValueError, OverflowError, MemoryError) as exc:   # no room: one line
+        log.error("malloc %s: cannot create its segment of %d bytes: %s", name,
+                  num_blocks * block_size, exc)
         fail(-bm.ENOMEM)
         return
     uuid = uuid or str(_uuid.uuid4())

@@ -131,6 +131,10 @@ class Param:
         if not _type_ok(self.type, value):
             raise ParamError(f"parameter '{n}' must be {_article(self.type_name)}, "
                              f"got {json_type_name(value)}", n)
+        if self.type is str and "\0" in value:
+            # SPDK's spdk_json_strdup refuses an embedded NUL: no C string holds one, and a
+            # name or path cut short at it would name something else
+            raise ParamError(f"parameter '{n}' must not contain a NUL byte", n)
         if self.type is list and self.items is not None:
             for i, item in enumerate(value):
                 if not _type_ok(self.items, item):
