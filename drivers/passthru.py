@@ -192,7 +192,6 @@ def create(name: str, base_bdev_name: str, cb) -> None:
     -EEXIST (name taken or already recorded), -EPERM (base claimed by another module).
     A create that fails leaves no record."""
     recs = _records()
-    rc = 0
     if name in recs or api.get_by_name(name) is not None:
         rc = -errno.EEXIST
     else:
