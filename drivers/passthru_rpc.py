@@ -11,7 +11,7 @@ from ._rpcutil import answer
     Param("uuid", str, required=False, help="accepted for SPDK compatibility"),
 ])
 def bdev_passthru_create(request, params):
-    """Create a passthru vbdev over a base bdev (claims the base, forwards every I/O)."""
+    """Create a passthru vbdev over a base bdev (claims the base, forwards every I/O); over a base not registered yet, recorded and built when it registers."""
     passthru.create(params["name"], params["base_bdev_name"], answer(request, params["name"]))
 
 

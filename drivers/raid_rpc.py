@@ -14,14 +14,18 @@ from ._rpcutil import answer
     Param("superblock", bool, default=False, help="accepted for SPDK compatibility (no superblock is written)"),
 ])
 def bdev_raid_create(request, params):
-    """Create a raid0, raid1 or concat bdev over base bdevs."""
+    """Create a raid0, raid1 or concat bdev over base bdevs (configuring until every base is registered)."""
     raid.create(params["name"], params["raid_level"], params["base_bdevs"], answer(request, True),
                 strip_size_kb=params["strip_size_kb"], uuid=params["uuid"])
 
 
-@rpc_method("bdev_raid_delete", params=[Param("name", str, help="raid bdev name")])
+@rpc_method("bdev_raid_delete", params=[
+    Param("name", str, help="raid bdev name"),
+    Param("clear_sb", bool, default=False,
+          help="clear the superblock of the bases (no superblock is written: nothing to clear)"),
+])
 def bdev_raid_delete(request, params):
-    """Delete a raid bdev."""
+    """Delete a raid bdev (online, or still configuring)."""
     raid.delete(params["name"], answer(request, True))
 
 

@@ -11,7 +11,7 @@ from ._rpcutil import answer, answer_value
     Param("split_size_mb", int, default=0, min=0, help="size of each part in MiB (default: base size / split_count)"),
 ])
 def bdev_split_create(request, params):
-    """Split a bdev into equal parts <base>p0..; returns the new bdev names."""
+    """Split a bdev into equal parts <base>p0..; returns the new bdev names ([] when the base is not registered yet: it is split when it registers)."""
     split.create(params["base_bdev"], params["split_count"], answer_value(request), params["split_size_mb"])
 
 
