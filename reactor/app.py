@@ -508,7 +508,7 @@ class App:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
             if self.server is not None:
-                from . import rpc_config
+                from .rpc import config as rpc_config
                 rpc_config.set_framework_init_hook(None)
                 rpc_config.set_ready_probe(None)
                 self.server.close()
@@ -598,7 +598,7 @@ class App:
         if self.server is None:
             subsystem.init_all(lambda rc: send_msg(self.app_thread, self._on_init_done, rc))
             return
-        from . import rpc_config
+        from .rpc import config as rpc_config
         rpc_config.set_framework_init_hook(self._framework_init)
         if self.config is not None:
             # framework_wait_init answers once the whole config is applied, not merely
@@ -625,7 +625,7 @@ class App:
 
     def _on_config_loaded(self, rc: int, message) -> None:
         self._config_done = True
-        from . import rpc_config
+        from .rpc import config as rpc_config
         rpc_config.notify_ready(self.server)
         if rc:
             self.error = f"{self.config_label}: {message}"

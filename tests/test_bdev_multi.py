@@ -919,7 +919,7 @@ def test_bdev_io_pool_is_a_global_count_split_over_reactors(restore_opts):
 
 def test_bdev_set_options_help_says_global_counts():
     import bdev.rpc  # noqa: F401  registers the methods
-    from reactor.rpc_registry import METHODS
+    from reactor.rpc.registry import METHODS
     m = METHODS.get("bdev_set_options")
     helps = {p.name: p.help for p in m.schema.params}
     for k in ("bdev_io_pool_size", "small_buf_pool_size", "large_buf_pool_size"):

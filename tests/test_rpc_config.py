@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from reactor import rpc_config, subsystem
+from reactor import subsystem
+from reactor.rpc import config as rpc_config
 from reactor.rpc import (METHODS, RUNTIME, STARTUP, MethodTable, Param, RpcClient, RpcError)
-from reactor.rpc_testing import ServerThread
+from reactor.rpc.testing import ServerThread
 
 T = 5.0
 

@@ -14,7 +14,7 @@ Methods are registered once, with their schema, by a decorator::
         request.result(name)     # or request.errno(-errno.EEXIST)
 
 The table is read by the server (dispatch, validation, state checks), by ``ringstack rpc``
-(``--param value`` parsing) and by ``python -m reactor.rpc_docs`` (docs/rpc.md).  Method
+(``--param value`` parsing) and by ``python -m reactor.rpc.docs`` (docs/rpc.md).  Method
 states are SPDK's: STARTUP (before ``framework_start_init``, i.e. ``--wait-for-rpc``) and
 RUNTIME; a method may be called only when the current state is in its mask.
 
@@ -31,7 +31,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from reactor.rpc_schema import Param, ParamError, Schema
+from reactor.rpc.schema import Param, ParamError, Schema
 
 log = logging.getLogger("ringstack.rpc")
 

@@ -34,8 +34,8 @@ import json
 import logging
 from typing import Any, Callable
 
-from reactor.rpc_registry import RUNTIME, STARTUP, rpc_method
-from reactor.rpc_schema import Param
+from reactor.rpc.registry import RUNTIME, STARTUP, rpc_method
+from reactor.rpc.schema import Param
 
 log = logging.getLogger("ringstack.rpc")
 

@@ -44,8 +44,8 @@ import stat
 from collections import deque
 from typing import Any
 
-from reactor.rpc_registry import METHODS, RAW, RUNTIME, STARTUP, Method, MethodTable  # noqa: F401
-from reactor.rpc_schema import ParamError
+from reactor.rpc.registry import METHODS, RAW, RUNTIME, STARTUP, Method, MethodTable  # noqa: F401
+from reactor.rpc.schema import ParamError
 
 log = logging.getLogger("ringstack.rpc")
 
