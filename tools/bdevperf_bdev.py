@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import tempfile
 
 from bdev import api
 from bdev.api import (IO_TYPE_FLUSH, IO_TYPE_READ, IO_TYPE_RESET, IO_TYPE_UNMAP,  # noqa: F401
@@ -136,20 +134,11 @@ def check_config(config: dict) -> str | None:
 
 
 def _with_server(fn, done):
-    """Run ``fn(server, finish)`` with an RPC server on a private socket (the config loader
-    replays entries through the RPC method table); closed when ``finish(rc, msg)`` runs."""
-    from reactor.rpc.server import RpcServer
-    d = tempfile.mkdtemp(prefix="bdevperf.")
-    server = RpcServer(os.path.join(d, "rpc.sock"))
-
-    def finish(rc, msg):
-        server.close()
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-        done(rc, msg)
-    fn(server, finish)
+    """Run ``fn(dispatcher, finish)`` with a private RPC dispatcher in RUNTIME state (the
+    config loader replays entries through the RPC method table; no socket is opened);
+    ``finish(rc, msg)`` calls ``done``."""
+    from reactor.rpc.dispatch import Dispatcher
+    fn(Dispatcher(), done)
 
 
 def _load(server, config, finish):

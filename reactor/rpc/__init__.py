@@ -24,6 +24,7 @@ framework_* methods), ``app`` (the app's own methods), ``docs`` (docs/rpc.md gen
 ``testing`` (a poll loop in a thread, for tests).  Import from here.
 """
 from reactor.rpc import config  # noqa: F401  (registers the framework/config methods)
+from reactor.rpc.dispatch import Dispatcher
 from reactor.rpc.client import RpcClient, RpcConnectionError, RpcError, RpcTimeout
 from reactor.rpc.registry import (METHODS, RAW, RUNTIME, STARTUP, STATE_NAMES, Method,
                                   MethodTable, discover, register_alias, rpc_method,
@@ -37,7 +38,7 @@ __all__ = [
     "rpc_method", "register_alias", "Param", "Schema", "ParamError", "ANY", "RAW",
     "STARTUP", "RUNTIME", "STATE_NAMES", "Method", "MethodTable", "METHODS", "discover",
     "version_info",
-    "RpcServer", "RpcRequest", "RpcServerError", "DEFAULT_SOCKET",
+    "Dispatcher", "RpcServer", "RpcRequest", "RpcServerError", "DEFAULT_SOCKET",
     "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "INVALID_STATE", "ERROR_MESSAGES",
     "RpcClient", "RpcError", "RpcConnectionError", "RpcTimeout",

@@ -105,6 +105,7 @@ def set_ready_probe(probe: Callable[[Any], bool] | None) -> None:
 
 def notify_ready(server) -> None:
     """Answer the ``framework_wait_init`` calls that were waiting, if ready now."""
+    server = getattr(server, "dispatcher", server)     # an RpcServer: its dispatcher
     if not _ready_probe(server):
         return
     waiting = [r for r in _ready_waiters if r.server is server]
