@@ -134,3 +134,31 @@ def test_bdevperf_loads_without_a_socket(monkeypatch):
     bdevperf_bdev._with_server(lambda d, finish: (got.append(d), finish(0, None)),
                                lambda rc, msg: got.append(rc))
     assert isinstance(got[0], Dispatcher) and got[0].state == RUNTIME and got[1] == 0
+
+
+def test_discover_imports_modules_not_source_text(tmp_path, monkeypatch):
+    """discover() imports every module of a package: a module that registers a method without
+    any of the old grep markers in its text is found; one that fails is reported, not fatal;
+    __main__ modules are not run."""
+    import sys
+    from reactor.rpc import METHODS, discover
+    pkg = tmp_path / "discpkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "plain.py").write_text(
+        "import importlib\n"
+        "_reg = importlib.import_module('reactor' + '.r' + 'pc')\n"
+        "_reg.METHODS.register('discpkg_hello', lambda req, p: 'hi')\n")
+    (pkg / "broken.py").write_text("raise ImportError('half-built')\n")
+    (pkg / "__main__.py").write_text("raise SystemExit('must not run')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        failures = discover(("discpkg",))
+        assert METHODS.get("discpkg_hello") is not None
+        assert [m for m, _ in failures] == ["discpkg.broken"]
+        assert "half-built" in failures[0][1]
+    finally:
+        METHODS.unregister("discpkg_hello")
+        for m in [m for m in sys.modules if m.split(".")[0] == "discpkg"]:
+            del sys.modules[m]
