@@ -427,19 +427,36 @@ class RpcServer:
         if self._ep.closed:
             raise RpcServerError("RPC server is closed")
         path = self.path
+        # Bound under a private name, listening, then renamed into place: a client that sees
+        # the path can connect at once (no window between bind and listen).
+        tmp = f"{path}.{os.getpid()}.tmp"
+        if len(os.fsencode(tmp)) >= 108:
+            tmp = path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)          # the socket file is born 0600
         try:
-            sock.bind(path)
+            if tmp != path:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            sock.bind(tmp)
+            os.chmod(tmp, 0o600)
+            sock.listen(128)
+            if tmp != path:
+                os.rename(tmp, path)
         except OSError as exc:
             sock.close()
+            if tmp != path:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
             raise RpcServerError(f"cannot bind RPC socket {path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o600)
         st = os.lstat(path)
         self._sock_ino = (st.st_dev, st.st_ino)
-        sock.listen(128)
         sock.setblocking(False)
         self._listen = sock
         self._ep.register(sock.fileno(), select.EPOLLIN)
