@@ -783,9 +783,10 @@ class App:
 
 
 def _read_config(path: str) -> dict:
+    from .rpc.config import strip_comments     # SPDK's configs may carry comments
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
+            cfg = json.loads(strip_comments(f.read()))
     except OSError as exc:
         raise AppError(f"cannot read config {path}: {exc.strerror}") from None
     except ValueError as exc:
