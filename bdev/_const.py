@@ -56,6 +56,10 @@ BDEV_IO_CACHE_SIZE = 256
 # arena is a sparse tmpfs segment: pages cost memory only once a buffer is used.
 BUF_SMALL_POOL_SIZE = 8192
 BUF_LARGE_POOL_SIZE = 1024
+# SPDK's per-thread iobuf cache defaults (lib/bdev/bdev.c); ringstack has no such cache, so
+# bdev_set_options accepts and save_config writes these values only.
+BUF_SMALL_CACHE_SIZE = 128
+BUF_LARGE_CACHE_SIZE = 16
 SMALL_BUF_MAX_SIZE = 8192
 LARGE_BUF_MAX_SIZE = 65536
 NOMEM_THRESHOLD_COUNT = 8

@@ -17,7 +17,8 @@ from reactor.rpc import RUNTIME, STARTUP, Param, rpc_method
 
 from . import _qos, _stats
 from . import api
-from ._const import IO_TYPE_NAMES, QOS_LIMIT_NOT_DEFINED, QOS_RPC_TYPE
+from ._const import (BUF_LARGE_CACHE_SIZE, BUF_SMALL_CACHE_SIZE, IO_TYPE_NAMES,
+                     QOS_LIMIT_NOT_DEFINED, QOS_RPC_TYPE)
 from ._manager import get_manager
 from ._types import U64, IoStat
 
@@ -224,19 +225,19 @@ def bdev_set_qos_limit(request, params):
     Param("bdev_io_pool_size", int, required=False, min=1,
           help="bdev_io structures in the app, split over the reactors"),
     Param("bdev_io_cache_size", int, required=False, min=0, help="bdev_io cached per thread"),
-    Param("bdev_auto_examine", bool, default=True, help="accepted for SPDK compatibility"),
-    Param("small_buf_pool_size", int, required=False, min=1,
-          help="8 KiB buffers in the app, split over the reactors"),
-    Param("large_buf_pool_size", int, required=False, min=1,
-          help="64 KiB buffers in the app, split over the reactors"),
+    Param("bdev_auto_examine", bool, default=True, choices=(True,),
+          help="every registered bdev is examined (only true)"),
+    Param("iobuf_small_cache_size", int, required=False, choices=(BUF_SMALL_CACHE_SIZE,),
+          help="no per-thread buffer cache: SPDK's default only"),
+    Param("iobuf_large_cache_size", int, required=False, choices=(BUF_LARGE_CACHE_SIZE,),
+          help="no per-thread buffer cache: SPDK's default only"),
 ], states=STARTUP)
 def bdev_set_options(request, params):
-    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc); pool sizes are app-wide, split over the reactors."""  # noqa: E501
+    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc); pool sizes are app-wide, split over the reactors; the buffer pools are iobuf_set_options'."""  # noqa: E501
     # The bdev_io pool must hold bdev_io_cache_size x (threads + 1) per reactor share
     # (bdev.set_opts); -EINVAL otherwise.
     opts = api.get_opts()
-    for k in ("bdev_io_pool_size", "bdev_io_cache_size", "small_buf_pool_size",
-              "large_buf_pool_size"):
+    for k in ("bdev_io_pool_size", "bdev_io_cache_size"):
         if params[k] is not None:
             opts[k] = params[k]
     rc = api.set_opts(opts)

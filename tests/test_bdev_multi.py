@@ -357,8 +357,11 @@ def test_buffer_pools_are_global_counts_split_over_reactors(restore_opts):
         h2.set_thread(1)
         m1 = rx.current_reactor().locals["bdev"]
         assert m1.small_avail == 2 and m1.large_avail == 1
-        cfg = B.subsystem_config_json()
-        assert cfg[0]["params"]["small_buf_pool_size"] == 5
+        from bdev import iobuf
+        cfg = iobuf.config_json()        # SPDK keeps the pools in its iobuf subsystem
+        assert cfg[0]["method"] == "iobuf_set_options"
+        assert (cfg[0]["params"]["small_pool_count"], cfg[0]["params"]["large_pool_count"]) == (5, 3)
+        assert "small_buf_pool_size" not in B.subsystem_config_json()[0]["params"]
         S.fini_layer(h2)
 
 
@@ -919,10 +922,11 @@ def test_bdev_io_pool_is_a_global_count_split_over_reactors(restore_opts):
 
 def test_bdev_set_options_help_says_global_counts():
     import bdev.rpc  # noqa: F401  registers the methods
-    from reactor.rpc_registry import METHODS
-    m = METHODS.get("bdev_set_options")
-    helps = {p.name: p.help for p in m.schema.params}
-    for k in ("bdev_io_pool_size", "small_buf_pool_size", "large_buf_pool_size"):
+    from reactor.rpc.registry import METHODS
+    import bdev.iobuf  # noqa: F401
+    helps = {p.name: p.help for name in ("bdev_set_options", "iobuf_set_options")
+             for p in METHODS.get(name).schema.params}
+    for k in ("bdev_io_pool_size", "small_pool_count", "large_pool_count"):
         assert "per reactor" not in helps[k] and "split over the reactors" in helps[k]
 
 

@@ -1,7 +1,7 @@
 """The method table: Param/Schema validation, CLI conversion, registration rules, docs."""
 import pytest
 
-from reactor import rpc_docs
+from reactor.rpc import docs as rpc_docs
 from reactor.rpc import (ANY, METHODS, RAW, RUNTIME, STARTUP, MethodTable, Param, ParamError,
                          Schema, version_info)
 
@@ -99,9 +99,9 @@ def test_builtins_and_version_shape():
 
 
 def test_docs_are_current():
-    """docs/rpc.md's method list is generated from the table (python -m reactor.rpc_docs)."""
+    """docs/rpc.md's method list is generated from the table (python -m reactor.rpc.docs)."""
     assert rpc_docs.main(["--check"]) == 0, \
-        "docs/rpc.md is stale: run `python -m reactor.rpc_docs`"
+        "docs/rpc.md is stale: run `python -m reactor.rpc.docs`"
 
 
 def test_docs_render_and_splice(tmp_path):

@@ -12,8 +12,8 @@ from reactor.rpc import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, INVALI
                          METHOD_NOT_FOUND, PARSE_ERROR, RUNTIME, STARTUP, MethodTable, Param,
                          RpcClient, RpcConnectionError, RpcError, RpcServer, RpcServerError,
                          RpcTimeout)
-from reactor.rpc_server import MSG_NEEDS_RUNTIME, MSG_NEEDS_STARTUP
-from reactor.rpc_testing import ServerThread
+from reactor.rpc.server import MSG_NEEDS_RUNTIME, MSG_NEEDS_STARTUP
+from reactor.rpc.testing import ServerThread
 
 T = 5.0  # bound on every wait
 

@@ -140,7 +140,7 @@ def check_options(a) -> dict:
     except ValueError as exc:
         raise UsageError(f"bad -m: {exc}") from None
     if a.config is not None:
-        from reactor.rpc_config import ConfigError, read_config
+        from reactor.rpc.config import ConfigError, read_config
         try:
             config = read_config(a.config)
         except ConfigError as exc:
@@ -1085,7 +1085,7 @@ def run_app(opts: dict) -> int:
     app_kw = {}
     tmpdir = None
     if opts.get("config") or opts.get("config_dict"):
-        from reactor.rpc_config import read_config
+        from reactor.rpc.config import read_config
         config = opts["config_dict"] if opts.get("config_dict") is not None else read_config(opts["config"])
         startup, rest = B.split_startup(config)
         opts = dict(opts, config=None, config_dict=rest)

@@ -8,7 +8,7 @@ declaration is used by
   decoder knows all fail the request with -32602 "Invalid parameters", here with the offending
   parameter named in the message);
 * the ``ringstack rpc`` client, to turn ``--param value`` strings into typed JSON values;
-* the docs generator (``python -m reactor.rpc_docs``) for docs/rpc.md.
+* the docs generator (``python -m reactor.rpc.docs``) for docs/rpc.md.
 
 Types are the JSON ones, spelt as Python types: ``str``, ``int``, ``float``, ``bool``,
 ``list``, ``dict`` (plus ``ANY``).  ``bool`` is not an ``int`` here (SPDK's decoders keep them
