@@ -65,7 +65,11 @@ def _claim(h, thread, name):
 
 def _config(h):
     h.set_thread(0)
-    return [e for e in api.subsystem_config_json() if e["method"] != "bdev_set_options"]
+    """The saved bdev config between its fixed head (bdev_set_options) and tail
+    (bdev_wait_for_examine, which must stay last)."""
+    cfg = api.subsystem_config_json()
+    assert cfg[0]["method"] == "bdev_set_options" and cfg[-1] == {"method": "bdev_wait_for_examine"}
+    return cfg[1:-1]
 
 
 def _create_base_and_wait(h, name, blocks=256, bare=False):
