@@ -698,10 +698,16 @@ def test_malloc_and_null_config_json_has_spdk_shapes_and_replays(h):
     cfg = B.subsystem_config_json()
     ent = {e["method"]: e["params"] for e in cfg if e["method"] in ("bdev_malloc_create", "bdev_null_create")}
     assert ent["bdev_malloc_create"] == {"name": "cm", "num_blocks": 64, "block_size": 4096,
+                                         "physical_block_size": 4096,
                                          "uuid": "6f2f3f5e-1d1b-4c3c-9a1a-0a0b0c0d0e0f",
-                                         "optimal_io_boundary": 0}
+                                         "optimal_io_boundary": 0, "numa_id": -1}
     assert ent["bdev_null_create"] == {"name": "cn", "num_blocks": 2048, "block_size": 512,
-                                       "uuid": "11111111-2222-3333-4444-555555555555"}
+                                       "physical_block_size": 512,
+                                       "uuid": "11111111-2222-3333-4444-555555555555",
+                                       "preferred_write_granularity": 0,
+                                       "preferred_write_alignment": 0, "optimal_write_size": 0,
+                                       "preferred_unmap_granularity": 0,
+                                       "preferred_unmap_alignment": 0}
     assert [e["method"] for e in cfg][0] == "bdev_set_options"
     # the entries recreate the same bdevs (what load_config does with them)
     out = []
