@@ -13,7 +13,8 @@ import errno
 import struct
 
 import reactor as rx
-from reactor.rpc import RUNTIME, STARTUP, U8, U32, U64, Param, rpc_method
+from reactor.rpc import RUNTIME, STARTUP, U8, U32, Param, rpc_method
+from reactor.rpc import U64 as U64_MAX      # (bdev's own U64 is 1 << 64)
 
 from . import _qos, _stats
 from . import api
@@ -96,7 +97,7 @@ def bdev_info(b) -> dict:
 
 @rpc_method("bdev_get_bdevs", params=[
     Param("name", str, required=False, help="bdev name or alias (default: all)"),
-    Param("timeout", int, default=0, min=0, max=U64, help="ms to wait for the bdev to appear"),
+    Param("timeout", int, default=0, min=0, max=U64_MAX, help="ms to wait for the bdev to appear"),
 ])
 def bdev_get_bdevs(request, params):
     """Get information about block devices (all, or one by name)."""
@@ -221,11 +222,11 @@ def bdev_reset_iostat(request, params):
 
 @rpc_method("bdev_set_qos_limit", params=[
     Param("name", str, help="bdev name"),
-    Param("rw_ios_per_sec", int, required=False, min=0, max=U64,
+    Param("rw_ios_per_sec", int, required=False, min=0, max=U64_MAX,
           help="IO/s limit (0: none; rounded up to a multiple of 1000)"),
-    Param("rw_mbytes_per_sec", int, required=False, min=0, max=U64, help="read+write MiB/s limit (0: none)"),
-    Param("r_mbytes_per_sec", int, required=False, min=0, max=U64, help="read MiB/s limit (0: none)"),
-    Param("w_mbytes_per_sec", int, required=False, min=0, max=U64, help="write MiB/s limit (0: none)"),
+    Param("rw_mbytes_per_sec", int, required=False, min=0, max=U64_MAX, help="read+write MiB/s limit (0: none)"),
+    Param("r_mbytes_per_sec", int, required=False, min=0, max=U64_MAX, help="read MiB/s limit (0: none)"),
+    Param("w_mbytes_per_sec", int, required=False, min=0, max=U64_MAX, help="write MiB/s limit (0: none)"),
 ])
 def bdev_set_qos_limit(request, params):
     """Set, change or remove QoS rate limits of a bdev (applies to the bdev as a whole)."""
@@ -294,9 +295,9 @@ def bdev_wait_for_examine(request, params):
     Param("granularity", int, default=0, min=0, max=U8,
           fixed="ringstack's buckets are SPDK's layout at granularity 0; SPDK's default is 7",
           help="log2 of the buckets per power-of-two range"),
-    Param("min_nsec", int, default=0, min=0, max=U64,
+    Param("min_nsec", int, default=0, min=0, max=U64_MAX,
           fixed="every latency is tallied", help="smallest latency tracked (ns)"),
-    Param("max_nsec", int, default=U64, min=0, max=U64,
+    Param("max_nsec", int, default=U64_MAX, min=0, max=U64_MAX,
           fixed="every latency is tallied", help="largest latency tracked (ns)"),
 ])
 def bdev_enable_histogram(request, params):
