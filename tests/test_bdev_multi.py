@@ -683,6 +683,21 @@ def test_histograms_iostat_reset_and_per_channel_stats_across_reactors(h):
     B.histogram_get(b0, lambda a, rc, buckets: hist.append((rc, buckets)))
     h.poll_threads()
     assert hist[3] == (-14, None)
+    # bdev_get_iostat's reset_mode "all" reads and zeroes in one walk, live channels too;
+    # "maxmin" and "error" find nothing to reset (no min/max latencies, no error counters)
+    got = []
+    h.set_thread(1)
+    assert B.read_blocks(ctx[1][0], ctx[1][1], None, 0, 1, cpl) == 0
+    h.poll_threads()
+    h.set_thread(0)
+    for mode in ("maxmin", "error", "none"):
+        B.reset_device_stat(b0, lambda b, a, rc: got.append(rc), mode=mode)
+        h.poll_threads()
+    B.get_device_stat(b0, lambda b, s, a, rc: got.append(s.num_read_ops), reset_mode="all")
+    h.poll_threads()
+    B.get_device_stat(b0, lambda b, s, a, rc: got.append(s.num_read_ops))
+    h.poll_threads()
+    assert got == [0, 0, 0, 2, 0]
     for i, (d, c) in ctx.items():
         h.set_thread(i)
         B.put_io_channel(c)
