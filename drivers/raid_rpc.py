@@ -1,32 +1,57 @@
 """JSON-RPC methods of the raid vbdev (SPDK's bdev_raid_create / _delete / _get_bdevs)."""
-from reactor.rpc import Param, rpc_method
+import errno
+import os
+
+from reactor.rpc import INTERNAL_ERROR, U32, Param, rpc_method
 
 from . import raid
-from ._rpcutil import answer
 
 
 @rpc_method("bdev_raid_create", params=[
     Param("name", str, help="raid bdev name"),
     Param("raid_level", str, choices=("raid0", "0", "raid1", "1", "concat"), help="raid level"),
     Param("base_bdevs", list, items=str, help="base bdev names"),
-    Param("strip_size_kb", int, default=0, min=0, help="strip size in KiB (raid0, concat)"),
+    Param("strip_size_kb", int, default=0, min=0, max=U32, help="strip size in KiB (raid0, concat)"),
     Param("uuid", str, required=False, help="UUID of the raid bdev"),
-    Param("superblock", bool, default=False, help="accepted for SPDK compatibility (no superblock is written)"),
+    Param("superblock", bool, default=False, fixed="no superblock is written",
+          help="store the raid's description in a superblock on each base"),
 ])
 def bdev_raid_create(request, params):
     """Create a raid0, raid1 or concat bdev over base bdevs (configuring until every base is registered)."""
-    raid.create(params["name"], params["raid_level"], params["base_bdevs"], answer(request, True),
+    name = params["name"]
+    if len(params["base_bdevs"]) > 255:            # SPDK's decoder: at most 255 bases
+        request.error(-32602, "Invalid parameters: parameter 'base_bdevs' holds more than 255 names")
+        return
+    if any(b == "" for b in params["base_bdevs"]):
+        request.error(-errno.EINVAL, "The base bdev name cannot be empty: " + os.strerror(errno.EINVAL))
+        return
+
+    def done(rc):
+        if rc:       # SPDK's text: "Failed to create RAID bdev raid0: File exists"
+            request.error(rc, f"Failed to create RAID bdev {name}: {os.strerror(-rc)}")
+        else:
+            request.result(True)
+    raid.create(name, params["raid_level"], params["base_bdevs"], done,
                 strip_size_kb=params["strip_size_kb"], uuid=params["uuid"])
 
 
 @rpc_method("bdev_raid_delete", params=[
     Param("name", str, help="raid bdev name"),
     Param("clear_sb", bool, default=False,
-          help="clear the superblock of the bases (no superblock is written: nothing to clear)"),
+          help="clear the superblock of every base (ringstack's raids have none: nothing to clear)"),
 ])
 def bdev_raid_delete(request, params):
     """Delete a raid bdev (online, or still configuring)."""
-    raid.delete(params["name"], answer(request, True))
+    name = params["name"]
+
+    def done(rc):
+        if rc == -errno.ENODEV:           # SPDK's texts: not found, then any other failure
+            request.error(rc, f"raid bdev {name} not found")
+        elif rc:
+            request.error(INTERNAL_ERROR, os.strerror(-rc))
+        else:
+            request.result(True)
+    raid.delete(name, done)
 
 
 @rpc_method("bdev_raid_get_bdevs", params=[

@@ -29,13 +29,14 @@ from reactor.rpc.client import RpcClient, RpcConnectionError, RpcError, RpcTimeo
 from reactor.rpc.registry import (METHODS, RAW, RUNTIME, STARTUP, STATE_NAMES, Method,
                                   MethodTable, discover, register_alias, rpc_method,
                                   version_info)
-from reactor.rpc.schema import ANY, Param, ParamError, Schema
+from reactor.rpc.schema import ANY, I32_MAX, I32_MIN, U8, U32, U64, Param, ParamError, Schema
 from reactor.rpc.server import (DEFAULT_SOCKET, ERROR_MESSAGES, INTERNAL_ERROR, INVALID_PARAMS,
                                 INVALID_REQUEST, INVALID_STATE, METHOD_NOT_FOUND, PARSE_ERROR,
                                 RpcRequest, RpcServer, RpcServerError)
 
 __all__ = [
     "rpc_method", "register_alias", "Param", "Schema", "ParamError", "ANY", "RAW",
+    "U8", "U32", "U64", "I32_MIN", "I32_MAX",
     "STARTUP", "RUNTIME", "STATE_NAMES", "Method", "MethodTable", "METHODS", "discover",
     "version_info",
     "Dispatcher", "RpcServer", "RpcRequest", "RpcServerError", "DEFAULT_SOCKET",

@@ -14,6 +14,12 @@ Types are the JSON ones, spelt as Python types: ``str``, ``int``, ``float``, ``b
 ``list``, ``dict`` (plus ``ANY``).  ``bool`` is not an ``int`` here (SPDK's decoders keep them
 apart), and an ``int`` is accepted where a ``float`` is wanted.  ``null`` is accepted only for
 an optional parameter declared ``nullable=True``.
+
+``fixed="why"`` declares a parameter *accepted at its default only*: SPDK's decoder knows it
+and SPDK's CLI always sends it, but the feature is outside ringstack (DIF/metadata, ...).  The
+default (or, without one, leaving it out) passes; any other value is -32602 naming the
+parameter and the reason.  The integer ranges of SPDK's decoders are ``U8``, ``U32``,
+``U64`` (``min=0, max=...``) and ``I32_MIN``/``I32_MAX``.
 """
 from __future__ import annotations
 
@@ -22,6 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 ANY = object  # a parameter of any JSON type
+
+# The ranges of SPDK's integer decoders (spdk_json_decode_uint8/uint32/uint64/int32).
+U8 = (1 << 8) - 1
+U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
+I32_MIN = -(1 << 31)
+I32_MAX = (1 << 31) - 1
 
 
 class _Missing:
@@ -91,6 +104,7 @@ class Param:
     max: float | None = None
     items: Any = None          # element type of a list parameter (None: any)
     nullable: bool = False     # accept JSON null for an optional parameter
+    fixed: str = ""            # non-empty: accepted at its default only, and why
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_NAMES:
@@ -101,6 +115,8 @@ class Param:
             object.__setattr__(self, "required", self.default is MISSING)
         if self.required and self.default is not MISSING:
             raise TypeError(f"param {self.name!r}: a required parameter cannot have a default")
+        if self.fixed and self.required:
+            raise TypeError(f"param {self.name!r}: a fixed parameter must be optional")
 
     # -- describing ---------------------------------------------------------------------------
     @property
@@ -112,6 +128,9 @@ class Param:
 
     def describe_constraints(self) -> str:
         parts = []
+        if self.fixed:
+            parts.append(("default only" if self.default is not MISSING else "omitted only")
+                         + f" ({self.fixed})")
         if self.choices is not None:
             parts.append("one of " + ", ".join(json.dumps(c) for c in self.choices))
         if self.min is not None:
@@ -149,6 +168,12 @@ class Param:
             raise ParamError(f"parameter '{n}' must be >= {self.min}, got {value}", n)
         if self.max is not None and value > self.max:
             raise ParamError(f"parameter '{n}' must be <= {self.max}, got {value}", n)
+        if self.fixed and (self.default is MISSING or value != self.default
+                           or type(value) is not type(self.default)):
+            what = ("can only be left out" if self.default is MISSING
+                    else f"is accepted only at its default {json.dumps(self.default)}")
+            raise ParamError(f"parameter '{n}' {what} in ringstack ({self.fixed}), "
+                             f"got {json.dumps(value)}", n)
         return value
 
     # -- command line -------------------------------------------------------------------------
