@@ -98,7 +98,7 @@ def test_malloc_and_null_geometry_parameters(target):
     assert "numa_id" not in n       # SPDK's null sets none
     assert (n["preferred_write_alignment"], n["preferred_write_granularity"], n["optimal_write_size"],
             n["preferred_unmap_alignment"], n["preferred_unmap_granularity"]) == (8, 16, 32, 4, 2)
-    cfg = {e["method"]: e["params"] for e in t.call("framework_get_config", name="bdev")}
+    cfg = {e["method"]: e.get("params") for e in t.call("framework_get_config", name="bdev")}
     assert cfg["bdev_malloc_create"]["physical_block_size"] == 4096
     assert cfg["bdev_malloc_create"]["numa_id"] == 0
     assert cfg["bdev_null_create"]["optimal_write_size"] == 32
