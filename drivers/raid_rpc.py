@@ -2,7 +2,7 @@
 import errno
 import os
 
-from reactor.rpc import INTERNAL_ERROR, U32, Param, rpc_method
+from reactor.rpc import INTERNAL_ERROR, RUNTIME, STARTUP, U32, Param, rpc_method
 
 from . import raid
 
@@ -61,3 +61,19 @@ def bdev_raid_delete(request, params):
 def bdev_raid_get_bdevs(request, params):
     """List raid bdevs with their state and base bdevs."""
     return raid.get_bdevs(params["category"])
+
+
+# SPDK's raid options configure its background process (rebuild of a raid1 base): ringstack
+# raids have none, so the defaults are all it takes -- which is what a config SPDK saved
+# carries unless someone tuned them.
+@rpc_method("bdev_raid_set_options", params=[
+    Param("process_window_size_kb", int, default=1024, min=1, max=U32,
+          fixed="ringstack raids run no background process (rebuild)",
+          help="background process window in KiB"),
+    Param("process_max_bandwidth_mb_sec", int, default=0, min=0, max=U32,
+          fixed="ringstack raids run no background process (rebuild)",
+          help="background process bandwidth cap in MiB/s (0: none)"),
+], states=STARTUP | RUNTIME)
+def bdev_raid_set_options(request, params):
+    """Set the raid module's options (SPDK's; accepted at their defaults)."""
+    return True

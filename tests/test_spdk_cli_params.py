@@ -190,3 +190,14 @@ def test_blockdev_sh_qos_iostat_histogram_error(target):
     rpc(t, "bdev_malloc_delete", "Malloc_0")
     rpc(t, "bdev_null_delete", "Null_1")
     assert state(t) == []
+
+
+def test_bdev_raid_set_options_takes_spdks_defaults(target):
+    """A config SPDK saved carries bdev_raid_set_options; its defaults are accepted, a
+    tuned rebuild window (which ringstack raids do not have) is refused by name."""
+    t = target
+    assert rpc(t, "bdev_raid_set_options", "-w", "1024", "-b", "0") is None   # success prints nothing
+    code, msg = rpc_fails(t, "bdev_raid_set_options", "-w", "2048")
+    assert code == -32602 and "'process_window_size_kb'" in msg
+    code, msg = rpc_fails(t, "bdev_raid_set_options", "-b", "100")
+    assert code == -32602 and "'process_max_bandwidth_mb_sec'" in msg
