@@ -11,7 +11,7 @@ from ._rpcutil import answer
     Param("block_size", int, default=0, min=0, max=U32, help="block size in bytes (default: the device's, 512 for files)"),
     Param("readonly", bool, default=False, help="open read-only"),
     Param("fallocate", bool, default=False, help="accepted for SPDK compatibility (unmap/write_zeroes use fallocate on files)"),
-    Param("uuid", str, required=False, help="UUID of the new bdev"),
+    Param("uuid", str, required=False, format="uuid", help="UUID of the new bdev"),
     Param("nowait", bool, default=False, fixed="no RWF_NOWAIT submission",
           help="submit with RWF_NOWAIT (block devices)"),
     Param("o_direct", bool, default=False, help="ringstack: open with O_DIRECT"),

@@ -10,7 +10,7 @@ from ._rpcutil import answer, answer_value, dif_params, physical_block_size_para
     Param("name", str, required=False, help="bdev name (default: MallocN)"),
     Param("num_blocks", int, min=1, max=U64, help="number of blocks"),
     Param("block_size", int, min=512, max=U32, help="block size in bytes (a multiple of 512)"),
-    Param("uuid", str, required=False, help="UUID of the new bdev"),
+    Param("uuid", str, required=False, format="uuid", help="UUID of the new bdev"),
     Param("optimal_io_boundary", int, default=0, min=0, max=U32, help="split I/O at this many blocks"),
     physical_block_size_param(),
     *dif_params(interleave=True),

@@ -12,7 +12,7 @@ from . import raid
     Param("raid_level", str, choices=("raid0", "0", "raid1", "1", "concat"), help="raid level"),
     Param("base_bdevs", list, items=str, help="base bdev names"),
     Param("strip_size_kb", int, default=0, min=0, max=U32, help="strip size in KiB (raid0, concat)"),
-    Param("uuid", str, required=False, help="UUID of the raid bdev"),
+    Param("uuid", str, required=False, format="uuid", help="UUID of the raid bdev"),
     Param("superblock", bool, default=False, fixed="no superblock is written",
           help="store the raid's description in a superblock on each base"),
 ])

@@ -254,6 +254,9 @@ def test_a_failed_change_is_kept_by_no_reactor(clean):
     code, _ = err(t, "bdev_delay_create", name="D0", base_bdev_name="N0", avg_read_latency=2 ** 64,
                   p99_read_latency=2 ** 64, avg_write_latency=1, p99_write_latency=2)
     assert code in (-32602, -errno.EINVAL)
+    for bad in ("not-a-uuid", "u" * 100000):
+        code, msg = err(t, "bdev_malloc_create", name="Mu", num_blocks=8, block_size=BS, uuid=bad)
+        assert code == -32602 and "uuid" in msg
     assert state(t) == before                                   # listed, claimed, size: as before
     assert t.call("bdev_get_bdevs", name="N0")[0]["assigned_rate_limits"]["rw_ios_per_sec"] == 20000
     for r in (0, 1):

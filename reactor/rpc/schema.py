@@ -24,6 +24,7 @@ parameter and the reason.  The integer ranges of SPDK's decoders are ``U8``, ``U
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -85,6 +86,19 @@ def _type_ok(typ: Any, value: Any) -> bool:
     return isinstance(value, typ)
 
 
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _parse_uuid(name: str, value: str) -> str:
+    """SPDK's spdk_uuid_parse: exactly the 36-character 8-4-4-4-12 form (no braces, no
+    urn: prefix); the canonical lower-case spelling goes on."""
+    if not _UUID_RE.fullmatch(value):
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise ParamError(f"parameter '{name}' must be a UUID (8-4-4-4-12 hex digits), "
+                         f"got {json.dumps(shown)}", name)
+    return value.lower()
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a method.
@@ -105,6 +119,7 @@ class Param:
     items: Any = None          # element type of a list parameter (None: any)
     nullable: bool = False     # accept JSON null for an optional parameter
     fixed: str = ""            # non-empty: accepted at its default only, and why
+    format: str = ""           # "uuid": a string SPDK parses (spdk_uuid_parse), normalised
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_NAMES:
@@ -117,6 +132,8 @@ class Param:
             raise TypeError(f"param {self.name!r}: a required parameter cannot have a default")
         if self.fixed and self.required:
             raise TypeError(f"param {self.name!r}: a fixed parameter must be optional")
+        if self.format not in ("", "uuid") or (self.format and self.type is not str):
+            raise TypeError(f"param {self.name!r}: unsupported format {self.format!r}")
 
     # -- describing ---------------------------------------------------------------------------
     @property
@@ -128,6 +145,8 @@ class Param:
 
     def describe_constraints(self) -> str:
         parts = []
+        if self.format == "uuid":
+            parts.append("a UUID (8-4-4-4-12 hex digits)")
         if self.fixed:
             parts.append(("default only" if self.default is not MISSING else "omitted only")
                          + f" ({self.fixed})")
@@ -154,6 +173,8 @@ class Param:
             # SPDK's spdk_json_strdup refuses an embedded NUL: no C string holds one, and a
             # name or path cut short at it would name something else
             raise ParamError(f"parameter '{n}' must not contain a NUL byte", n)
+        if self.format == "uuid":
+            value = _parse_uuid(n, value)
         if self.type is list and self.items is not None:
             for i, item in enumerate(value):
                 if not _type_ok(self.items, item):
