@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 
 from reactor import subsystem
-from reactor.rpc import STARTUP, Param, rpc_method
+from reactor.rpc import STARTUP, U32, Param, rpc_method
 
 from . import api
 from ._const import LARGE_BUF_MAX_SIZE, SMALL_BUF_MAX_SIZE
@@ -30,10 +30,11 @@ SPDK_LARGE_BUFSIZE = 135168
 
 
 @rpc_method("iobuf_set_options", params=[
-    Param("small_pool_count", int, required=False, min=1,
-          help="small (8 KiB) buffers in the app, split over the reactors"),
-    Param("large_pool_count", int, required=False, min=1,
-          help="large (64 KiB) buffers in the app, split over the reactors"),
+    Param("small_pool_count", int, required=False, min=1, max=U32,
+          help="small (8 KiB) buffers in the app, split over the reactors (a u32 here: "
+               "each is backed by the shared arena)"),
+    Param("large_pool_count", int, required=False, min=1, max=U32,
+          help="large (64 KiB) buffers in the app, split over the reactors (a u32 here)"),
     Param("small_bufsize", int, required=False,
           choices=tuple(sorted({SMALL_BUF_MAX_SIZE, SPDK_SMALL_BUFSIZE})),
           help="fixed in ringstack: 8192 (SPDK's default accepted)"),
