@@ -575,11 +575,15 @@ def _op_export_add(args, finish) -> None:
         return
     try:
         e = BdevExport(args["bdev_name"], args["export_name"], readonly=args["readonly"])
-        svc.exports.add(e)
     except OSError as exc:
         finish(-(exc.errno or errno.EIO), None, str(exc.strerror or exc))
         return
-    except ValueError as exc:
+    except ValueError as exc:          # what the bdev is cannot be exported (its size...)
+        finish(-errno.EINVAL, None, str(exc))
+        return
+    try:
+        svc.exports.add(e)
+    except ValueError as exc:          # the name is taken on this reactor
         finish(-errno.EEXIST, None, str(exc))
         return
     finish()
