@@ -56,6 +56,10 @@ BDEV_IO_CACHE_SIZE = 256
 # arena is a sparse tmpfs segment: pages cost memory only once a buffer is used.
 BUF_SMALL_POOL_SIZE = 8192
 BUF_LARGE_POOL_SIZE = 1024
+# SPDK's per-thread iobuf cache defaults (lib/bdev/bdev.c); ringstack has no such cache, so
+# bdev_set_options accepts and save_config writes these values only.
+BUF_SMALL_CACHE_SIZE = 128
+BUF_LARGE_CACHE_SIZE = 16
 SMALL_BUF_MAX_SIZE = 8192
 LARGE_BUF_MAX_SIZE = 65536
 NOMEM_THRESHOLD_COUNT = 8
@@ -69,8 +73,8 @@ BDEV_IO_NUM_CHILD_IOV = 32
 QOS_TIMESLICE_IN_USEC = 1000
 QOS_MIN_IO_PER_TIMESLICE = 1
 QOS_MIN_BYTE_PER_TIMESLICE = 512
-QOS_MIN_IOS_PER_SEC = 10000
-QOS_MIN_BYTES_PER_SEC = 10 * 1024 * 1024
+QOS_MIN_IOS_PER_SEC = 1000
+QOS_MIN_BYTES_PER_SEC = 1024 * 1024
 QOS_LIMIT_NOT_DEFINED = (1 << 64) - 1
 
 # enum spdk_bdev_qos_rate_limit_type: the seed has the first two; the read/write bytes

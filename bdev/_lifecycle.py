@@ -19,7 +19,8 @@ from reactor import wire
 
 from . import _bcast, _qos
 from ._bdev_io import _mgmt_channel_create, _mgmt_channel_destroy
-from ._const import BDEV_ARENA_ID_SHIFT, BDEV_ARENA_ID_TAG
+from ._const import (BDEV_ARENA_ID_SHIFT, BDEV_ARENA_ID_TAG, BUF_LARGE_CACHE_SIZE,
+                     BUF_SMALL_CACHE_SIZE)
 from ._manager import Manager, _default_opts, _mgr, _modules, get_opts, pool_share, set_opts
 from ._registry import _remove_from_registry, bdev_unregister
 from ._reset import _resets_on_reactor_death
@@ -329,11 +330,13 @@ def _mgr_unregister_cb(r, m) -> None:
 def subsystem_config_json() -> list:
     """spdk_bdev_subsystem_config_json: the config entries that recreate this state."""
     m = _mgr()
+    # SPDK's parameters only (the buffer pools are the iobuf subsystem's, bdev/iobuf.py)
     out = [{"method": "bdev_set_options",
             "params": {"bdev_io_pool_size": m.opts["bdev_io_pool_size"],
                        "bdev_io_cache_size": m.opts["bdev_io_cache_size"],
-                       "small_buf_pool_size": m.opts["small_buf_pool_size"],
-                       "large_buf_pool_size": m.opts["large_buf_pool_size"]}}]
+                       "bdev_auto_examine": True,
+                       "iobuf_small_cache_size": BUF_SMALL_CACHE_SIZE,
+                       "iobuf_large_cache_size": BUF_LARGE_CACHE_SIZE}}]
     for mod in _modules:
         if mod.config_json is not None:
             mod.config_json(out)
@@ -344,4 +347,6 @@ def subsystem_config_json() -> list:
         if getattr(b.fn_table, "write_config_json", None) is not None:
             b.fn_table.write_config_json(b, out)
         _qos.write_config_json(b, out)
+    # Last, as SPDK writes it: a load waits here until every examine has finished.
+    out.append({"method": "bdev_wait_for_examine"})
     return out

@@ -703,9 +703,9 @@ def _set_limits(bdev, limits) -> None:
 def set_rate_limits(bdev, limits, cb, cb_arg=None) -> None:
     """spdk_bdev_set_qos_rate_limits (main thread): ``limits`` = [rw_ios_per_sec,
     rw_mbytes_per_sec, r_mbytes_per_sec, w_mbytes_per_sec], QOS_LIMIT_NOT_DEFINED (or
-    None) = leave as is, 0 = no limit.  Rounded up to multiples of 10000 IO/s and
-    10 MiB/s as the seed does.  Enables, updates or disables QoS on every reactor while
-    I/O flows; ``cb(cb_arg, status)``, -EAGAIN while another change is in progress."""
+    None) = leave as is, 0 = no limit.  Rounded up to multiples of 1000 IO/s and
+    1 MiB/s as today's SPDK does (the seed's were 10000 and 10 MiB).  Enables, updates or
+    disables QoS on every reactor while I/O flows; ``cb(cb_arg, status)``, -EAGAIN while another change is in progress."""
     limits = [NOT_DEFINED if v is None else int(v) for v in list(limits) + [None] * (N - len(limits))][:N]
     disable = True
     for i in range(N):

@@ -35,26 +35,38 @@ def _add(acc, values):
     return [a + b for a, b in zip(acc, values)]
 
 
+#: SPDK's reset modes (enum spdk_bdev_reset_stat_mode).  IoStat has neither min/max
+#: latencies nor error counters, so "maxmin" and "error" find nothing to reset and only
+#: "all" zeroes anything.
+RESET_MODES = ("all", "maxmin", "error", "none")
+
+
 @wire.remote("bdev.stat_replica")
 def _stat_replica(it) -> None:
     ctx = it.ctx
     b = get_by_name(ctx["bdev"])
     if b is not None:
         ctx["s"] = _add(ctx["s"], b.stat.to_list())
+        if ctx["reset"]:
+            b.stat = IoStat()
     rx.for_each_channel_continue(it, 0)
 
 
 @wire.remote("bdev.stat_channel")
 def _stat_channel(it) -> None:
     ctx = it.ctx
-    ctx["s"] = _add(ctx["s"], it.get_channel().ctx.stat.to_list())
+    ch = it.get_channel().ctx
+    ctx["s"] = _add(ctx["s"], ch.stat.to_list())
+    if ctx["reset"]:
+        ch.stat = IoStat()
     rx.for_each_channel_continue(it, 0)
 
 
-def get_device_stat(bdev, cb, cb_arg=None) -> None:
+def get_device_stat(bdev, cb, cb_arg=None, reset_mode: str = "none") -> None:
     """spdk_bdev_get_device_stat: ``cb(bdev, stat, cb_arg, rc)`` with the sum over every
-    channel on every reactor, plus the channels already closed."""
-    ctx = {"bdev": bdev.name, "s": _zero()}
+    channel on every reactor, plus the channels already closed.  ``reset_mode`` "all"
+    zeroes each stat in the same step that reads it (no I/O is lost in between)."""
+    ctx = {"bdev": bdev.name, "s": _zero(), "reset": reset_mode == "all"}
 
     def channels_done(it, status):
         st = IoStat()
@@ -91,9 +103,13 @@ def _stat_reset_channel(it) -> None:
     rx.for_each_channel_continue(it, 0)
 
 
-def reset_device_stat(bdev, cb, cb_arg=None) -> None:
+def reset_device_stat(bdev, cb, cb_arg=None, mode: str = "all") -> None:
     """bdev_reset_iostat (later SPDK): zero every channel's and replica's stats;
-    ``cb(bdev, cb_arg, rc)``."""
+    ``cb(bdev, cb_arg, rc)``.  Modes other than "all" have nothing to reset here
+    (:data:`RESET_MODES`)."""
+    if mode != "all":
+        rx.send_msg(rx.get_thread(), cb, bdev, cb_arg, 0)
+        return
     ctx = {"bdev": bdev.name}
     _bcast.for_each_reactor(_stat_reset_replica, ctx, lambda it, st: _bcast.for_each_channel(
         bdev, _stat_reset_channel, ctx, lambda it2, st2: cb(bdev, cb_arg, st2)))
@@ -105,14 +121,17 @@ def _stat_per_channel(it) -> None:
     entry = ch.stat.to_dict()
     entry["thread_id"] = ch.thread.id
     entry["thread"] = ch.thread.name
+    if it.ctx["reset"]:
+        ch.stat = IoStat()
     it.ctx["channels"] = list(it.ctx["channels"]) + [entry]
     rx.for_each_channel_continue(it, 0)
 
 
-def get_channels_stat(bdev, cb, cb_arg=None) -> None:
+def get_channels_stat(bdev, cb, cb_arg=None, reset_mode: str = "none") -> None:
     """Per-channel iostat (SPDK's bdev_get_iostat per_channel): ``cb(bdev, [dict per
-    channel], cb_arg, rc)``."""
-    _bcast.for_each_channel(bdev, _stat_per_channel, {"bdev": bdev.name, "channels": []},
+    channel], cb_arg, rc)``; ``reset_mode`` as for :func:`get_device_stat`."""
+    _bcast.for_each_channel(bdev, _stat_per_channel,
+                            {"bdev": bdev.name, "channels": [], "reset": reset_mode == "all"},
                         lambda it, st: cb(bdev, list(it.ctx["channels"]), cb_arg, st))
 
 

@@ -110,6 +110,16 @@ class Bdev:
         self.max_rw_size = max_rw_size
         self.max_num_segments = max_num_segments
         self.max_segment_size = max_segment_size
+        # Later SPDK's geometry hints, reported by bdev_get_bdevs (the layer does not act on
+        # them): phys_blocklen 0 means the block size (set at register); numa_id None means
+        # "not valid" (spdk_bdev.numa.id_valid 0); the preferred_* are in blocks.
+        self.phys_blocklen = 0
+        self.numa_id = None
+        self.preferred_write_alignment = 0
+        self.preferred_write_granularity = 0
+        self.optimal_write_size = 0
+        self.preferred_unmap_alignment = 0
+        self.preferred_unmap_granularity = 0
         # --- internal (spdk_bdev.internal)
         self.status = 0
         self.open_descs: list = []

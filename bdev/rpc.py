@@ -13,11 +13,13 @@ import errno
 import struct
 
 import reactor as rx
-from reactor.rpc import RUNTIME, STARTUP, Param, rpc_method
+from reactor.rpc import RUNTIME, STARTUP, U8, U32, Param, rpc_method
+from reactor.rpc import U64 as U64_MAX      # (bdev's own U64 is 1 << 64)
 
 from . import _qos, _stats
 from . import api
-from ._const import IO_TYPE_NAMES, QOS_LIMIT_NOT_DEFINED, QOS_RPC_TYPE
+from ._const import (BUF_LARGE_CACHE_SIZE, BUF_SMALL_CACHE_SIZE, IO_TYPE_NAMES,
+                     QOS_LIMIT_NOT_DEFINED, QOS_RPC_TYPE)
 from ._manager import get_manager
 from ._types import U64, IoStat
 
@@ -64,6 +66,11 @@ def bdev_info(b) -> dict:
         "product_name": b.product_name,
         "block_size": b.blocklen,
         "num_blocks": b.blockcnt,
+        "preferred_write_alignment": b.preferred_write_alignment,
+        "preferred_write_granularity": b.preferred_write_granularity,
+        "optimal_write_size": b.optimal_write_size,
+        "preferred_unmap_alignment": b.preferred_unmap_alignment,
+        "preferred_unmap_granularity": b.preferred_unmap_granularity,
         "uuid": str(b.uuid) if b.uuid else "",
         "assigned_rate_limits": {
             QOS_RPC_TYPE[i]: (limits[i] if i == 0 else limits[i] // (1024 * 1024))
@@ -74,6 +81,8 @@ def bdev_info(b) -> dict:
                                for t, name in _IO_TYPES_LISTED},
         "driver_specific": {},
     }
+    if b.numa_id is not None:           # SPDK: only when the module set one (numa.id_valid)
+        out["numa_id"] = b.numa_id
     if b.optimal_io_boundary:
         out["optimal_io_boundary"] = b.optimal_io_boundary
     if b.claim_module is not None:
@@ -87,9 +96,13 @@ def bdev_info(b) -> dict:
     return out
 
 
+WAIT_TIMEOUT_MAX_MS = 3_600_000     # a waiting request still gets its answer within an hour
+
+
 @rpc_method("bdev_get_bdevs", params=[
     Param("name", str, required=False, help="bdev name or alias (default: all)"),
-    Param("timeout", int, default=0, min=0, help="ms to wait for the bdev to appear"),
+    Param("timeout", int, default=0, min=0, max=WAIT_TIMEOUT_MAX_MS,
+          help="ms to wait for the bdev to appear (at most one hour: a request is answered)"),
 ])
 def bdev_get_bdevs(request, params):
     """Get information about block devices (all, or one by name)."""
@@ -134,20 +147,35 @@ def _iostat_entry(b, st) -> dict:
 
 
 @rpc_method("bdev_get_iostat", params=[
-    Param("name", str, required=False, help="bdev name (default: all)"),
-    Param("per_channel", bool, default=False, help="one entry per channel instead of a sum"),
+    Param("names", list, items=str, required=False, help="bdev names (default: all)"),
+    Param("per_channel", bool, default=False,
+          help="one entry per channel instead of a sum (exactly one bdev in names)"),
+    Param("reset_mode", str, default="none", choices=_stats.RESET_MODES,
+          help="reset the statistics as they are read (all; maxmin and error find nothing "
+               "to reset: ringstack keeps neither min/max latencies nor error counters)"),
+    Param("name", str, required=False, help="one bdev name (older SPDK's form of names)"),
 ])
 def bdev_get_iostat(request, params):
     """Get I/O statistics of block devices (summed over every reactor, or per channel)."""
     if not _layer_up(request):
         return
-    name = params["name"]
-    if name is None and params["per_channel"]:
-        request.error(-32602, "Invalid parameters: per_channel requires a bdev name")
+    names = params["names"]
+    if params["name"] is not None:
+        if names is not None:
+            request.error(-32602, "Invalid parameters: give names or name, not both")
+            return
+        names = [params["name"]]
+    if params["per_channel"] and (names is None or len(names) != 1):
+        request.errno(-errno.EINVAL)       # SPDK: "Can't use per_channel with multiple bdevs"
         return
-    todo = _bdevs_named(request, name)
-    if todo is None:
-        return
+    if names is None:
+        todo = list(api.bdevs())
+    else:
+        todo = [api.get_by_name(n) for n in names]
+        if None in todo:
+            request.errno(-errno.ENODEV)
+            return
+    reset_mode = params["reset_mode"]
     head = {"tick_rate": 1_000_000_000, "ticks": rx.now_ns()}
     if params["per_channel"]:
         b = todo[0]
@@ -157,7 +185,7 @@ def bdev_get_iostat(request, params):
                 request.errno(rc)
                 return
             request.result({**head, "name": bdev.name, "channels": chans})
-        _stats.get_channels_stat(b, got_channels)
+        _stats.get_channels_stat(b, got_channels, reset_mode=reset_mode)
         return
     out = []
 
@@ -170,13 +198,15 @@ def bdev_get_iostat(request, params):
             if rc == 0:
                 out.append(_iostat_entry(bdev, st))
             next_one(i + 1)
-        _stats.get_device_stat(todo[i], got)
+        _stats.get_device_stat(todo[i], got, reset_mode=reset_mode)
     next_one(0)
 
 
 @rpc_method("bdev_reset_iostat", params=[
     Param("name", str, required=False, help="bdev name (default: all)"),
-    Param("mode", str, default="all", choices=("all", "maxmin"), help="accepted for SPDK compatibility"),
+    Param("mode", str, default="all", choices=_stats.RESET_MODES,
+          help="what to reset: all; maxmin and error find nothing to reset (ringstack keeps "
+               "neither min/max latencies nor error counters); none"),
 ])
 def bdev_reset_iostat(request, params):
     """Reset I/O statistics of block devices on every reactor."""
@@ -190,16 +220,18 @@ def bdev_reset_iostat(request, params):
         if i == len(todo):
             request.result(True)
             return
-        _stats.reset_device_stat(todo[i], lambda bdev, arg, rc: next_one(i + 1))
+        _stats.reset_device_stat(todo[i], lambda bdev, arg, rc: next_one(i + 1),
+                                 mode=params["mode"])
     next_one(0)
 
 
 @rpc_method("bdev_set_qos_limit", params=[
     Param("name", str, help="bdev name"),
-    Param("rw_ios_per_sec", int, required=False, min=0, help="IO/s limit (0: none)"),
-    Param("rw_mbytes_per_sec", int, required=False, min=0, help="read+write MiB/s limit"),
-    Param("r_mbytes_per_sec", int, required=False, min=0, help="read MiB/s limit"),
-    Param("w_mbytes_per_sec", int, required=False, min=0, help="write MiB/s limit"),
+    Param("rw_ios_per_sec", int, required=False, min=0, max=U64_MAX,
+          help="IO/s limit (0: none; rounded up to a multiple of 1000)"),
+    Param("rw_mbytes_per_sec", int, required=False, min=0, max=U64_MAX, help="read+write MiB/s limit (0: none)"),
+    Param("r_mbytes_per_sec", int, required=False, min=0, max=U64_MAX, help="read MiB/s limit (0: none)"),
+    Param("w_mbytes_per_sec", int, required=False, min=0, max=U64_MAX, help="write MiB/s limit (0: none)"),
 ])
 def bdev_set_qos_limit(request, params):
     """Set, change or remove QoS rate limits of a bdev (applies to the bdev as a whole)."""
@@ -217,22 +249,25 @@ def bdev_set_qos_limit(request, params):
 
 
 @rpc_method("bdev_set_options", params=[
-    Param("bdev_io_pool_size", int, required=False, min=1,
+    Param("bdev_io_pool_size", int, required=False, min=1, max=U32,
           help="bdev_io structures in the app, split over the reactors"),
-    Param("bdev_io_cache_size", int, required=False, min=0, help="bdev_io cached per thread"),
-    Param("bdev_auto_examine", bool, default=True, help="accepted for SPDK compatibility"),
-    Param("small_buf_pool_size", int, required=False, min=1,
-          help="8 KiB buffers in the app, split over the reactors"),
-    Param("large_buf_pool_size", int, required=False, min=1,
-          help="64 KiB buffers in the app, split over the reactors"),
+    Param("bdev_io_cache_size", int, required=False, min=0, max=U32, help="bdev_io cached per thread"),
+    Param("bdev_auto_examine", bool, default=True,
+          fixed="every registered bdev is examined; there is no bdev_examine",
+          help="examine every new bdev"),
+    Param("iobuf_small_cache_size", int, default=128, min=0, max=U32,
+          fixed="no per-thread iobuf cache: buffers come from the reactor's arena slice",
+          help="small iobuf buffers cached per thread"),
+    Param("iobuf_large_cache_size", int, default=16, min=0, max=U32,
+          fixed="no per-thread iobuf cache: buffers come from the reactor's arena slice",
+          help="large iobuf buffers cached per thread"),
 ], states=STARTUP)
 def bdev_set_options(request, params):
-    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc); pool sizes are app-wide, split over the reactors."""  # noqa: E501
+    """Set bdev layer options (before framework_start_init, i.e. with --wait-for-rpc); pool sizes are app-wide, split over the reactors; the buffer pools are iobuf_set_options'."""  # noqa: E501
     # The bdev_io pool must hold bdev_io_cache_size x (threads + 1) per reactor share
     # (bdev.set_opts); -EINVAL otherwise.
     opts = api.get_opts()
-    for k in ("bdev_io_pool_size", "bdev_io_cache_size", "small_buf_pool_size",
-              "large_buf_pool_size"):
+    for k in ("bdev_io_pool_size", "bdev_io_cache_size"):
         if params[k] is not None:
             opts[k] = params[k]
     rc = api.set_opts(opts)
@@ -255,7 +290,15 @@ def bdev_wait_for_examine(request, params):
 @rpc_method("bdev_enable_histogram", params=[
     Param("name", str, help="bdev name"),
     Param("enable", bool, help="enable or disable"),
-    Param("opc", str, required=False, help="accepted for SPDK compatibility"),
+    Param("opc", str, required=False, fixed="reads and writes are tallied, no other choice",
+          help="I/O type to tally"),
+    Param("granularity", int, default=0, min=0, max=U8,
+          fixed="ringstack's buckets are SPDK's layout at granularity 0; SPDK's default is 7",
+          help="log2 of the buckets per power-of-two range"),
+    Param("min_nsec", int, default=0, min=0, max=U64_MAX,
+          fixed="every latency is tallied", help="smallest latency tracked (ns)"),
+    Param("max_nsec", int, default=U64_MAX, min=0, max=U64_MAX,
+          fixed="every latency is tallied", help="largest latency tracked (ns)"),
 ])
 def bdev_enable_histogram(request, params):
     """Enable or disable latency histograms of a bdev on every reactor."""
@@ -269,8 +312,9 @@ def bdev_enable_histogram(request, params):
 
 @rpc_method("bdev_get_histogram", params=[Param("name", str, help="bdev name")])
 def bdev_get_histogram(request, params):
-    """Get a bdev's latency histogram: base64 of little-endian u64 bucket counts, bucket i
-    holding I/Os whose latency in ns has bit length i; tsc_rate 1e9 (ticks are ns)."""
+    """Get a bdev's latency histogram in SPDK's layout (scripts/histogram.py reads it):
+    base64 of little-endian u64 bucket counts with granularity 0, min_range 0, max_range 64,
+    i.e. bucket i holds I/Os whose latency in ns has bit length i; tsc_rate 1e9 (ns)."""
     if not _layer_up(request):
         return
     b = _bdev_or_enodev(request, params["name"])
@@ -282,6 +326,7 @@ def bdev_get_histogram(request, params):
             request.errno(rc)
             return
         blob = struct.pack(f"<{len(buckets)}Q", *buckets)
-        request.result({"histogram": base64.b64encode(blob).decode(), "bucket_shift": 0,
+        request.result({"histogram": base64.b64encode(blob).decode(), "granularity": 0,
+                        "min_range": 0, "max_range": len(buckets) - 1, "bucket_shift": 0,
                         "tsc_rate": 1_000_000_000, "buckets": buckets})
     api.histogram_get(b, got)

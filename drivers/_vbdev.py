@@ -74,6 +74,42 @@ def _unregister_all(names, then) -> None:
     then()
 
 
+# -------------------------------------------------------------- deferred creation
+# SPDK's passthru, split and raid accept a create whose base bdev does not exist yet: the
+# request is recorded (on the main replica, which owns the registry) and the vbdev is
+# built by examine when the base registers.  The records are each module's
+# (``state(<module>)`` of the main reactor); these helpers are the shared mechanics.
+
+def examine_later(module, work) -> None:
+    """The body of a module's ``examine_disk`` when it has records waiting for this bdev:
+    ``work(done)`` runs as a message on this (the main) thread, after the registration
+    that called examine has returned -- so the base's own replicated create has already
+    broadcast the base to the other reactors, and the vbdev's replica builders, broadcast
+    later from the same thread, find it there (FIFO).  The module's examine stays in
+    progress (``bdev_wait_for_examine`` waits) until ``work`` calls ``done()``."""
+    rx.send_msg(rx.get_thread(), work, lambda: bm.module_examine_done(module))
+
+
+def run_each(items, step, then) -> None:
+    """``step(item, next)`` for each item, one after the other (each replicated create
+    answers before the next starts), then ``then()``."""
+    items = list(items)
+
+    def nxt(*_):
+        if not items:
+            then()
+            return
+        step(items.pop(0), nxt)
+    nxt()
+
+
+def base_missing(name: str) -> bool:
+    """True when ``name`` is no registered bdev a vbdev could open now (absent, or on its
+    way out): a create over it is deferred, as SPDK defers on -ENODEV."""
+    b = api.get_by_name(name)
+    return b is None or b.status == bm.STATUS_REMOVING
+
+
 def unregister_by_name(name: str, module, cb) -> None:
     """Delete RPCs: unregister bdev ``name`` if ``module`` owns it; ``cb(rc)`` with
     -ENODEV when there is no such bdev of this module."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import uuid as _uuid
 
 import reactor as rx
@@ -123,54 +124,73 @@ class MallocDisk(bm.FnTable):
     def write_config_json(self, bdev, out):
         out.append({"method": "bdev_malloc_create",
                     "params": {"name": bdev.name, "num_blocks": bdev.blockcnt, "block_size": bdev.blocklen,
-                               "uuid": bdev.uuid, "optimal_io_boundary": bdev.optimal_io_boundary}})
+                               "physical_block_size": bdev.phys_blocklen or bdev.blocklen,
+                               "uuid": bdev.uuid, "optimal_io_boundary": bdev.optimal_io_boundary,
+                               "numa_id": bdev.numa_id}})
 
 
 def _read_after_buf(ch, io):
     io.bdev.ctxt._read(io)
 
 
-def _build(name, segment, blocklen, blockcnt, uuid, boundary, owned):
+def _build(name, segment, blocklen, blockcnt, uuid, boundary, owned, phys, numa_id):
     disk = MallocDisk(name, segment, blocklen, blockcnt, owned)
     b = bm.Bdev(name, blocklen=blocklen, blockcnt=blockcnt, module=malloc_module, fn_table=disk,
                 ctxt=disk, product_name="Malloc disk", uuid=uuid, write_cache=True,
                 optimal_io_boundary=boundary, split_on_optimal_io_boundary=bool(boundary))
+    b.phys_blocklen = phys or blocklen
+    b.numa_id = numa_id         # SPDK's malloc always reports one (-1: any node)
     disk.bdev = b
     return b
 
 
+def numa_node_present(numa_id) -> bool:
+    """-1 (any node) or a NUMA node this machine has (SPDK_ENV_FOREACH_NUMA_ID); a machine
+    without /sys/devices/system/node has node 0 only."""
+    if numa_id == -1:
+        return True
+    root = "/sys/devices/system/node"
+    if not os.path.isdir(root):
+        return numa_id == 0
+    return os.path.isdir(os.path.join(root, f"node{numa_id}"))
+
+
 @wire.remote("malloc.create_replica")
-def _create_replica(done, name, seg_name, blocklen, blockcnt, uuid, boundary):
+def _create_replica(done, name, seg_name, blocklen, blockcnt, uuid, boundary, phys, numa_id):
     from ipc.shm import Segment
     try:
         seg = Segment.attach(seg_name)
-    except Exception:
-        log.exception("malloc %s: cannot map %s", name, seg_name)
+    except (OSError, ValueError) as exc:
+        log.error("malloc %s: cannot map %s: %s", name, seg_name, exc)
         done(-5)
         return
-    b = _build(name, seg, blocklen, blockcnt, uuid, boundary, owned=False)
+    b = _build(name, seg, blocklen, blockcnt, uuid, boundary, False, phys, numa_id)
     rc = bm.bdev_register(b)
     if rc:
         b.fn_table.destruct(b.ctxt)
     done(rc)
 
 
-def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_boundary=0, cb=None) -> None:
+def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_boundary=0, cb=None,
+           physical_block_size=0, numa_id=-1) -> None:
     """Create a malloc bdev on every reactor (main thread).  ``cb(rc, name)`` once all
-    have it: -EINVAL for a bad geometry, -EEXIST for a taken name, -ENOMEM when the
-    segment cannot be created."""
+    have it: -EINVAL for a bad geometry (a physical block size not a multiple of 512, 0
+    meaning the block size) or a NUMA node the machine lacks, -EEXIST for a taken name,
+    -ENOMEM when the segment cannot be created.  ``numa_id`` is recorded and reported (the
+    segment's pages are not bound to the node)."""
     from ipc.shm import Segment
     cb = cb or (lambda rc, name: None)
     t = rx.get_thread()
     # what the replicas will receive (the segment name and uuid are filled in below: a
     # segment name is short, a uuid is 36 characters)
     if bm.replicable(_create_replica, [name or "Malloc0000", "s" * 64, block_size, num_blocks,
-                                       uuid or "u" * 36, optimal_io_boundary]):
+                                       uuid or "u" * 36, optimal_io_boundary, physical_block_size,
+                                       numa_id]):
         rx.send_msg(t, cb, -bm.EINVAL, name)
         return
     if not bm.on_main_thread():   # the main thread owns the registry: hop there
-        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary], cb,
-                   fail=(-bm.EIO, name))
+        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary,
+                                     physical_block_size, numa_id], cb, fail=(-bm.EIO, name))
         return
     if name is None:
         n = 0
@@ -180,7 +200,10 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
 
     def fail(rc):
         rx.send_msg(t, cb, rc, name)
-    if block_size <= 0 or block_size % 512 or num_blocks <= 0 or optimal_io_boundary < 0:
+    if block_size <= 0 or block_size % 512 or num_blocks <= 0 or optimal_io_boundary < 0 \
+            or num_blocks * block_size >= 1 << 64 \
+            or physical_block_size < 0 or physical_block_size % 512 \
+            or not numa_node_present(numa_id):      # (the size in bytes fits SPDK's u64)
         fail(-bm.EINVAL)
         return
     if _bdev.get_by_name(name) is not None:
@@ -192,24 +215,28 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
         return
     try:
         seg = Segment.create(inst, f"malloc{next(_seq)}", num_blocks * block_size)
-    except Exception:
-        log.exception("malloc %s: cannot create its segment", name)
+    except (OSError, ValueError, OverflowError, MemoryError) as exc:   # no room: one line
+        log.error("malloc %s: cannot create its segment of %d bytes: %s", name,
+                  num_blocks * block_size, exc)
         fail(-bm.ENOMEM)
         return
     uuid = uuid or str(_uuid.uuid4())
-    b = _build(name, seg, block_size, num_blocks, uuid, optimal_io_boundary, owned=True)
+    b = _build(name, seg, block_size, num_blocks, uuid, optimal_io_boundary, True,
+               physical_block_size, numa_id)
     rc = bm.bdev_register(b)
     if rc:
         b.fn_table.destruct(b.ctxt)
         fail(rc)
         return
     _vbdev.broadcast_create(_create_replica, [name, seg.name, block_size, num_blocks, uuid,
-                                              optimal_io_boundary], [name], lambda rc: cb(rc, name))
+                                              optimal_io_boundary, physical_block_size, numa_id],
+                            [name], lambda rc: cb(rc, name))
 
 
 @wire.remote("malloc.create_on_main")
-def _create_on_main(done, name, num_blocks, block_size, uuid, optimal_io_boundary):
-    create(name, num_blocks, block_size, uuid, optimal_io_boundary, cb=lambda rc, name: done(rc, name))
+def _create_on_main(done, name, num_blocks, block_size, uuid, optimal_io_boundary, phys, numa_id):
+    create(name, num_blocks, block_size, uuid, optimal_io_boundary,
+           cb=lambda rc, name: done(rc, name), physical_block_size=phys, numa_id=numa_id)
 
 
 def delete(name, cb=None) -> None:

@@ -88,56 +88,78 @@ class NullDisk(bm.FnTable):
     def write_config_json(self, bdev, out):
         out.append({"method": "bdev_null_create",
                     "params": {"name": bdev.name, "num_blocks": bdev.blockcnt, "block_size": bdev.blocklen,
-                               "uuid": bdev.uuid}})
+                               "physical_block_size": bdev.phys_blocklen or bdev.blocklen,
+                               "uuid": bdev.uuid,
+                               **{k: getattr(bdev, k) for k in HINTS}}})
 
 
-def _build(name, num_blocks, block_size, uuid):
+#: The geometry hints bdev_null_create takes (in blocks), kept on the bdev and reported by
+#: bdev_get_bdevs, as SPDK's null module does.
+HINTS = ("preferred_write_granularity", "preferred_write_alignment", "optimal_write_size",
+         "preferred_unmap_granularity", "preferred_unmap_alignment")
+
+
+def _build(name, num_blocks, block_size, uuid, phys=0, hints=None):
     disk = NullDisk(name)
-    return bm.Bdev(name, blocklen=block_size, blockcnt=num_blocks, module=null_module, fn_table=disk,
-                   ctxt=disk, product_name="Null disk", uuid=uuid)
+    b = bm.Bdev(name, blocklen=block_size, blockcnt=num_blocks, module=null_module, fn_table=disk,
+                ctxt=disk, product_name="Null disk", uuid=uuid)
+    b.phys_blocklen = phys or block_size
+    for k, v in (hints or {}).items():
+        setattr(b, k, v)
+    return b
 
 
 @wire.remote("null.create_replica")
-def _create_replica(done, name, num_blocks, block_size, uuid):
-    b = _build(name, num_blocks, block_size, uuid)
+def _create_replica(done, name, num_blocks, block_size, uuid, phys, hints):
+    b = _build(name, num_blocks, block_size, uuid, phys, hints)
     rc = bm.bdev_register(b)
     if rc:
         b.fn_table.destruct(b.ctxt)
     done(rc)
 
 
-def create(name, num_blocks, block_size=512, uuid=None, cb=None) -> None:
-    """Create a null bdev on every reactor (main thread); ``cb(rc, name)``."""
+def create(name, num_blocks, block_size=512, uuid=None, cb=None, physical_block_size=0,
+           **hints) -> None:
+    """Create a null bdev on every reactor (main thread); ``cb(rc, name)``.  -EINVAL for a
+    bad geometry (a physical block size not a multiple of 512; 0 means the block size) or
+    an unknown hint name; ``hints`` are names of :data:`HINTS` with block counts."""
     cb = cb or (lambda rc, name: None)
     t = rx.get_thread()
-    args = [name, num_blocks, block_size, uuid]
-    if bm.replicable(_create_replica, [name, num_blocks, block_size, uuid or "u" * 36]):  # uuid filled in below
+    hints = {k: v for k, v in hints.items() if v}
+    args = [name, num_blocks, block_size, uuid, physical_block_size, hints]
+    if bm.replicable(_create_replica, [name, num_blocks, block_size, uuid or "u" * 36,  # uuid filled in below
+                                       physical_block_size, hints]):
         rx.send_msg(t, cb, -bm.EINVAL, name)
         return
     if not bm.on_main_thread():   # the main thread owns the registry: hop there
         bm.to_main(_create_on_main, args, cb, fail=(-bm.EIO, name))
         return
     if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0 \
-            or num_blocks * block_size >= 1 << 64:      # the size in bytes fits SPDK's u64
+            or num_blocks * block_size >= 1 << 64 \
+            or physical_block_size < 0 or physical_block_size % 512 \
+            or any(k not in HINTS or not isinstance(v, int) or v < 0 for k, v in hints.items()):
+        # (the size in bytes fits SPDK's u64)
         rx.send_msg(t, cb, -bm.EINVAL, name)
         return
     if _bdev.get_by_name(name) is not None:
         rx.send_msg(t, cb, -bm.EEXIST, name)
         return
     uuid = uuid or str(_uuid.uuid4())
-    b = _build(name, num_blocks, block_size, uuid)
+    b = _build(name, num_blocks, block_size, uuid, physical_block_size, hints)
     rc = bm.bdev_register(b)
     if rc:
         b.fn_table.destruct(b.ctxt)
         rx.send_msg(t, cb, rc, name)
         return
-    _vbdev.broadcast_create(_create_replica, [name, num_blocks, block_size, uuid], [name],
+    _vbdev.broadcast_create(_create_replica, [name, num_blocks, block_size, uuid,
+                                              physical_block_size, hints], [name],
                             lambda rc: cb(rc, name))
 
 
 @wire.remote("null.create_on_main")
-def _create_on_main(done, name, num_blocks, block_size, uuid):
-    create(name, num_blocks, block_size, uuid, cb=lambda rc, name: done(rc, name))
+def _create_on_main(done, name, num_blocks, block_size, uuid, phys, hints):
+    create(name, num_blocks, block_size, uuid, cb=lambda rc, name: done(rc, name),
+           physical_block_size=phys, **hints)
 
 
 def delete(name, cb=None) -> None:

@@ -5,22 +5,27 @@ import errno
 import reactor as rx
 from bdev import api
 from bdev import module as bm
-from reactor.rpc import Param, rpc_method
+from reactor.rpc import U32, U64, Param, rpc_method
 
 from . import null
-from ._rpcutil import answer, answer_value
+from ._rpcutil import answer, answer_value, dif_params, physical_block_size_param
 
 
 @rpc_method("bdev_null_create", params=[
     Param("name", str, help="bdev name"),
-    Param("num_blocks", int, min=1, help="number of blocks"),
-    Param("block_size", int, min=512, help="block size in bytes (a multiple of 512)"),
-    Param("uuid", str, required=False, help="UUID of the new bdev"),
+    Param("num_blocks", int, min=1, max=U64, help="number of blocks"),
+    Param("block_size", int, min=512, max=U32, help="block size in bytes (a multiple of 512)"),
+    Param("uuid", str, required=False, format="uuid", help="UUID of the new bdev"),
+    physical_block_size_param(),
+    *dif_params(),
+    *[Param(k, int, default=0, min=0, max=U32, help="in blocks; reported by bdev_get_bdevs")
+      for k in null.HINTS],
 ])
 def bdev_null_create(request, params):
     """Create a null bdev (writes discarded, reads move no data): the benchmark baseline."""
     null.create(params["name"], params["num_blocks"], params["block_size"], params["uuid"],
-                cb=answer_value(request))
+                cb=answer_value(request), physical_block_size=params["physical_block_size"],
+                **{k: params[k] for k in null.HINTS})
 
 
 @rpc_method("bdev_null_delete", params=[Param("name", str, help="null bdev name")])
@@ -55,7 +60,7 @@ def _resize_undo(done, name, new_size_mb, old_blocks):
 
 @rpc_method("bdev_null_resize", params=[
     Param("name", str, help="null bdev name"),
-    Param("new_size", int, min=1, help="new size in MiB"),
+    Param("new_size", int, min=1, max=U64, help="new size in MiB"),
 ])
 def bdev_null_resize(request, params):
     """Resize a null bdev (growing always works; shrinking fails with EBUSY while open, on

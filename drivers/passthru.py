@@ -42,11 +42,21 @@ The pieces, in the order a request meets them:
    turn lets the base's unregister finish on that reactor.
 
 7. **Delete** (:func:`delete`) is the same unregister, asked for by name.
+
+8. **Deferred creation** (SPDK's examine): a create whose base does not exist yet is
+   accepted and recorded (the main reactor's ``_records()``, SPDK's ``g_bdev_names``);
+   when a bdev registers, the bdev layer calls our ``examine_disk`` on the main reactor,
+   which builds every vbdev recorded over it -- the same replicated create, run as a
+   message once the base's own registration has reached the other reactors
+   (``_vbdev.examine_later``).  The record lives until the vbdev is deleted: when the base
+   is hot-removed the vbdev goes, and it comes back if the base registers again (as in
+   SPDK).  save_config writes the records still waiting (``_config_json``).
 """
 from __future__ import annotations
 
 import errno
 import logging
+import os
 
 import reactor as rx
 from bdev import api
@@ -59,7 +69,15 @@ log = logging.getLogger("ringstack.passthru")
 #: The module description.  No module_init/fini: the module keeps nothing global; all its
 #: state is per reactor (``_vbdev.state("passthru")``), created with the first vbdev and
 #: dropped with the last.
-passthru_module = bm.register_module(bm.BdevModule("passthru"))
+passthru_module = bm.register_module(bm.BdevModule(
+    "passthru", examine_disk=lambda bdev: _examine(bdev),
+    config_json=lambda out: _config_json(out), module_fini=lambda: _records().clear()))
+
+
+def _records() -> dict:
+    """The creates asked for, built or waiting: {vbdev name: base name}.  Kept on the main
+    reactor (which runs the create RPCs and examine); empty on the others."""
+    return _vbdev.state("passthru.records")
 
 
 class PtNode:
@@ -170,11 +188,78 @@ def _create_replica(done, name, base_name):
 
 def create(name: str, base_bdev_name: str, cb) -> None:
     """Create passthru vbdev ``name`` over ``base_bdev_name`` on every reactor (main
-    thread); ``cb(rc)`` when done: 0, -EEXIST (name taken), -ENODEV (no base), -EPERM
-    (base claimed by another module)."""
-    _vbdev.replicated_create(_build, _create_replica, (name, base_bdev_name), cb)
+    thread); ``cb(rc)`` when done: 0 (built, or recorded until the base registers),
+    -EEXIST (name taken or already recorded), -EPERM (base claimed by another module).
+    A create that fails leaves no record."""
+    recs = _records()
+    if name in recs or api.get_by_name(name) is not None:
+        rc = -errno.EEXIST
+    else:
+        rc = bm.replicable(_create_replica, [name, base_bdev_name])
+    if rc:
+        rx.send_msg(rx.get_thread(), cb, rc)
+        return
+    recs[name] = base_bdev_name
+    if _vbdev.base_missing(base_bdev_name):
+        log.info("passthru %s: creation deferred until bdev %s registers", name, base_bdev_name)
+        rx.send_msg(rx.get_thread(), cb, 0)
+        return
+
+    def built(rc):
+        if rc == -errno.ENODEV and _vbdev.base_missing(base_bdev_name):
+            rc = 0                       # the base went meanwhile: wait for it (SPDK)
+        elif rc:
+            recs.pop(name, None)         # all or nothing: no record of a failed create
+        cb(rc)
+    _vbdev.replicated_create(_build, _create_replica, (name, base_bdev_name), built)
+
+
+def _examine(bdev) -> None:
+    """examine_disk (main reactor): build the vbdevs recorded over ``bdev``."""
+    base = bdev.name
+    waiting = [n for n, b in _records().items() if b == base and api.get_by_name(n) is None]
+    if not waiting:
+        bm.module_examine_done(passthru_module)
+        return
+
+    def build_one(name, nxt):
+        if _records().get(name) != base or api.get_by_name(name) is not None \
+                or _vbdev.base_missing(base):
+            nxt()                        # deleted, built or gone meanwhile
+            return
+
+        def built(rc):
+            if rc:
+                log.error("passthru %s: cannot create over %s: %s", name, base, os.strerror(-rc))
+            nxt()
+        _vbdev.replicated_create(_build, _create_replica, (name, base), built)
+    _vbdev.examine_later(passthru_module,
+                         lambda done: _vbdev.run_each(waiting, build_one, done))
+
+
+def _config_json(out: list) -> None:
+    """save_config: the creates still waiting for their base (a built vbdev writes its
+    own entry, ``write_config_json``)."""
+    for name, base in _records().items():
+        if api.get_by_name(name) is None:
+            out.append({"method": "bdev_passthru_create",
+                        "params": {"name": name, "base_bdev_name": base}})
 
 
 def delete(name: str, cb) -> None:
-    """Unregister passthru vbdev ``name`` everywhere; ``cb(rc)`` (-ENODEV if unknown)."""
-    _vbdev.unregister_by_name(name, passthru_module, cb)
+    """Unregister passthru vbdev ``name`` everywhere and forget its record; a create still
+    waiting for its base is just forgotten.  ``cb(rc)`` (-ENODEV if unknown)."""
+    recs = _records()
+    b = api.get_by_name(name)
+    if b is not None and b.module is passthru_module and b.name == name:
+        def done(rc):
+            if rc == 0:
+                recs.pop(name, None)
+            cb(rc)
+        _vbdev.unregister_by_name(name, passthru_module, done)
+        return
+    rc = -errno.ENODEV
+    if name in recs:
+        del recs[name]
+        rc = 0
+    rx.send_msg(rx.get_thread(), cb, rc)

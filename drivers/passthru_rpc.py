@@ -8,10 +8,11 @@ from ._rpcutil import answer
 @rpc_method("bdev_passthru_create", params=[
     Param("base_bdev_name", str, help="bdev to sit on"),
     Param("name", str, help="name of the passthru bdev"),
-    Param("uuid", str, required=False, help="accepted for SPDK compatibility"),
+    Param("uuid", str, required=False, fixed="the vbdev's UUID is not chosen by the caller",
+          help="UUID of the new bdev"),
 ])
 def bdev_passthru_create(request, params):
-    """Create a passthru vbdev over a base bdev (claims the base, forwards every I/O)."""
+    """Create a passthru vbdev over a base bdev (claims the base, forwards every I/O); over a base not registered yet, recorded and built when it registers."""
     passthru.create(params["name"], params["base_bdev_name"], answer(request, params["name"]))
 
 

@@ -19,11 +19,24 @@ bdev.  raid1 keeps serving from the others: each reactor's replica drops its cha
 references to the removed base (a message to each of its threads holding a channel),
 then closes its descriptor, which lets the base's unregister finish; the raid goes
 offline (and is unregistered) only when no base is left.
+
+Deferred creation (SPDK's raid examine): a create naming bases that are not all registered
+makes a *configuring* raid on the main reactor: no bdev yet, the present bases opened and
+claimed there (the claims reach the other replicas), the missing ones shown unconfigured
+by bdev_raid_get_bdevs.  When a missing base registers, examine claims it; when the last
+one is there, the reservations are dropped and the raid is built by the same replicated
+create as an immediate one (then ``online``).  Deleting a configuring raid releases its
+bases.  save_config writes a configuring raid's create too.
+
+Resize (SPDK's raid0/raid1 ``resize``): when a base grows, every replica gets the RESIZE
+event on its own base descriptor and recomputes the size from its bases (raid0: n x the
+smallest, whole strips; raid1: the smallest live base); concat keeps its size, as in SPDK.
 """
 from __future__ import annotations
 
 import errno
 import logging
+import os
 
 import reactor as rx
 from bdev import api
@@ -33,7 +46,11 @@ from . import _vbdev
 
 log = logging.getLogger("ringstack.raid")
 
-raid_module = bm.register_module(bm.BdevModule("raid"))
+raid_module = bm.register_module(bm.BdevModule(
+    "raid", examine_disk=lambda bdev: _examine(bdev),
+    config_json=lambda out: _config_json(out), module_fini=lambda: _drop_configuring()))
+
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
 
 LEVELS = {"raid0": "raid0", "0": "raid0", "raid1": "raid1", "1": "raid1", "concat": "concat"}
 
@@ -234,33 +251,43 @@ class RaidFnTable(bm.FnTable):
         return 0
 
     def write_config_json(self, bdev, out: list) -> None:
-        node = bdev.ctxt
-        params = {"name": node.name, "raid_level": node.level,
-                  "base_bdevs": [b.name for b in node.bases]}
-        if node.level != "raid1":
-            params["strip_size_kb"] = node.strip_size_kb
-        if node.uuid:
-            params["uuid"] = node.uuid
-        out.append({"method": "bdev_raid_create", "params": params})
+        out.append(_create_entry(bdev.ctxt))
 
 
 _fn_table = RaidFnTable()
 
 
 def info(node) -> dict:
-    """One entry of bdev_raid_get_bdevs (SPDK's shape)."""
+    """One entry of bdev_raid_get_bdevs (SPDK's shape; a base not there yet has the null
+    uuid and no data)."""
     live = node.live()
+    configuring = node.bdev is None
     return {"name": node.name, "uuid": node.uuid or "", "strip_size_kb": node.strip_size_kb,
             "state": node.state, "raid_level": node.level, "superblock": False,
             "num_base_bdevs": len(node.bases), "num_base_bdevs_discovered": len(live),
-            "num_base_bdevs_operational": len(live),
-            "base_bdevs_list": [{"name": b.name, "uuid": str(b.desc.bdev.uuid or "") if b.desc else "",
+            "num_base_bdevs_operational": len(node.bases) if configuring else len(live),
+            "base_bdevs_list": [{"name": b.name,
+                                 "uuid": str(b.desc.bdev.uuid or NULL_UUID) if b.desc else NULL_UUID,
                                  "is_configured": b.desc is not None, "data_offset": 0,
-                                 "data_size": b.blocks} for b in node.bases]}
+                                 "data_size": (b.desc.bdev.blockcnt if configuring else b.blocks)
+                                 if b.desc else 0} for b in node.bases]}
+
+
+def _create_entry(node) -> dict:
+    params = {"name": node.name, "raid_level": node.level,
+              "base_bdevs": [b.name for b in node.bases]}
+    if node.level != "raid1":
+        params["strip_size_kb"] = node.strip_size_kb
+    if node.uuid:
+        params["uuid"] = node.uuid
+    return {"method": "bdev_raid_create", "params": params}
 
 
 def _base_event(event, bdev, ctx) -> None:
     node, idx = ctx
+    if event == api.EVENT_RESIZE and node.bases[idx].desc is not None:
+        _resize(node)
+        return
     if event != api.EVENT_REMOVE or node.bases[idx].desc is None:
         return
     if node.level != "raid1":
@@ -308,15 +335,53 @@ def _close_removed(node, idx) -> None:
             bm.bdev_unregister(node.bdev, None)
 
 
-def _build(name, level, strip_size_kb, base_names, uuid) -> int:
+def _resize(node) -> None:
+    """A base of ``node`` changed size (this replica): follow it, as SPDK's raid0/raid1
+    resize do; a shrink the layer refuses (open descs) leaves the raid as it was."""
+    if node.bdev is None or node.level == "concat" or node.bdev.status == bm.STATUS_REMOVING:
+        return
+    live = [b for b in node.bases if b.desc is not None]
+    if not live:
+        return
+    smallest = min(b.desc.bdev.blockcnt for b in live)
+    if node.level == "raid0":
+        if len(live) != len(node.bases):
+            return
+        per = smallest // node.strip * node.strip
+        total = per * len(node.bases)
+    else:
+        per = total = smallest
+    if total == node.bdev.blockcnt or total == 0:
+        return
+    old = node.bdev.blockcnt
+    rc = bm.notify_blockcnt_change(node.bdev, total)
+    if rc:
+        log.error("raid %s: cannot change block count %d -> %d: %d", node.name, old, total, rc)
+        return
+    for b in node.bases:
+        b.blocks = per
+    log.info("raid %s: block count changed from %d to %d", node.name, old, total)
+
+
+def _check(level, strip_size_kb, base_names) -> int:
+    """What a create can be refused for before any base is looked at (-EINVAL)."""
     level = LEVELS.get(level)
-    if level is None or not base_names or len(set(base_names)) != len(base_names):
+    if level is None or not base_names or len(set(base_names)) != len(base_names) \
+            or any(not n for n in base_names):
         return -errno.EINVAL
     if level == "raid1":
         if strip_size_kb or len(base_names) < 2:
             return -errno.EINVAL
     elif not strip_size_kb or strip_size_kb & (strip_size_kb - 1):
         return -errno.EINVAL
+    return 0
+
+
+def _build(name, level, strip_size_kb, base_names, uuid) -> int:
+    rc = _check(level, strip_size_kb, base_names)
+    if rc:
+        return rc
+    level = LEVELS[level]
     if api.get_by_name(name) is not None:
         return -errno.EEXIST
     bases = []
@@ -388,14 +453,147 @@ def _create_replica(done, name, level, strip_size_kb, base_names, uuid):
 
 def create(name, raid_level, base_bdevs, cb, strip_size_kb=0, uuid=None) -> None:
     """Create raid bdev ``name`` on every reactor; ``cb(rc)``: -EINVAL (level, strip size,
-    base count, block sizes), -ENODEV (missing base), -EPERM (base claimed), -EEXIST."""
+    base count, block sizes), -EPERM (a present base claimed), -EEXIST.  When some bases
+    are not registered yet, the raid is recorded as configuring (0) and built when the
+    last one registers."""
     import uuid as _uuid
-    _vbdev.replicated_create(_build, _create_replica,
-                             (name, raid_level, strip_size_kb or 0, list(base_bdevs),
-                              uuid or str(_uuid.uuid4())), cb)
+    args = (name, raid_level, strip_size_kb or 0, list(base_bdevs), uuid or str(_uuid.uuid4()))
+    t = rx.get_thread()
+    rc = _check(raid_level, args[2], args[3])
+    if rc == 0 and (name in _vbdev.state("raid") or api.get_by_name(name) is not None):
+        rc = -errno.EEXIST
+    if rc == 0:
+        rc = bm.replicable(_create_replica, list(args))
+    if rc:
+        rx.send_msg(t, cb, rc)
+        return
+    if not any(_vbdev.base_missing(n) for n in args[3]):
+        _vbdev.replicated_create(_build, _create_replica, args, cb)
+        return
+    node = RaidNode(name, LEVELS[raid_level], args[2], args[3], args[4])
+    for i in range(len(node.bases)):
+        rc = _reserve(node, i)
+        if rc:
+            _release(node)
+            rx.send_msg(t, cb, rc)
+            return
+    _vbdev.state("raid")[name] = node
+    log.info("raid %s: configuring, %d of %d base bdevs present", name, len(node.live()),
+             len(node.bases))
+    rx.send_msg(t, cb, 0)
+
+
+# ------------------------------------------------------------ configuring (main reactor)
+def _reserve(node, idx) -> int:
+    """A configuring raid takes base ``idx`` if it is registered: opened and claimed for
+    raid on the main reactor (the claim reaches every replica), same block size as the
+    bases it holds.  0 when taken or still missing; the error otherwise."""
+    b = node.bases[idx]
+    if b.desc is not None or _vbdev.base_missing(b.name):
+        return 0
+    rc, desc = _vbdev.open_base(b.name, _reserved_event, (node, idx), raid_module)
+    if rc:
+        return rc
+    held = [x.desc.bdev.blocklen for x in node.bases if x.desc is not None]
+    if held and held[0] != desc.bdev.blocklen:
+        log.error("raid %s: base bdev %s has block size %d, the others %d", node.name, b.name,
+                  desc.bdev.blocklen, held[0])
+        _vbdev.close_base(desc)
+        return -errno.EINVAL
+    b.desc = desc
+    return 0
+
+
+def _release(node) -> None:
+    for b in node.bases:
+        if b.desc is not None:
+            _vbdev.close_base(b.desc)
+            b.desc = None
+
+
+def _reserved_event(event, _bdev, ctx) -> None:
+    """A base a configuring raid holds goes away: the raid lets it go and waits again."""
+    node, idx = ctx
+    b = node.bases[idx]
+    if event == api.EVENT_REMOVE and node.bdev is None and b.desc is not None:
+        _vbdev.close_base(b.desc)
+        b.desc = None
+
+
+def _configuring(name):
+    node = _vbdev.state("raid").get(name)
+    return node if node is not None and node.bdev is None else None
+
+
+def _examine(bdev) -> None:
+    """examine_disk (main reactor): configuring raids waiting for ``bdev`` take it; one
+    that has every base then is built."""
+    waiting = [n.name for n in _vbdev.state("raid").values() if n.bdev is None
+               and any(b.name == bdev.name and b.desc is None for b in n.bases)]
+    if not waiting:
+        bm.module_examine_done(raid_module)
+        return
+
+    def one(name, nxt):
+        node = _configuring(name)
+        if node is None:
+            nxt()                                  # deleted meanwhile
+            return
+        for i, b in enumerate(node.bases):
+            if b.name == bdev.name:
+                rc = _reserve(node, i)
+                if rc:
+                    log.error("raid %s: cannot take base bdev %s: %s", name, b.name,
+                              os.strerror(-rc))
+        if len(node.live()) < len(node.bases):
+            nxt()
+            return
+        _configure(node, nxt)
+    _vbdev.examine_later(raid_module, lambda done: _vbdev.run_each(waiting, one, done))
+
+
+def _configure(node, then) -> None:
+    """Every base is there: drop the reservations and build the raid everywhere (the
+    build claims the bases again, in the same order on every replica).  If that fails,
+    the raid goes back to configuring with what it can hold."""
+    _release(node)
+    st = _vbdev.state("raid")
+    del st[node.name]
+    args = (node.name, node.level, node.strip_size_kb, [b.name for b in node.bases], node.uuid)
+
+    def built(rc):
+        if rc:
+            log.error("raid %s: cannot bring it online: %s", node.name, os.strerror(-rc))
+            if node.name not in st and api.get_by_name(node.name) is None:
+                st[node.name] = node
+                for i in range(len(node.bases)):
+                    _reserve(node, i)
+        then()
+    _vbdev.replicated_create(_build, _create_replica, args, built)
+
+
+def _drop_configuring() -> None:
+    st = _vbdev.state("raid")
+    for name in [n for n, node in st.items() if node.bdev is None]:
+        _release(st.pop(name))
+
+
+def _config_json(out: list) -> None:
+    """save_config: the raids still configuring (an online one writes its own entry)."""
+    for node in _vbdev.state("raid").values():
+        if node.bdev is None:
+            out.append(_create_entry(node))
 
 
 def delete(name, cb) -> None:
+    """Unregister raid ``name`` everywhere; a configuring one releases its bases and is
+    forgotten.  ``cb(rc)`` (-ENODEV if unknown)."""
+    node = _configuring(name)
+    if node is not None:
+        _release(node)
+        del _vbdev.state("raid")[name]
+        rx.send_msg(rx.get_thread(), cb, 0)
+        return
     _vbdev.unregister_by_name(name, raid_module, cb)
 
 

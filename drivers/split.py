@@ -1,11 +1,18 @@
 """The split vbdev (SPDK's vbdev_split): cut one base bdev into ``split_count`` equal
 parts ``<base>p0 .. <base>p{n-1}``.  The parts share one descriptor and one claim on the
 base (SPDK's "part base"); the last part's destruct closes it.  Each I/O is forwarded
-with its offset shifted by the part's start."""
+with its offset shifted by the part's start.
+
+A create whose base does not exist yet is recorded (``_pending()``, on the main reactor)
+and answers ``[]``; examine builds the parts when the base registers (SPDK's
+vbdev_split_examine); delete forgets a waiting record; save_config writes it.  Unlike
+passthru's, the record of a built split goes with it (hot-remove included), as SPDK's
+split config does."""
 from __future__ import annotations
 
 import errno
 import logging
+import os
 
 import reactor as rx
 from bdev import api
@@ -15,7 +22,15 @@ from . import _vbdev
 
 log = logging.getLogger("ringstack.split")
 
-split_module = bm.register_module(bm.BdevModule("split"))
+split_module = bm.register_module(bm.BdevModule(
+    "split", examine_disk=lambda bdev: _examine(bdev),
+    config_json=lambda out: _config_json(out), module_fini=lambda: _pending().clear()))
+
+
+def _pending() -> dict:
+    """Splits asked for over a base that is not registered yet: {base name: (split_count,
+    split_size_mb)}, on the main reactor."""
+    return _vbdev.state("split.pending")
 
 
 class SplitBase:
@@ -162,17 +177,77 @@ def _create_replica(done, base_name, split_count, split_size_mb):
 
 
 def create(base_bdev, split_count, cb, split_size_mb=0) -> None:
-    """Split ``base_bdev`` on every reactor; ``cb(rc, names)``."""
+    """Split ``base_bdev`` on every reactor; ``cb(rc, names)``: the parts' names, or
+    ``[]`` when the base is not there yet (the split is recorded and made by examine when
+    it registers).  -EEXIST when that base is split or recorded already."""
     names = _names(base_bdev, split_count)
-    _vbdev.replicated_create(_build, _create_replica, (base_bdev, split_count, split_size_mb or 0),
-                             lambda rc: cb(rc, names))
+    args = (base_bdev, split_count, split_size_mb or 0)
+    pend = _pending()
+    t = rx.get_thread()
+    if base_bdev in pend or base_bdev in _vbdev.state("split"):
+        rx.send_msg(t, cb, -errno.EEXIST, [])
+        return
+    rc = bm.replicable(_create_replica, list(args))
+    if rc:
+        rx.send_msg(t, cb, rc, [])
+        return
+    if _vbdev.base_missing(base_bdev):
+        pend[base_bdev] = args[1:]
+        log.info("split %s: creation deferred until the bdev registers", base_bdev)
+        rx.send_msg(t, cb, 0, [])
+        return
+
+    def built(rc):
+        if rc == -errno.ENODEV and _vbdev.base_missing(base_bdev):
+            pend[base_bdev] = args[1:]   # the base went meanwhile: wait for it
+            cb(0, [])
+            return
+        cb(rc, names)
+    _vbdev.replicated_create(_build, _create_replica, args, built)
+
+
+def _examine(bdev) -> None:
+    """examine_disk (main reactor): make the split recorded for ``bdev``."""
+    base = bdev.name
+    if base not in _pending():
+        bm.module_examine_done(split_module)
+        return
+
+    def work(done):
+        rec = _pending().get(base)
+        if rec is None or _vbdev.base_missing(base):
+            done()                       # deleted or gone meanwhile
+            return
+
+        def built(rc):
+            if rc:
+                log.error("split %s: cannot split: %s", base, os.strerror(-rc))
+            elif _pending().get(base) is rec:
+                del _pending()[base]     # made: the split's own state is its record now
+            done()
+        _vbdev.replicated_create(_build, _create_replica, (base, *rec), built)
+    _vbdev.examine_later(split_module, work)
+
+
+def _config_json(out: list) -> None:
+    """save_config: the splits still waiting for their base (a made split writes its entry
+    with its first part)."""
+    for base, (count, size_mb) in _pending().items():
+        params = {"base_bdev": base, "split_count": count}
+        if size_mb:
+            params["split_size_mb"] = size_mb
+        out.append({"method": "bdev_split_create", "params": params})
 
 
 def delete(base_bdev, cb) -> None:
-    """Unregister every part of ``base_bdev``; ``cb(rc)`` (-ENODEV if it is not split)."""
+    """Unregister every part of ``base_bdev``, or forget a split still waiting for it;
+    ``cb(rc)`` (-ENODEV if it is neither)."""
     base = _vbdev.state("split").get(base_bdev)
     if base is None:
-        rx.send_msg(rx.get_thread(), cb, -errno.ENODEV)
+        rc = -errno.ENODEV
+        if _pending().pop(base_bdev, None) is not None:
+            rc = 0                       # a split still waiting for its base: forgotten
+        rx.send_msg(rx.get_thread(), cb, rc)
         return
     parts = [p.bdev for p in base.parts]
     left = [len(parts)]

@@ -15,7 +15,9 @@ stdin (never pickle), imports the modules that register its message handlers (th
 spawn does), attaches the ring mesh, and runs its loop.
 
 Lifecycle: start -> every reactor reports ready -> subsystems init (in dependency
-order) -> ``main`` runs on the app thread.  ``app_stop(rc)`` (or SIGINT/SIGTERM) ->
+order) and the JSON config replayed through the app's RPC dispatcher -> the RPC socket
+opens (SPDK's order; with ``wait_for_rpc`` it opens at once, in the STARTUP state) ->
+``main`` runs on the app thread.  ``app_stop(rc)`` (or SIGINT/SIGTERM) ->
 the app's shutdown callback -> subsystems fini in reverse -> every reactor exits its
 threads and its loop -> the launcher reaps the processes and unlinks the segments.
 A reactor that dies is noticed by the supervisor poller within 100 ms: the others are
@@ -439,7 +441,8 @@ class App:
         self.wait_for_rpc = wait_for_rpc
         self.config_label = config if isinstance(config, str) else "config"
         self.config = _read_config(config) if isinstance(config, str) else config
-        self.server = None
+        self.dispatcher = None     # runs RPC methods from the start (config, socket requests)
+        self.server = None         # the RPC socket: claimed at start, listening once ready
         self.initialized = False
         self._config_done = False
         if (self.config is not None or wait_for_rpc) and rpc_socket is None:
@@ -507,10 +510,12 @@ class App:
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
-            if self.server is not None:
-                from . import rpc_config
+            if self.dispatcher is not None:
+                from .rpc import config as rpc_config
                 rpc_config.set_framework_init_hook(None)
                 rpc_config.set_ready_probe(None)
+                self.dispatcher = None
+            if self.server is not None:
                 self.server.close()
                 self.server = None
             self._reap_children()
@@ -557,7 +562,7 @@ class App:
         for index in range(1, self.n_reactors):
             spec = {"index": index, "core": self.cores[index], "mesh": mesh.name, "owner": owner,
                     "mode": self.mode, "imports": imports, "main": prep,
-                    "discover": self.server is not None,
+                    "discover": self.dispatcher is not None,
                     "log_level": self.log_level}
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from reactor.app import _child_main; _child_main()"],
@@ -572,14 +577,33 @@ class App:
             self._begin_init()
 
     def _start_rpc_server(self) -> None:
+        """The dispatcher (STARTUP state) and the socket path, claimed now so a path in use
+        fails the start at once; the socket itself opens at once only with wait_for_rpc,
+        otherwise once init and the config are done (:meth:`_open_rpc`)."""
         from . import rpc
         rpc.discover()   # every module that declares methods, so the table is complete
+        self.dispatcher = rpc.Dispatcher(state=rpc.STARTUP)
         try:
-            self.server = rpc.RpcServer(self.rpc_socket, state=rpc.STARTUP)
+            self.server = rpc.RpcServer(self.rpc_socket, dispatcher=self.dispatcher,
+                                        listen=self.wait_for_rpc)
         except rpc.RpcServerError as exc:
             raise AppError(f"RPC server: {exc}") from None
         _t.poller_register(lambda _: self.server.poll(), None, 1000, "rpc_server",
                            fd=self.server.fileno())
+
+    def _open_rpc(self) -> bool:
+        """Start listening on the RPC socket (SPDK's spdk_rpc_initialize after subsystem
+        init and the config); False (and the app stopping) if the socket cannot open."""
+        if self.server is None or self.server.listening:
+            return True
+        from . import rpc
+        try:
+            self.server.listen()
+        except rpc.RpcServerError as exc:
+            self.error = f"RPC server: {exc}"
+            self.stop(1)
+            return False
+        return True
 
     def _begin_init(self) -> None:
         """Every reactor is up: load the config and/or initialise the subsystems (SPDK's
@@ -595,20 +619,20 @@ class App:
                     self.stop(1)
                 return 1
             timer = [_t.poller_register(deadline, None, int(START_TIMEOUT_S * 1e6), "start_deadline")]
-        if self.server is None:
+        if self.dispatcher is None:
             subsystem.init_all(lambda rc: send_msg(self.app_thread, self._on_init_done, rc))
             return
-        from . import rpc_config
+        from .rpc import config as rpc_config
         rpc_config.set_framework_init_hook(self._framework_init)
         if self.config is not None:
             # framework_wait_init answers once the whole config is applied, not merely
             # after the framework init in its middle
             from .rpc import RUNTIME
             rpc_config.set_ready_probe(lambda srv: srv.state == RUNTIME and self._config_done)
-            rpc_config.load_config(self.server, self.config, self._on_config_loaded,
+            rpc_config.load_config(self.dispatcher, self.config, self._on_config_loaded,
                                    start_init=not self.wait_for_rpc)
         elif not self.wait_for_rpc:
-            self.server.call_local("framework_start_init", None, self._on_start_init)
+            self.dispatcher.call("framework_start_init", None, self._on_start_init)
         else:
             log.warning("waiting for framework_start_init on %s", self.rpc_socket)
 
@@ -625,8 +649,8 @@ class App:
 
     def _on_config_loaded(self, rc: int, message) -> None:
         self._config_done = True
-        from . import rpc_config
-        rpc_config.notify_ready(self.server)
+        from .rpc import config as rpc_config
+        rpc_config.notify_ready(self.dispatcher)
         if rc:
             self.error = f"{self.config_label}: {message}"
             self.stop(1)
@@ -635,8 +659,8 @@ class App:
             self._run_main()       # the framework came up in the middle of the config
             return
         from .rpc import STARTUP
-        if self.server.state == STARTUP and not self.wait_for_rpc:
-            self.server.call_local("framework_start_init", None, self._on_start_init)
+        if self.dispatcher.state == STARTUP and not self.wait_for_rpc:
+            self.dispatcher.call("framework_start_init", None, self._on_start_init)
 
     def _on_start_init(self, err, result) -> None:
         if err is not None and not self._stopping:
@@ -654,8 +678,10 @@ class App:
         self._run_main()
 
     def _run_main(self) -> None:
+        if self._stopping or not self._open_rpc():
+            return
         main, args = self._main
-        if main is None or self._stopping:
+        if main is None:
             return
         try:
             main(*args)
@@ -757,9 +783,10 @@ class App:
 
 
 def _read_config(path: str) -> dict:
+    from .rpc.config import strip_comments     # SPDK's configs may carry comments
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
+            cfg = json.loads(strip_comments(f.read()))
     except OSError as exc:
         raise AppError(f"cannot read config {path}: {exc.strerror}") from None
     except ValueError as exc:

@@ -327,10 +327,12 @@ def test_qos_dynamic_enable_update_disable(h):
 
 
 def test_qos_rounding(h):
+    # today's SPDK minimums: multiples of 1000 IO/s and 1 MiB/s (the seed's: 10000, 10 MiB);
+    # a MiB/s limit from the RPC is always a whole multiple, so only IO/s rounds
     out = _set_qos(h, [12345, 15, NOT, NOT])
     h.poll_threads()
     assert out == [0]
-    assert B.get_qos_rate_limits(h.b)[:2] == [20000, 20 * 1024 * 1024]
+    assert B.get_qos_rate_limits(h.b)[:2] == [13000, 15 * 1024 * 1024]
 
 
 def test_hot_remove_notifies_each_desc_on_its_thread(h):

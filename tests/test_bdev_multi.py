@@ -357,8 +357,11 @@ def test_buffer_pools_are_global_counts_split_over_reactors(restore_opts):
         h2.set_thread(1)
         m1 = rx.current_reactor().locals["bdev"]
         assert m1.small_avail == 2 and m1.large_avail == 1
-        cfg = B.subsystem_config_json()
-        assert cfg[0]["params"]["small_buf_pool_size"] == 5
+        from bdev import iobuf
+        cfg = iobuf.config_json()        # SPDK keeps the pools in its iobuf subsystem
+        assert cfg[0]["method"] == "iobuf_set_options"
+        assert (cfg[0]["params"]["small_pool_count"], cfg[0]["params"]["large_pool_count"]) == (5, 3)
+        assert "small_buf_pool_size" not in B.subsystem_config_json()[0]["params"]
         S.fini_layer(h2)
 
 
@@ -683,6 +686,21 @@ def test_histograms_iostat_reset_and_per_channel_stats_across_reactors(h):
     B.histogram_get(b0, lambda a, rc, buckets: hist.append((rc, buckets)))
     h.poll_threads()
     assert hist[3] == (-14, None)
+    # bdev_get_iostat's reset_mode "all" reads and zeroes in one walk, live channels too;
+    # "maxmin" and "error" find nothing to reset (no min/max latencies, no error counters)
+    got = []
+    h.set_thread(1)
+    assert B.read_blocks(ctx[1][0], ctx[1][1], None, 0, 1, cpl) == 0
+    h.poll_threads()
+    h.set_thread(0)
+    for mode in ("maxmin", "error", "none"):
+        B.reset_device_stat(b0, lambda b, a, rc: got.append(rc), mode=mode)
+        h.poll_threads()
+    B.get_device_stat(b0, lambda b, s, a, rc: got.append(s.num_read_ops), reset_mode="all")
+    h.poll_threads()
+    B.get_device_stat(b0, lambda b, s, a, rc: got.append(s.num_read_ops))
+    h.poll_threads()
+    assert got == [0, 0, 0, 2, 0]
     for i, (d, c) in ctx.items():
         h.set_thread(i)
         B.put_io_channel(c)
@@ -698,10 +716,16 @@ def test_malloc_and_null_config_json_has_spdk_shapes_and_replays(h):
     cfg = B.subsystem_config_json()
     ent = {e["method"]: e["params"] for e in cfg if e["method"] in ("bdev_malloc_create", "bdev_null_create")}
     assert ent["bdev_malloc_create"] == {"name": "cm", "num_blocks": 64, "block_size": 4096,
+                                         "physical_block_size": 4096,
                                          "uuid": "6f2f3f5e-1d1b-4c3c-9a1a-0a0b0c0d0e0f",
-                                         "optimal_io_boundary": 0}
+                                         "optimal_io_boundary": 0, "numa_id": -1}
     assert ent["bdev_null_create"] == {"name": "cn", "num_blocks": 2048, "block_size": 512,
-                                       "uuid": "11111111-2222-3333-4444-555555555555"}
+                                       "physical_block_size": 512,
+                                       "uuid": "11111111-2222-3333-4444-555555555555",
+                                       "preferred_write_granularity": 0,
+                                       "preferred_write_alignment": 0, "optimal_write_size": 0,
+                                       "preferred_unmap_granularity": 0,
+                                       "preferred_unmap_alignment": 0}
     assert [e["method"] for e in cfg][0] == "bdev_set_options"
     # the entries recreate the same bdevs (what load_config does with them)
     out = []
@@ -919,10 +943,11 @@ def test_bdev_io_pool_is_a_global_count_split_over_reactors(restore_opts):
 
 def test_bdev_set_options_help_says_global_counts():
     import bdev.rpc  # noqa: F401  registers the methods
-    from reactor.rpc_registry import METHODS
-    m = METHODS.get("bdev_set_options")
-    helps = {p.name: p.help for p in m.schema.params}
-    for k in ("bdev_io_pool_size", "small_buf_pool_size", "large_buf_pool_size"):
+    from reactor.rpc.registry import METHODS
+    import bdev.iobuf  # noqa: F401
+    helps = {p.name: p.help for name in ("bdev_set_options", "iobuf_set_options")
+             for p in METHODS.get(name).schema.params}
+    for k in ("bdev_io_pool_size", "small_pool_count", "large_pool_count"):
         assert "per reactor" not in helps[k] and "split over the reactors" in helps[k]
 
 

@@ -69,7 +69,11 @@ def test_vbdev_rpcs_good_and_bad(clean, tmp_path):
         t.call("bdev_malloc_create", name=f"B{i}", num_blocks=256, block_size=BS)
     base = state(t)
     # passthru
-    assert err(t, "bdev_passthru_create", name="P0", base_bdev_name="nope") == (-19, "No such device")
+    # a base that does not exist yet: recorded (SPDK's deferred creation, examine builds
+    # it when the base registers); a second create of the name is -EEXIST; delete forgets it
+    assert t.call("bdev_passthru_create", name="P0", base_bdev_name="nope") == "P0"
+    assert err(t, "bdev_passthru_create", name="P0", base_bdev_name="B0") == (-17, "File exists")
+    assert t.call("bdev_passthru_delete", name="P0") is True
     assert err(t, "bdev_passthru_create", name="B1", base_bdev_name="B0") == (-17, "File exists")
     assert err(t, "bdev_passthru_create", name="P0")[0] == -32602
     assert err(t, "bdev_passthru_create", name=5, base_bdev_name="B0")[0] == -32602
@@ -77,11 +81,15 @@ def test_vbdev_rpcs_good_and_bad(clean, tmp_path):
     assert t.call("bdev_passthru_create", name="P0", base_bdev_name="B0") == "P0"
     assert err(t, "bdev_passthru_create", name="P1", base_bdev_name="B0") == (-1, "Operation not permitted")
     # split
-    assert err(t, "bdev_split_create", base_bdev="nope", split_count=2) == (-19, "No such device")
-    assert err(t, "bdev_split_create", base_bdev="B0", split_count=2)[0] == -1      # claimed
-    assert err(t, "bdev_split_create", base_bdev="B1", split_count=2, split_size_mb=1)[0] == -errno.EINVAL
+    assert t.call("bdev_split_create", base_bdev="nope", split_count=2) == []    # waits for its base
+    assert t.call("bdev_split_delete", base_bdev="nope") is True
+    # (SPDK's vbdev_split_rpc.c: -32602 with the count, the base and strerror)
+    assert err(t, "bdev_split_create", base_bdev="B0", split_count=2) == \
+        (-32602, "Failed to create 2 split bdevs from 'B0': Operation not permitted")  # claimed
+    assert err(t, "bdev_split_create", base_bdev="B1", split_count=2, split_size_mb=1) == \
+        (-32602, "Failed to create 2 split bdevs from 'B1': Invalid argument")
     assert err(t, "bdev_split_create", base_bdev="B1", split_count=0)[0] == -32602
-    assert err(t, "bdev_split_delete", base_bdev="B1") == (-19, "No such device")
+    assert err(t, "bdev_split_delete", base_bdev="B1") == (-32602, "No such device")
     # error
     assert err(t, "bdev_error_create", base_name="nope") == (-19, "No such device")
     assert t.call("bdev_error_create", base_name="B1") is True
@@ -103,17 +111,27 @@ def test_vbdev_rpcs_good_and_bad(clean, tmp_path):
     assert t.call("bdev_delay_create", name="D0", base_bdev_name="B2", **kw) == "D0"
     assert t.call("bdev_delay_update_latency", delay_bdev_name="D0", latency_type="avg_read", latency_us=15) is True
     assert err(t, "bdev_delay_update_latency", delay_bdev_name="D0", latency_type="avg_read", latency_us=99)[0] == -errno.EINVAL
-    assert err(t, "bdev_delay_update_latency", delay_bdev_name="nope", latency_type="avg_read", latency_us=1) == (-19, "No such device")
+    assert err(t, "bdev_delay_update_latency", delay_bdev_name="nope", latency_type="avg_read",
+               latency_us=1) == (-32602, "The requested bdev does not exist.")      # SPDK's texts
+    assert err(t, "bdev_delay_update_latency", delay_bdev_name="B3", latency_type="avg_read",
+               latency_us=1) == (-32600, "The requested bdev is not a delay bdev.")
     assert err(t, "bdev_delay_update_latency", delay_bdev_name="D0", latency_type="bogus", latency_us=1)[0] == -32602
     assert t.call("bdev_get_bdevs", name="D0")[0]["driver_specific"]["delay"]["avg_read_latency"] == 15
     # raid
     mid = state(t)
-    assert err(t, "bdev_raid_create", name="R0", raid_level="raid0", base_bdevs=["B3", "nope"], strip_size_kb=4) == (-19, "No such device")
+    assert t.call("bdev_raid_create", name="R0", raid_level="raid0", base_bdevs=["B3", "nope"], strip_size_kb=4) is True
+    (r,) = t.call("bdev_raid_get_bdevs", category="configuring")
+    assert r["name"] == "R0" and [b["is_configured"] for b in r["base_bdevs_list"]] == [True, False]
+    assert t.call("bdev_raid_delete", name="R0") is True
+    assert t.call("bdev_raid_get_bdevs") == []
     assert err(t, "bdev_raid_create", name="R0", raid_level="raid0", base_bdevs=["B3", "B0"], strip_size_kb=4)[0] == -1
     assert err(t, "bdev_raid_create", name="R0", raid_level="raid0", base_bdevs=["B3"], strip_size_kb=3)[0] == -errno.EINVAL
     assert err(t, "bdev_raid_create", name="R0", raid_level="raid5", base_bdevs=["B3"], strip_size_kb=4)[0] == -32602
     assert err(t, "bdev_raid_create", name="R0", raid_level="raid1", base_bdevs=["B3"])[0] == -errno.EINVAL
-    assert err(t, "bdev_raid_create", name="B3", raid_level="concat", base_bdevs=["B3"], strip_size_kb=4)[0] == -17
+    assert err(t, "bdev_raid_create", name="B3", raid_level="concat", base_bdevs=["B3"], strip_size_kb=4) == \
+        (-17, "Failed to create RAID bdev B3: File exists")
+    assert err(t, "bdev_raid_create", name="R0", raid_level="raid0", base_bdevs=["B3", ""], strip_size_kb=4) == \
+        (-22, "The base bdev name cannot be empty: Invalid argument")
     assert err(t, "bdev_raid_create", name="R0", raid_level="raid0", base_bdevs="B3", strip_size_kb=4)[0] == -32602
     assert state(t) == mid
     assert t.call("bdev_raid_create", name="R0", raid_level="concat", base_bdevs=["B3"], strip_size_kb=4) is True
@@ -122,7 +140,7 @@ def test_vbdev_rpcs_good_and_bad(clean, tmp_path):
     assert info[0]["base_bdevs_list"][0]["name"] == "B3" and info[0]["num_base_bdevs"] == 1
     assert t.call("bdev_raid_get_bdevs", category="offline") == []
     assert err(t, "bdev_raid_get_bdevs", category="bogus")[0] == -32602
-    assert err(t, "bdev_raid_delete", name="B3") == (-19, "No such device")
+    assert err(t, "bdev_raid_delete", name="B3") == (-19, "raid bdev B3 not found")
     # save_config writes every vbdev, bases first
     cfg = t.call("framework_get_config", name="bdev")
     methods = [e["method"] for e in cfg]
@@ -133,7 +151,8 @@ def test_vbdev_rpcs_good_and_bad(clean, tmp_path):
     for m, p in [("bdev_raid_delete", {"name": "R0"}), ("bdev_delay_delete", {"name": "D0"}),
                  ("bdev_error_delete", {"name": "EE_B1"}), ("bdev_passthru_delete", {"name": "P0"})]:
         assert t.call(m, **p) is True
-        assert err(t, m, **p) == (-19, "No such device")
+        assert err(t, m, **p) == (-19, "raid bdev R0 not found" if m == "bdev_raid_delete"
+                                  else "No such device")
     assert state(t) == base
     for i in range(4):
         t.call("bdev_malloc_delete", name=f"B{i}")
@@ -235,6 +254,9 @@ def test_a_failed_change_is_kept_by_no_reactor(clean):
     code, _ = err(t, "bdev_delay_create", name="D0", base_bdev_name="N0", avg_read_latency=2 ** 64,
                   p99_read_latency=2 ** 64, avg_write_latency=1, p99_write_latency=2)
     assert code in (-32602, -errno.EINVAL)
+    for bad in ("not-a-uuid", "u" * 100000):
+        code, msg = err(t, "bdev_malloc_create", name="Mu", num_blocks=8, block_size=BS, uuid=bad)
+        assert code == -32602 and "uuid" in msg
     assert state(t) == before                                   # listed, claimed, size: as before
     assert t.call("bdev_get_bdevs", name="N0")[0]["assigned_rate_limits"]["rw_ios_per_sec"] == 20000
     for r in (0, 1):

@@ -111,7 +111,7 @@ def test_perform_tests_errors_as_spdk(target, tmp_path):
     assert p.returncode == 1 and "Invalid parameters provided" in p.stdout
     p = t.perform_tests()                          # nothing set at all
     assert p.returncode == 1 and "Invalid parameters provided" in p.stdout
-    from reactor.rpc_client import RpcClient, RpcError
+    from reactor.rpc.client import RpcClient, RpcError
     c = RpcClient(t.sock)
     with pytest.raises(RpcError) as e:
         c.call("perform_tests", {"queue_depth": "many"})
@@ -223,10 +223,10 @@ def test_E_shares_one_thread_per_core(target, tmp_path, share):
 
 def test_s_sizes_the_arenas(target):
     t = target("-s", "64", "-z", "--interrupt-mode")
-    p = t.rpc("framework_get_config", "bdev")
+    p = t.rpc("framework_get_config", "iobuf")
     assert p.returncode == 0, p.stderr
-    opts = next(e["params"] for e in json.loads(p.stdout) if e["method"] == "bdev_set_options")
-    assert opts["small_buf_pool_size"] == 4096 and opts["large_buf_pool_size"] == 512   # 32 MiB each
+    opts = next(e["params"] for e in json.loads(p.stdout) if e["method"] == "iobuf_set_options")
+    assert opts["small_pool_count"] == 4096 and opts["large_pool_count"] == 512   # 32 MiB each
     assert t.stop() == 0
 
 

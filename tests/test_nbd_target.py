@@ -299,6 +299,39 @@ def test_nbd_client_list_over_tcp_then_back(target):
     assert oct(os.stat(target.nbd_sock).st_mode & 0o777) == "0o600"
 
 
+def test_nbd_server_start_refuses_socket_paths_no_client_could_connect_to(target):
+    assert target.call("nbd_server_stop") is True
+    long_dir = target.tmp / ("d" * 150)
+    long_dir.mkdir()
+    try:
+        for listen, code, says in ((str(long_dir / "s.sock"), -22, "socket path too long"),
+                                   (str(target.tmp / "nul\0.sock"), -32602, "NUL byte")):
+            with pytest.raises(RpcError) as exc:
+                target.call("nbd_server_start", {"listen": listen})
+            assert exc.value.code == code and says in exc.value.message, exc.value
+        assert os.listdir(long_dir) == []
+        with pytest.raises(RpcError) as exc:       # and no server was left half-started
+            target.call("nbd_export_add", {"bdev_name": "Malloc0"})
+        assert exc.value.code == -22
+    finally:
+        assert target.call("nbd_server_start", {"listen": target.nbd_sock}) is True
+        target.call("nbd_export_add", {"bdev_name": "Malloc0"})
+        target.call("nbd_export_add", {"bdev_name": "Malloc1", "export_name": "ro", "readonly": True})
+
+
+def test_export_of_a_bdev_nbd_cannot_size_is_einval_not_eexist(target):
+    """NBD sizes are below 2**63 bytes: a bigger bdev is a size problem (-EINVAL)."""
+    assert target.call("bdev_null_create", {"name": "Huge", "num_blocks": 1 << 54,
+                                            "block_size": 512}) == "Huge"    # 2**63 bytes
+    try:
+        with pytest.raises(RpcError) as exc:
+            target.call("nbd_export_add", {"bdev_name": "Huge"})
+        assert exc.value.code == -22, exc.value
+        assert sorted(e["export_name"] for e in target.call("nbd_get_exports")) == ["Malloc0", "ro"]
+    finally:
+        assert target.call("bdev_null_delete", {"name": "Huge"}) is True
+
+
 def test_rpc_errors_change_nothing(target):
     cases = [
         ("nbd_server_start", {"listen": str(target.tmp / "other.sock")}, -17),

@@ -629,3 +629,47 @@ def test_nbd_start_failing_on_a_reactor_leaves_it_as_it_was():
         assert r0.locals.get("nbd") is main and not main.stopped   # not the caller's to undo
         main.stop(lambda: None)
         h.poll_threads()
+
+
+def test_nbd_second_stop_finishes_with_the_first():
+    """A stop while one is under way (or done) gets its finish too, once."""
+    with Harness(2, n_reactors=2) as h:
+        S, glue, svcs = _nbd_setup(h)
+        try:
+            h.set_thread(0)
+            got = []
+            svcs[0].stop(lambda: got.append("first"))
+            svcs[0].stop(lambda: got.append("second"))
+            h.poll_threads()
+            assert sorted(got) == ["first", "second"]
+            svcs[0].stop(lambda: got.append("third"))       # already stopped
+            h.poll_threads()
+            assert got.count("third") == 1 and len(got) == 3
+        finally:
+            _nbd_teardown(h, S, svcs)
+
+
+def test_nbd_fd_channel_name_cannot_be_taken_first(tmp_path):
+    """Another local user binding the predictable abstract names first (pid and a
+    counter) does not stop the NBD server: the name carries 128 random bits."""
+    import os
+    import socket
+    squatters = []
+    with Harness(2, n_reactors=2) as h:
+        S, glue, svcs = _nbd_setup(h)
+        try:
+            for n in range(64):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                s.bind(f"\0ringstack.{os.getpid()}.nbd.{n}")
+                squatters.append(s)
+            h.set_thread(0)
+            svcs[0].listen(str(tmp_path / "nbd.sock"))
+            assert svcs[0].ctl is not None
+            name = svcs[0].ctl_name
+            assert len(name.rsplit(".", 1)[-1]) == 32            # 128 bits, hex
+            svcs[0].stop(lambda: None)
+            h.poll_threads()
+        finally:
+            for s in squatters:
+                s.close()
+            _nbd_teardown(h, S, svcs)

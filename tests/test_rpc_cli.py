@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from reactor.rpc import METHODS, Param, STARTUP, RUNTIME
-from reactor.rpc_testing import ServerThread
+from reactor.rpc.testing import ServerThread
 from tools.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

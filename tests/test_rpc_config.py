@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from reactor import rpc_config, subsystem
+from reactor import subsystem
+from reactor.rpc import config as rpc_config
 from reactor.rpc import (METHODS, RUNTIME, STARTUP, MethodTable, Param, RpcClient, RpcError)
-from reactor.rpc_testing import ServerThread
+from reactor.rpc.testing import ServerThread
 
 T = 5.0
 
@@ -135,10 +136,10 @@ def test_failing_entry_is_named_and_stops_the_load(env):
      'subsystems[0] (s) config[0]: entry must be an object with a "method"'),
     ({"subsystems": [{"subsystem": "s", "config": [{"method": "kv_create", "params": [1]}]}]},
      "subsystems[0] (s) config[0] kv_create: params must be an object"),
-    ({"subsystems": [{"subsystem": "s", "config": [
+    ({"subsystems": [{"subsystem": "rpc_test_sub", "config": [
         {"method": "kv_create", "params": {"key": "k", "value": 1}},
         {"method": "no_such"}]}]},
-     "subsystems[0] (s) config[1]: unknown method 'no_such'"),
+     "subsystems[0] (rpc_test_sub) config[1]: unknown method 'no_such'"),
     ({"subsystems": [{"subsystem": "s", "config": [
         {"method": "kv_create", "params": {"key": "k"}}]}]},
      "missing required parameter 'value'"),
@@ -216,3 +217,36 @@ def test_read_config(tmp_path):
         rpc_config.read_config(str(p))
     with pytest.raises(rpc_config.ConfigError, match="cannot read"):
         rpc_config.read_config(str(tmp_path / "missing.json"))
+
+
+def test_subsystem_not_in_this_app_is_skipped_with_a_warning(env, caplog):
+    """SPDK's rule: entries of a subsystem this application lacks (iscsi, nvmf ...) whose
+    methods are unknown are skipped with a warning; the rest of the config loads."""
+    env.run_in_loop(lambda: env.server.set_state(RUNTIME))
+    config = {"subsystems": [
+        {"subsystem": "iscsi", "config": [{"method": "iscsi_set_options",
+                                           "params": {"nop_timeout": 30}}]},
+        {"subsystem": "rpc_test_sub", "config": [
+            {"method": "kv_create", "params": {"key": "k", "value": 1}}]},
+        {"subsystem": "nvmf", "config": [{"method": "nvmf_create_transport",
+                                          "params": {"trtype": "TCP"}}]},
+        {"subsystem": "scsi", "config": None}]}
+    with caplog.at_level("WARNING", logger="ringstack.rpc"):
+        rc, msg = load(env, config)
+    assert (rc, msg) == (0, None)
+    assert env.store == {"k": 1}
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'iscsi'" in warned and "iscsi_set_options" in warned and "'nvmf'" in warned
+
+
+def test_config_comments_are_allowed(tmp_path):
+    """SPDK parses configs with comments allowed; so does read_config."""
+    p = tmp_path / "c.json"
+    p.write_text('/* from somewhere */\n{"subsystems": [ // a list\n'
+                 '  {"subsystem": "bdev", "config": [{"method": "m", "params": '
+                 '{"s": "a//b/*c*/"}}]}]}\n')
+    cfg = rpc_config.read_config(str(p))
+    assert cfg["subsystems"][0]["config"][0]["params"]["s"] == "a//b/*c*/"
+    p.write_text('/* unterminated {"subsystems": []}')
+    with pytest.raises(rpc_config.ConfigError, match="not valid JSON"):
+        rpc_config.read_config(str(p))

@@ -1,7 +1,7 @@
 """The method table: Param/Schema validation, CLI conversion, registration rules, docs."""
 import pytest
 
-from reactor import rpc_docs
+from reactor.rpc import docs as rpc_docs
 from reactor.rpc import (ANY, METHODS, RAW, RUNTIME, STARTUP, MethodTable, Param, ParamError,
                          Schema, version_info)
 
@@ -99,9 +99,9 @@ def test_builtins_and_version_shape():
 
 
 def test_docs_are_current():
-    """docs/rpc.md's method list is generated from the table (python -m reactor.rpc_docs)."""
+    """docs/rpc.md's method list is generated from the table (python -m reactor.rpc.docs)."""
     assert rpc_docs.main(["--check"]) == 0, \
-        "docs/rpc.md is stale: run `python -m reactor.rpc_docs`"
+        "docs/rpc.md is stale: run `python -m reactor.rpc.docs`"
 
 
 def test_docs_render_and_splice(tmp_path):
@@ -115,3 +115,17 @@ def test_docs_render_and_splice(tmp_path):
     path = tmp_path / "x.md"
     path.write_text("intro\n")
     assert rpc_docs.main(["--check", "--path", str(path)]) == 1
+
+
+def test_uuid_format_parses_as_spdk_does():
+    from reactor.rpc import Param, ParamError
+    p = Param("uuid", str, required=False, format="uuid")
+    assert p.validate("0B0FA0C2-0000-4000-8000-000000000001") == "0b0fa0c2-0000-4000-8000-000000000001"
+    for bad in ("not-a-uuid", "x" * (1 << 20), "{0b0fa0c2-0000-4000-8000-000000000001}",
+                "0b0fa0c2000040008000000000000001", "0b0fa0c2-0000-4000-8000-00000000000g",
+                "0b0fa0c2-0000-4000-8000-000000000001 "):
+        with pytest.raises(ParamError) as ei:
+            p.validate(bad)
+        assert "must be a UUID" in str(ei.value) and len(str(ei.value)) < 300
+    with pytest.raises(TypeError):
+        Param("n", int, format="uuid")

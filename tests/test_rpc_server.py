@@ -12,8 +12,8 @@ from reactor.rpc import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, INVALI
                          METHOD_NOT_FOUND, PARSE_ERROR, RUNTIME, STARTUP, MethodTable, Param,
                          RpcClient, RpcConnectionError, RpcError, RpcServer, RpcServerError,
                          RpcTimeout)
-from reactor.rpc_server import MSG_NEEDS_RUNTIME, MSG_NEEDS_STARTUP
-from reactor.rpc_testing import ServerThread
+from reactor.rpc.server import MSG_NEEDS_RUNTIME, MSG_NEEDS_STARTUP
+from reactor.rpc.testing import ServerThread
 
 T = 5.0  # bound on every wait
 
@@ -645,4 +645,68 @@ def test_pipelined_flood_with_backpressure_keeps_order(served, sock_path):
     assert not t.is_alive() and not errors
     assert [r["id"] for r in out] == list(range(n))
     assert all(len(r["result"]) == size for r in out)
+    s.close()
+
+
+def test_lock_file_symlink_or_foreign_file_is_refused(sock_path, tmp_path):
+    """The lock file may sit in a world-writable directory (/var/tmp): a symlink planted
+    at <socket>.lock is never followed (nothing is created where it points), and a hard
+    link to another file is not used either."""
+    target = tmp_path / "elsewhere"
+    os.symlink(target, sock_path + ".lock")
+    with pytest.raises(RpcServerError, match="symbolic link"):
+        RpcServer(sock_path)
+    assert not os.path.lexists(target)                  # nothing created through the link
+    assert os.path.islink(sock_path + ".lock")          # and the planted link left alone
+    os.unlink(sock_path + ".lock")
+    other = tmp_path / "other"
+    other.write_text("x")
+    os.link(other, sock_path + ".lock")
+    with pytest.raises(RpcServerError, match="regular file of this user"):
+        RpcServer(sock_path)
+    assert other.read_text() == "x" and os.path.exists(sock_path + ".lock")
+    os.unlink(sock_path + ".lock")
+    with RpcServer(sock_path):                          # a clean path still works
+        pass
+    assert not os.path.exists(sock_path + ".lock")
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100000])
+@pytest.mark.parametrize("where", ["top", "params", "batch"])
+def test_deep_nesting_gets_a_parse_error_not_silence(served, sock_path, depth, where):
+    """JSON nested past SPDK's 64 levels is a parse error, answered (id null), then the
+    connection closes; the server keeps serving others."""
+    deep = "[" * depth + "]" * depth
+    body = {"top": deep,
+            "params": '{"jsonrpc":"2.0","method":"echo","id":1,"params":{"value":%s}}' % deep,
+            "batch": '[{"jsonrpc":"2.0","method":"echo","id":1,"params":{"value":1}},%s]' % deep}[where]
+    s = raw(sock_path)
+    s.sendall(body.encode())
+    (resp,) = read_values(s, 1)
+    assert resp["error"]["code"] == -32700 and resp["id"] is None
+    s.close()
+    s2 = raw(sock_path)
+    s2.sendall(enc(req("echo", 7, {"value": "still here"})))
+    assert read_values(s2, 1)[0]["result"] == "still here"
+    s2.close()
+
+
+def test_nesting_at_the_limit_is_accepted(served, sock_path):
+    value = json.loads("[" * 62 + "]" * 62)             # 62 + params {} + request {} = 64
+    s = raw(sock_path)
+    s.sendall(enc(req("echo", 1, {"value": value})))
+    assert read_values(s, 1)[0]["result"] == value
+    s.close()
+
+
+@pytest.mark.parametrize("bad_id", ["1e400", "-1e400"])
+def test_id_json_cannot_carry_back_is_invalid_request_and_runs_nothing(served, sock_path, bad_id):
+    s = raw(sock_path)
+    s.sendall(('{"jsonrpc":"2.0","method":"kv_set","id":%s,"params":{"key":"k","value":1}}' % bad_id).encode())
+    (resp,) = read_values(s, 1)
+    assert resp == {"jsonrpc": "2.0", "id": None,
+                    "error": {"code": -32600, "message": "Invalid request"}}
+    s.sendall(enc(req("echo", 2, {"value": "next"})))
+    assert read_values(s, 1)[0]["result"] == "next"
+    assert "k" not in served.table.store                 # the method never ran
     s.close()

@@ -3,7 +3,7 @@ used exactly as scripts/rpc.py uses it."""
 import pytest
 
 from reactor.rpc import MethodTable, Param, RpcServer
-from reactor.rpc_testing import ServerThread
+from reactor.rpc.testing import ServerThread
 
 spdk_client = pytest.importorskip("spdk.rpc.client")
 JSONRPCClient = spdk_client.JSONRPCClient

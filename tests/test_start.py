@@ -4,11 +4,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from proc_util import wait_for_socket
 from reactor.rpc import RpcClient, RpcError
+from reactor.rpc.dispatch import MSG_NEEDS_RUNTIME
 
 RINGSTACK = [sys.executable, "-m", "tools.cli"]
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -90,12 +92,49 @@ def test_rpc_framework_methods_and_kill_instance(target):
     assert not os.path.exists(sock)
 
 
+def _connect_as_soon_as_it_exists(sock, p, timeout=60):
+    """SPDK's test scripts' waitforlisten: poll for the path, connect at once (no retry)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(sock):
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline, "RPC socket never appeared"
+        time.sleep(0.001)
+    return RpcClient(sock, timeout=30)
+
+
+def test_socket_appears_only_once_init_and_config_are_done(tmp_path):
+    """Without --wait-for-rpc the socket opens after subsystem init and the config (SPDK's
+    order): a client that calls RUNTIME methods the moment the path exists succeeds."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create",
+         "params": {"name": "Malloc0", "num_blocks": 256, "block_size": 512}}]}]}))
+    sock = str(tmp_path / "rpc.sock")
+    p = subprocess.Popen(RINGSTACK + ["start", "-m", "0x3", "-r", sock, "-c", str(cfg)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c = _connect_as_soon_as_it_exists(sock, p)
+        assert c.call("bdev_malloc_create", {"name": "Malloc1", "num_blocks": 256,
+                                             "block_size": 512}) == "Malloc1"
+        assert len(c.call("framework_get_reactors")["reactors"]) == 2
+        assert {t["name"] for t in c.call("thread_get_stats")["threads"]} >= {"app_thread"}
+        # the config was applied before anyone could connect
+        assert [b["name"] for b in c.call("bdev_get_bdevs")] == ["Malloc0", "Malloc1"]
+        c.close()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    assert p.returncode == 0 and not os.path.exists(sock)
+
+
 def test_wait_for_rpc(target):
     p, sock = target("--wait-for-rpc")
     c = RpcClient(sock, timeout=10)
-    with pytest.raises(RpcError) as exc:
-        c.call("framework_get_reactors")
-    assert "framework_start_init" in exc.value.message
+    for method, params in (("framework_get_reactors", None), ("thread_get_stats", None),
+                           ("bdev_malloc_create", {"num_blocks": 8, "block_size": 512})):
+        with pytest.raises(RpcError) as exc:
+            c.call(method, params)
+        assert exc.value.code == -1 and exc.value.message == MSG_NEEDS_RUNTIME
     assert c.call("framework_start_init") is True
     assert c.call("framework_wait_init") is True
     assert len(c.call("framework_get_reactors")["reactors"]) == 2

@@ -237,7 +237,7 @@ def check_options(a) -> dict:
         raise UsageError("--reset-period must be greater than 0")
     config = None
     if a.config is not None:
-        from reactor.rpc_config import ConfigError, read_config
+        from reactor.rpc.config import ConfigError, read_config
         try:
             config = read_config(a.config)
         except ConfigError as exc:
@@ -248,9 +248,9 @@ def check_options(a) -> dict:
     pools = None
     if a.mem_size is not None:
         mb = _mem_size_mb(a.mem_size)
-        pools = {"small_buf_pool_size": (mb << 20) // 2 // 8192,
-                 "large_buf_pool_size": (mb << 20) // 2 // 65536}
-        if pools["large_buf_pool_size"] < len(cores):
+        pools = {"small_pool_count": (mb << 20) // 2 // 8192,
+                 "large_pool_count": (mb << 20) // 2 // 65536}
+        if pools["large_pool_count"] < len(cores):
             raise UsageError(f"-s {a.mem_size}: {mb} MB leaves fewer than one 64 KiB buffer per reactor")
     if a.results:
         d = os.path.dirname(os.path.abspath(a.results))
@@ -335,10 +335,10 @@ def run_app(opts: dict) -> int:
         logging.getLogger("ringstack" if flag == "all" else f"ringstack.{flag}").setLevel(logging.DEBUG)
     startup, rest = B.split_startup(opts["config_dict"]) if opts["config_dict"] is not None else (None, None)
     if opts["pools"] is not None:
-        # -s: the arena's two pools, before the config's own bdev_set_options (if any)
-        first = {"method": "bdev_set_options", "params": dict(opts["pools"])}
-        entries = [first] + (startup["subsystems"][0]["config"] if startup else [])
-        startup = {"subsystems": [{"subsystem": "bdev", "config": entries}]}
+        # -s: the arena's two pools (SPDK's iobuf), before the config's own entries
+        first = {"subsystem": "iobuf", "config": [{"method": "iobuf_set_options",
+                                                   "params": dict(opts["pools"])}]}
+        startup = {"subsystems": [first] + (startup["subsystems"] if startup else [])}
     opts = dict(opts, config_dict=rest)
     socket_path, tmpdir = opts["rpc_socket"], None
     if socket_path is None and startup is not None:

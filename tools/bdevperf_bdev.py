@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import tempfile
 
 from bdev import api
 from bdev.api import (IO_TYPE_FLUSH, IO_TYPE_READ, IO_TYPE_RESET, IO_TYPE_UNMAP,  # noqa: F401
@@ -83,7 +81,7 @@ def load_config_dict(config: dict, done) -> None:
     """Replay an SPDK JSON config (the RUNTIME entries of ``-c``/``--json``, or the configs
     bench scaling builds) through the RPC method table; ``done(rc, message)``.  The one place
     bdevperf loads a config."""
-    from reactor.rpc_config import ConfigError, entries
+    from reactor.rpc.config import ConfigError, entries
     try:
         entries(config)
     except ConfigError as exc:
@@ -97,8 +95,8 @@ def split_startup(config: dict) -> tuple[dict | None, dict]:
     state, e.g. ``bdev_set_options``, which ``save_config`` writes first) and the others,
     each as a config dict.  The app replays ``startup`` before it initialises the bdev
     layer; bdevperf loads ``rest`` once the layer is up and waits for every answer."""
-    from reactor.rpc_config import entries
-    from reactor.rpc_registry import METHODS, RUNTIME
+    from reactor.rpc.config import entries
+    from reactor.rpc.registry import METHODS, RUNTIME
     startup, rest = [], []
     for _label, method, params in entries(config):
         m = METHODS.resolve(method)
@@ -111,9 +109,9 @@ def split_startup(config: dict) -> tuple[dict | None, dict]:
 def check_config(config: dict) -> str | None:
     """Check every entry of ``config`` against the RPC method table (name and parameter
     schema) before anything starts; returns a one-line error naming the entry, or None."""
-    from reactor.rpc_config import entries
-    from reactor.rpc_registry import METHODS
-    from reactor.rpc_schema import ParamError
+    from reactor.rpc.config import entries
+    from reactor.rpc.registry import METHODS
+    from reactor.rpc.schema import ParamError
     prepare_real()
     for label, method, params in entries(config):
         m = METHODS.resolve(method)
@@ -127,24 +125,15 @@ def check_config(config: dict) -> str | None:
 
 
 def _with_server(fn, done):
-    """Run ``fn(server, finish)`` with an RPC server on a private socket (the config loader
-    replays entries through the RPC method table); closed when ``finish(rc, msg)`` runs."""
-    from reactor.rpc_server import RpcServer
-    d = tempfile.mkdtemp(prefix="bdevperf.")
-    server = RpcServer(os.path.join(d, "rpc.sock"))
-
-    def finish(rc, msg):
-        server.close()
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-        done(rc, msg)
-    fn(server, finish)
+    """Run ``fn(dispatcher, finish)`` with a private RPC dispatcher in RUNTIME state (the
+    config loader replays entries through the RPC method table; no socket is opened);
+    ``finish(rc, msg)`` calls ``done``."""
+    from reactor.rpc.dispatch import Dispatcher
+    fn(Dispatcher(), done)
 
 
 def _load(server, config, finish):
-    from reactor.rpc_config import load_config as _lc
+    from reactor.rpc.config import load_config as _lc
     _lc(server, config, lambda rc, msg: finish(rc, msg))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from reactor.rpc import (DEFAULT_SOCKET, METHODS, STATE_NAMES, Method, ParamError, RpcClient,
                          RpcConnectionError, RpcError, RpcTimeout, discover)
-from reactor.rpc_schema import MISSING
+from reactor.rpc.schema import MISSING
 from tools.cli import CliError
 
 

@@ -25,12 +25,26 @@ log = logging.getLogger("ringstack.nbd")
 PlacementCallback = Callable[[socket.socket, object], None]
 
 
+UNIX_PATH_MAX = 108     # sockaddr_un.sun_path, NUL included: a path holds at most 107 bytes
+
+
+def _unix(path: str) -> tuple:
+    """A Unix socket path clients can connect to: the bind goes through a short temporary
+    name, so the kernel's limit must be checked here, on the absolute path."""
+    if not path or "\0" in path:
+        raise ValueError(f"bad socket path {path!r}: empty or with a NUL byte")
+    n = len(os.fsencode(os.path.abspath(path)))
+    if n >= UNIX_PATH_MAX:
+        raise ValueError(f"socket path too long ({n} bytes, max {UNIX_PATH_MAX - 1}): {path}")
+    return ("unix", path)
+
+
 def parse_address(address: str) -> tuple:
     """("unix", path) or ("tcp", host, port)."""
     if address.startswith("unix:"):
-        return ("unix", address[5:])
+        return _unix(address[5:])
     if "/" in address:
-        return ("unix", address)
+        return _unix(address)
     host, sep, port = address.rpartition(":")
     if not sep:
         host, port = "", address

@@ -22,7 +22,8 @@ Per reactor (``current_reactor().locals["nbd"]``, a :class:`ReactorNbd`):
 Placement: the main reactor accepts, then gives each new socket to the next reactor in
 turn (itself included).  A socket for another reactor travels as an fd (SCM_RIGHTS) over a
 Unix SOCK_SEQPACKET connection that the other reactor opened, when the server started, to an
-*abstract* Unix address (``\\0ringstack.<pid>.nbd.<n>``) the main reactor listens on: there
+*abstract* Unix address (``\\0ringstack.<pid>.nbd.<n>.<128 random bits>``, unguessable, so
+another user cannot take it first) the main reactor listens on: there
 is no file to create, chmod or remove, and nothing is left behind on any exit path (the
 name disappears with the socket, even after SIGKILL).  Abstract names have no file
 permissions, so both ends check the peer with SO_PEERCRED: the main reactor accepts only
@@ -48,6 +49,7 @@ import itertools
 import logging
 import os
 import select
+import secrets
 import socket
 import struct
 
@@ -114,6 +116,7 @@ class ReactorNbd:
         self._rr_pos = 0
         self.chan = None            # other reactors: channel to the main reactor
         self.stopping = None        # the finish callback, while stopping
+        self.stop_waiters = []      # finish callbacks of later stops, run with it
         self.started_here = False   # set up by the "start" step (not by its caller)
         self.stopped = False
         self._deadline = 0
@@ -322,7 +325,9 @@ class ReactorNbd:
         self._register(self.listener.fileno(), self.listener, _IN)
         if self.reactor.n_reactors > 1:
             ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            self.ctl_name = f"\0ringstack.{os.getpid()}.nbd.{next(_seq)}"
+            # The name carries 128 random bits: another local user could otherwise bind
+            # the next predictable name first and make the start fail (EADDRINUSE).
+            self.ctl_name = f"\0ringstack.{os.getpid()}.nbd.{next(_seq)}.{secrets.token_hex(16)}"
             try:
                 ctl.bind(self.ctl_name)
                 ctl.listen(self.reactor.n_reactors)
@@ -403,6 +408,11 @@ class ReactorNbd:
         """Stop accepting, let every connection finish its in-flight requests (at most
         STOP_DRAIN_S), close everything, then ``finish()``."""
         if self.stopping is not None:
+            # a second stop while one is under way (or done) finishes with the first
+            if self.stopped:
+                rx.send_msg(rx.get_thread(), finish)
+            else:
+                self.stop_waiters.append(finish)
             return
         if self.listener is not None:
             self._unregister(self.listener.fileno())
@@ -450,6 +460,9 @@ class ReactorNbd:
         if self.reactor.locals.get("nbd") is self:
             del self.reactor.locals["nbd"]
         finish()
+        for waiter in self.stop_waiters:
+            waiter()
+        self.stop_waiters = []
 
 
 def current() -> ReactorNbd | None:
@@ -562,11 +575,15 @@ def _op_export_add(args, finish) -> None:
         return
     try:
         e = BdevExport(args["bdev_name"], args["export_name"], readonly=args["readonly"])
-        svc.exports.add(e)
     except OSError as exc:
         finish(-(exc.errno or errno.EIO), None, str(exc.strerror or exc))
         return
-    except ValueError as exc:
+    except ValueError as exc:          # what the bdev is cannot be exported (its size...)
+        finish(-errno.EINVAL, None, str(exc))
+        return
+    try:
+        svc.exports.add(e)
+    except ValueError as exc:          # the name is taken on this reactor
         finish(-errno.EEXIST, None, str(exc))
         return
     finish()

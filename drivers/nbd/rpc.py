@@ -10,6 +10,7 @@ Methods (all RUNTIME, on the app thread; each answers once every reactor applied
   nbd_get_exports                      [{export_name, bdev_name, size, ..., connections}]
   nbd_get_stats                        per-reactor counters (placement, requests, bytes)
   nbd_server_stop                      connections finish in-flight requests, then close
+  nbd_start_disk / nbd_stop_disk / nbd_get_disks   SPDK's kernel-device methods (below)
 
 Operations run one at a time, in arrival order (a queue on the app thread), so an export
 added while a stop is under way cannot slip between two reactors' tables.  The main
@@ -22,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from collections import deque
 
 import bdev.api as api
@@ -168,8 +170,10 @@ def export_add(bdev_name: str, export_name: str | None, readonly: bool, cb) -> N
         if s is None:
             _fail(reply, -errno.EINVAL, "NBD server is not running (nbd_server_start first)")
             return
+        # "" is a real name: the default export, what a client whose URI names no export
+        # gets (nbd://host:port, nbd+unix:///?socket=...), as nbdkit and qemu-nbd serve it
         name = export_name if export_name is not None else bdev_name
-        if not name or len(name.encode()) > 4096 or "\0" in name:
+        if len(name.encode()) > 4096 or "\0" in name:
             _fail(reply, -errno.EINVAL, f"invalid export name {name!r}")
             return
         if name in s.exports:
@@ -376,7 +380,8 @@ def _nbd_server_stop(request, params):
 
 @rpc_method("nbd_export_add", params=[
     Param("bdev_name", str, help="bdev to export"),
-    Param("export_name", str, required=False, help="NBD export name (default: the bdev name)"),
+    Param("export_name", str, required=False,
+          help="NBD export name (default: the bdev name; \"\" is the default export, served to a client that names none)"),
     Param("readonly", bool, default=False, help="export read-only"),
 ])
 def _nbd_export_add(request, params):
@@ -411,6 +416,89 @@ def _nbd_get_stats(request, params):
                         "reactors": [dict(i["stats"], reactor=i["reactor"], lcore=i["lcore"])
                                      for i in infos if i]})
     get_info(got)
+
+
+# ====================================================================== kernel nbd devices
+# SPDK's nbd_start_disk attaches a bdev to a kernel /dev/nbdN (lib/nbd/nbd_rpc.c).  Here
+# the checks and answers are SPDK's, in SPDK's order: the device's name (/dev/nbd<N>, no
+# tail), busy (ours, or /sys/block/nbdN/pid present), the first free one when none is
+# named ("nbd device not found" when no /dev/nbdN exists, as on a host without the nbd
+# module), the bdev opened for writing, then the device node opened.  Handing an opened
+# device to the kernel's driver (NBD_SET_SOCK / NBD_DO_IT) is not done: that last step
+# answers -EOPNOTSUPP, so this target serves no kernel device: nbd_get_disks is [] and
+# nbd_stop_disk finds nothing to stop, with SPDK's answers for that.
+_NBD_DEV = re.compile(r"/dev/nbd(\d+)\Z")
+
+
+def _nbd_device_state(path: str) -> int:
+    """SPDK's check_available_nbd_disk: 0 free, -EBUSY in use, -EINVAL not /dev/nbd<N>."""
+    m = _NBD_DEV.match(path)
+    if m is None:
+        return -errno.EINVAL
+    if os.path.exists(f"/sys/block/nbd{int(m.group(1))}/pid"):
+        return -errno.EBUSY
+    return 0
+
+
+def _free_nbd_device():
+    i = 0
+    while os.path.exists(f"/dev/nbd{i}"):
+        if _nbd_device_state(f"/dev/nbd{i}") == 0:
+            return f"/dev/nbd{i}"
+        i += 1
+    return None
+
+
+@rpc_method("nbd_start_disk", params=[
+    Param("bdev_name", str, help="bdev to attach"),
+    Param("nbd_device", str, required=False, help="/dev/nbd<N> (default: the first free one)"),
+])
+def _nbd_start_disk(request, params):
+    """Attach a bdev to a kernel NBD device (SPDK's method; here every check is SPDK's, but the hand-over to the kernel's nbd driver is not implemented: -EOPNOTSUPP)."""  # noqa: E501
+    path = params["nbd_device"]
+    if path is not None:
+        rc = _nbd_device_state(path)
+        if rc == -errno.EBUSY:
+            request.errno(rc)
+            return
+        if rc:
+            request.error(-errno.ENODEV, f"illegal nbd device {path}")
+            return
+    else:
+        path = _free_nbd_device()
+        if path is None:
+            request.error(-errno.ENODEV, "nbd device not found")
+            return
+    rc, desc = api.open_ext(params["bdev_name"], True, _ignore_event)
+    if rc:
+        request.errno(rc)
+        return
+    api.close(desc)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        request.errno(-(exc.errno or errno.EIO))
+        return
+    os.close(fd)
+    request.error(-errno.EOPNOTSUPP, f"{path}: attaching a kernel nbd device is not implemented "
+                  "(export the bdev with nbd_export_add and connect nbd-client to it)")
+
+
+@rpc_method("nbd_stop_disk", params=[Param("nbd_device", str, help="/dev/nbd<N>")])
+def _nbd_stop_disk(request, params):
+    """Detach a kernel NBD device (SPDK's method): -ENODEV, as SPDK answers for a device it does not serve (this target serves none)."""  # noqa: E501
+    request.errno(-errno.ENODEV)
+
+
+@rpc_method("nbd_get_disks", params=[
+    Param("nbd_device", str, required=False, help="only this device"),
+])
+def _nbd_get_disks(request, params):
+    """The kernel NBD devices this target serves (SPDK's method, [{nbd_device, bdev_name}]): none, so [] (-ENODEV for a named device)."""  # noqa: E501
+    if params["nbd_device"] is not None:
+        request.errno(-errno.ENODEV)
+        return
+    return []
 
 
 # ====================================================================== subsystem

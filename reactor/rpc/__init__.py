@@ -17,27 +17,29 @@ Module authors declare methods here; the main reactor hosts the server; tools ca
 
     RpcClient("/var/tmp/spdk.sock").call("bdev_get_bdevs", {"name": "Null0"})
 
-The pieces live in modules: ``rpc_schema`` (Param/Schema),
-``rpc_registry`` (the method table, STARTUP/RUNTIME, built-in methods), ``rpc_server`` (the
-poll-driven Unix-socket server), ``rpc_client`` (a small blocking client), ``rpc_config``
-(SPDK JSON config load/save and the framework_* methods), ``rpc_docs`` (docs/rpc.md
-generator), ``rpc_testing`` (a poll loop in a thread, for tests).  Import from here.
+The pieces live in this package's modules: ``schema`` (Param/Schema), ``registry`` (the
+method table, STARTUP/RUNTIME, built-in methods), ``server`` (the poll-driven Unix-socket
+server), ``client`` (a small blocking client), ``config`` (SPDK JSON config load/save and the
+framework_* methods), ``app`` (the app's own methods), ``docs`` (docs/rpc.md generator),
+``testing`` (a poll loop in a thread, for tests).  Import from here.
 """
-from reactor import rpc_config  # noqa: F401  (registers the framework/config methods)
-from reactor.rpc_client import RpcClient, RpcConnectionError, RpcError, RpcTimeout
-from reactor.rpc_registry import (METHODS, RAW, RUNTIME, STARTUP, STATE_NAMES, Method,
+from reactor.rpc import config  # noqa: F401  (registers the framework/config methods)
+from reactor.rpc.dispatch import Dispatcher
+from reactor.rpc.client import RpcClient, RpcConnectionError, RpcError, RpcTimeout
+from reactor.rpc.registry import (METHODS, RAW, RUNTIME, STARTUP, STATE_NAMES, Method,
                                   MethodTable, discover, register_alias, rpc_method,
                                   version_info)
-from reactor.rpc_schema import ANY, Param, ParamError, Schema
-from reactor.rpc_server import (DEFAULT_SOCKET, ERROR_MESSAGES, INTERNAL_ERROR, INVALID_PARAMS,
+from reactor.rpc.schema import ANY, I32_MAX, I32_MIN, U8, U32, U64, Param, ParamError, Schema
+from reactor.rpc.server import (DEFAULT_SOCKET, ERROR_MESSAGES, INTERNAL_ERROR, INVALID_PARAMS,
                                 INVALID_REQUEST, INVALID_STATE, METHOD_NOT_FOUND, PARSE_ERROR,
                                 RpcRequest, RpcServer, RpcServerError)
 
 __all__ = [
     "rpc_method", "register_alias", "Param", "Schema", "ParamError", "ANY", "RAW",
+    "U8", "U32", "U64", "I32_MIN", "I32_MAX",
     "STARTUP", "RUNTIME", "STATE_NAMES", "Method", "MethodTable", "METHODS", "discover",
     "version_info",
-    "RpcServer", "RpcRequest", "RpcServerError", "DEFAULT_SOCKET",
+    "Dispatcher", "RpcServer", "RpcRequest", "RpcServerError", "DEFAULT_SOCKET",
     "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "INVALID_STATE", "ERROR_MESSAGES",
     "RpcClient", "RpcError", "RpcConnectionError", "RpcTimeout",

@@ -14,7 +14,7 @@ Methods are registered once, with their schema, by a decorator::
         request.result(name)     # or request.errno(-errno.EEXIST)
 
 The table is read by the server (dispatch, validation, state checks), by ``ringstack rpc``
-(``--param value`` parsing) and by ``python -m reactor.rpc_docs`` (docs/rpc.md).  Method
+(``--param value`` parsing) and by ``python -m reactor.rpc.docs`` (docs/rpc.md).  Method
 states are SPDK's: STARTUP (before ``framework_start_init``, i.e. ``--wait-for-rpc``) and
 RUNTIME; a method may be called only when the current state is in its mask.
 
@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import pkgutil
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from reactor.rpc_schema import Param, ParamError, Schema
+from reactor.rpc.schema import Param, ParamError, Schema
 
 log = logging.getLogger("ringstack.rpc")
 
@@ -196,52 +196,38 @@ def register_alias(alias: str, target: str, deprecated: bool = True) -> Method:
 
 
 # -- discovery --------------------------------------------------------------------------------
-# Packages whose modules may declare methods.  A module is imported by discover() only if its
-# source mentions the RPC registry, so the client does not import the whole tree.
+# Packages whose modules may declare methods.  Every module of them is imported (each must
+# import without side effects); a module's methods are whatever its @rpc_method decorators
+# registered, so nothing is read from source text and no list of modules is kept by hand.
 _DISCOVER_PACKAGES = ("reactor", "bdev", "drivers")
-_MARKERS = ("reactor.rpc", "from reactor import rpc", "rpc_method(")
 
 
 def discover(packages: Sequence[str] = _DISCOVER_PACKAGES) -> list[tuple[str, str]]:
-    """Import every module of ``packages`` that declares RPC methods, filling :data:`METHODS`.
+    """Import every module of ``packages`` (``__main__`` modules excepted), filling
+    :data:`METHODS` with the methods they declare.
 
     Returns ``[(module, error)]`` for modules that failed to import (they are skipped, not
     fatal: one half-built module must not take down ``ringstack rpc``)."""
     failures: list[tuple[str, str]] = []
+
+    def failed(name: str) -> None:
+        exc = sys.exc_info()[1]
+        failures.append((name, f"{type(exc).__name__}: {exc}"))
+
     for pkg_name in packages:
         try:
             pkg = importlib.import_module(pkg_name)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller
-            failures.append((pkg_name, f"{type(exc).__name__}: {exc}"))
+        except Exception:  # noqa: BLE001 - reported to the caller
+            failed(pkg_name)
             continue
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
-            if info.ispkg or info.name == __name__:
-                continue
-            path = _module_path(info)
-            if path is None:
-                continue
-            try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            if not any(marker in text for marker in _MARKERS):
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + ".", onerror=failed):
+            if info.name.rsplit(".", 1)[-1] == "__main__" or info.name in sys.modules:
                 continue
             try:
                 importlib.import_module(info.name)
-            except Exception as exc:  # noqa: BLE001
-                failures.append((info.name, f"{type(exc).__name__}: {exc}"))
+            except Exception:  # noqa: BLE001
+                failed(info.name)
     return failures
-
-
-def _module_path(info: pkgutil.ModuleInfo) -> str | None:
-    finder = info.module_finder
-    base = getattr(finder, "path", None)
-    if base is None:
-        return None
-    leaf = info.name.rsplit(".", 1)[-1]
-    path = os.path.join(base, leaf + ".py")
-    return path if os.path.exists(path) else None
 
 
 # -- built-in methods -------------------------------------------------------------------------

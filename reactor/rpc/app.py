@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import signal
 
-from .rpc import Param, RUNTIME, STARTUP, rpc_method
-from .stats import framework_get_reactors, thread_get_stats
+from reactor.rpc.registry import RUNTIME, STARTUP, rpc_method
+from reactor.rpc.schema import Param
+from reactor.stats import framework_get_reactors, thread_get_stats
 
 
 @rpc_method("framework_get_reactors", states=RUNTIME)
@@ -36,7 +37,7 @@ def _spdk_kill_instance(request, params):
     if sig is None:
         request.errno(-errno.EINVAL)
         return
-    from .app import running_app
+    from reactor.app import running_app
     app = running_app()
     request.result(True)
     if app is not None and sig in (signal.SIGINT, signal.SIGTERM):

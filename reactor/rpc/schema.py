@@ -8,20 +8,34 @@ declaration is used by
   decoder knows all fail the request with -32602 "Invalid parameters", here with the offending
   parameter named in the message);
 * the ``ringstack rpc`` client, to turn ``--param value`` strings into typed JSON values;
-* the docs generator (``python -m reactor.rpc_docs``) for docs/rpc.md.
+* the docs generator (``python -m reactor.rpc.docs``) for docs/rpc.md.
 
 Types are the JSON ones, spelt as Python types: ``str``, ``int``, ``float``, ``bool``,
 ``list``, ``dict`` (plus ``ANY``).  ``bool`` is not an ``int`` here (SPDK's decoders keep them
 apart), and an ``int`` is accepted where a ``float`` is wanted.  ``null`` is accepted only for
 an optional parameter declared ``nullable=True``.
+
+``fixed="why"`` declares a parameter *accepted at its default only*: SPDK's decoder knows it
+and SPDK's CLI always sends it, but the feature is outside ringstack (DIF/metadata, ...).  The
+default (or, without one, leaving it out) passes; any other value is -32602 naming the
+parameter and the reason.  The integer ranges of SPDK's decoders are ``U8``, ``U32``,
+``U64`` (``min=0, max=...``) and ``I32_MIN``/``I32_MAX``.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 ANY = object  # a parameter of any JSON type
+
+# The ranges of SPDK's integer decoders (spdk_json_decode_uint8/uint32/uint64/int32).
+U8 = (1 << 8) - 1
+U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
+I32_MIN = -(1 << 31)
+I32_MAX = (1 << 31) - 1
 
 
 class _Missing:
@@ -72,6 +86,19 @@ def _type_ok(typ: Any, value: Any) -> bool:
     return isinstance(value, typ)
 
 
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _parse_uuid(name: str, value: str) -> str:
+    """SPDK's spdk_uuid_parse: exactly the 36-character 8-4-4-4-12 form (no braces, no
+    urn: prefix); the canonical lower-case spelling goes on."""
+    if not _UUID_RE.fullmatch(value):
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise ParamError(f"parameter '{name}' must be a UUID (8-4-4-4-12 hex digits), "
+                         f"got {json.dumps(shown)}", name)
+    return value.lower()
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a method.
@@ -91,6 +118,8 @@ class Param:
     max: float | None = None
     items: Any = None          # element type of a list parameter (None: any)
     nullable: bool = False     # accept JSON null for an optional parameter
+    fixed: str = ""            # non-empty: accepted at its default only, and why
+    format: str = ""           # "uuid": a string SPDK parses (spdk_uuid_parse), normalised
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_NAMES:
@@ -101,6 +130,10 @@ class Param:
             object.__setattr__(self, "required", self.default is MISSING)
         if self.required and self.default is not MISSING:
             raise TypeError(f"param {self.name!r}: a required parameter cannot have a default")
+        if self.fixed and self.required:
+            raise TypeError(f"param {self.name!r}: a fixed parameter must be optional")
+        if self.format not in ("", "uuid") or (self.format and self.type is not str):
+            raise TypeError(f"param {self.name!r}: unsupported format {self.format!r}")
 
     # -- describing ---------------------------------------------------------------------------
     @property
@@ -112,6 +145,11 @@ class Param:
 
     def describe_constraints(self) -> str:
         parts = []
+        if self.format == "uuid":
+            parts.append("a UUID (8-4-4-4-12 hex digits)")
+        if self.fixed:
+            parts.append(("default only" if self.default is not MISSING else "omitted only")
+                         + f" ({self.fixed})")
         if self.choices is not None:
             parts.append("one of " + ", ".join(json.dumps(c) for c in self.choices))
         if self.min is not None:
@@ -131,6 +169,12 @@ class Param:
         if not _type_ok(self.type, value):
             raise ParamError(f"parameter '{n}' must be {_article(self.type_name)}, "
                              f"got {json_type_name(value)}", n)
+        if self.type is str and "\0" in value:
+            # SPDK's spdk_json_strdup refuses an embedded NUL: no C string holds one, and a
+            # name or path cut short at it would name something else
+            raise ParamError(f"parameter '{n}' must not contain a NUL byte", n)
+        if self.format == "uuid":
+            value = _parse_uuid(n, value)
         if self.type is list and self.items is not None:
             for i, item in enumerate(value):
                 if not _type_ok(self.items, item):
@@ -145,6 +189,12 @@ class Param:
             raise ParamError(f"parameter '{n}' must be >= {self.min}, got {value}", n)
         if self.max is not None and value > self.max:
             raise ParamError(f"parameter '{n}' must be <= {self.max}, got {value}", n)
+        if self.fixed and (self.default is MISSING or value != self.default
+                           or type(value) is not type(self.default)):
+            what = ("can only be left out" if self.default is MISSING
+                    else f"is accepted only at its default {json.dumps(self.default)}")
+            raise ParamError(f"parameter '{n}' {what} in ringstack ({self.fixed}), "
+                             f"got {json.dumps(value)}", n)
         return value
 
     # -- command line -------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import threading
 from collections import deque
 from typing import Any, Callable
 
-from reactor.rpc_registry import RUNTIME, MethodTable
-from reactor.rpc_server import RpcServer
+from reactor.rpc.registry import RUNTIME, MethodTable
+from reactor.rpc.server import RpcServer
 
 
 class ServerThread:

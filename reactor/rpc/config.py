@@ -12,7 +12,9 @@ call_local`: same state checks, validation and handlers as a socket request), on
 each after the previous answered.  As SPDK's lib/init/json_config.c does, when the server is in
 STARTUP state the entries allowed in STARTUP run first, then the framework is initialised
 (``framework_start_init``), then the remaining RUNTIME entries run.  The first failing entry
-stops the load; the error names it (``subsystems[0] (bdev) config[2] bdev_malloc_create: -17
+stops the load (but, as SPDK does, an entry whose method is unknown and whose subsystem this
+application does not have -- ``iscsi``, ``nvmf``, ``accel`` ... -- is skipped with a warning;
+``/* */`` and ``//`` comments are allowed, as SPDK's parser allows them); the error names it (``subsystems[0] (bdev) config[2] bdev_malloc_create: -17
 File exists``).  An entry ``[...]`` (a batch, SPDK's ``with_batches``) runs its members in order.
 
 Methods registered here (SPDK's names and shapes):
@@ -34,8 +36,8 @@ import json
 import logging
 from typing import Any, Callable
 
-from reactor.rpc_registry import RUNTIME, STARTUP, rpc_method
-from reactor.rpc_schema import Param
+from reactor.rpc.registry import RUNTIME, STARTUP, rpc_method
+from reactor.rpc.schema import Param
 
 log = logging.getLogger("ringstack.rpc")
 
@@ -105,6 +107,7 @@ def set_ready_probe(probe: Callable[[Any], bool] | None) -> None:
 
 def notify_ready(server) -> None:
     """Answer the ``framework_wait_init`` calls that were waiting, if ready now."""
+    server = getattr(server, "dispatcher", server)     # an RpcServer: its dispatcher
     if not _ready_probe(server):
         return
     waiting = [r for r in _ready_waiters if r.server is server]
@@ -191,17 +194,66 @@ def read_config(path: str) -> dict:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     try:
-        config = json.loads(text)
+        config = json.loads(strip_comments(text))
     except ValueError as exc:
         raise ConfigError(f"config {path} is not valid JSON: {exc}") from None
     entries(config)        # shape check
     return config
 
 
-def entries(config: Any) -> list[tuple[str, str, dict | None]]:
-    """Flatten a config to ``[(label, method, params)]`` in load order, checking its shape."""
+def strip_comments(text: str) -> str:
+    """``text`` with its ``/* ... */`` and ``// ...`` comments (outside strings) blanked out:
+    SPDK parses its JSON configs with SPDK_JSON_PARSE_FLAG_ALLOW_COMMENTS.  Blanking keeps
+    line and column numbers of JSON errors right.  An unterminated ``/*`` is left in place
+    (the JSON parser then reports it)."""
+    if "/" not in text:
+        return text
+    out: list[str] = []
+    i, n, in_str = 0, len(text), False
+    while i < n:
+        c = text[i]
+        if in_str:
+            if c == "\\":
+                out.append(text[i:i + 2])
+                i += 2
+                continue
+            in_str = c != '"'
+        elif c == '"':
+            in_str = True
+        elif c == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            out.append(" " * (end - i))
+            i = end
+            continue
+        elif c == "/" and text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end >= 0:
+                out.append("".join(ch if ch == "\n" else " " for ch in text[i:end + 2]))
+                i = end + 2
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _unlinked(sub_name: str, method: str, table) -> bool:
+    """SPDK's rule (lib/init/json_config.c): an entry whose method is unknown is skipped, not
+    an error, when its subsystem is not in this application (a config saved by nvmf_tgt
+    loaded into bdevperf, say); an unknown method of a subsystem we have stays an error."""
+    from reactor import subsystem
+    return table.resolve(method) is None and sub_name not in subsystem._registry
+
+
+def entries(config: Any, table=None,
+            skipped: list | None = None) -> list[tuple[str, str, dict | None]]:
+    """Flatten a config to ``[(label, method, params)]`` in load order, checking its shape.
+    Entries of subsystems this application lacks, with methods ``table`` (default: the
+    process-wide one) does not know, are left out (listed in ``skipped`` when given)."""
     if not isinstance(config, dict) or not isinstance(config.get("subsystems"), list):
         raise ConfigError('config must be an object with a "subsystems" array')
+    if table is None:
+        from reactor.rpc.registry import METHODS as table
     out = []
     for i, sub in enumerate(config["subsystems"]):
         if not isinstance(sub, dict) or not isinstance(sub.get("subsystem"), str):
@@ -224,6 +276,10 @@ def entries(config: Any) -> list[tuple[str, str, dict | None]]:
                 params = e.get("params")
                 if params is not None and not isinstance(params, dict):
                     raise ConfigError(f"{label} {e['method']}: params must be an object")
+                if _unlinked(sub["subsystem"], e["method"], table):
+                    if skipped is not None:
+                        skipped.append((sub["subsystem"], e["method"]))
+                    continue
                 out.append((label, e["method"], params))
     return out
 
@@ -245,6 +301,7 @@ class ConfigLoader:
         self.todo: list[tuple[str, str, dict | None]] = []
         self.remaining: list[tuple[str, str, dict | None]] = []
         self.skipped: list[str] = []
+        self.unlinked: list[tuple[str, str]] = []     # (subsystem, method) not in this app
         self.finished = False
         self._phase = "first"
         self._in_call = False
@@ -252,11 +309,17 @@ class ConfigLoader:
         self._error: tuple[int, str] | None = None
 
     def start(self) -> "ConfigLoader":
+        unlinked: list = []
         try:
-            self.todo = entries(self.config)
+            self.todo = entries(self.config, self.server.table, unlinked)
         except ConfigError as exc:
             self._finish(-errno.EINVAL, str(exc))
             return self
+        for name in dict.fromkeys(sub for sub, _ in unlinked):
+            methods = [m for sub, m in unlinked if sub == name]
+            log.warning("config: skipping subsystem '%s' (not in this application): %s",
+                        name, ", ".join(methods))
+        self.unlinked = unlinked
         table = self.server.table
         for label, method, _ in self.todo:
             if table.resolve(method) is None:

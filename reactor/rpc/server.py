@@ -17,8 +17,9 @@ Wire behaviour (SPDK's lib/jsonrpc and lib/rpc, JSON-RPC 2.0):
   the head.  Notifications (no ``id``) take no slot and get no response, errors included.
 * A batch (array) gets one array response once all its members are done; an empty array is
   -32600; a batch of notifications gets no response.
-* Errors: -32700 parse error (then the connection is closed once earlier responses are out:
-  a byte stream has no resync point), -32600 invalid request, -32601 method not found, -32602
+* Errors: -32700 parse error (also for a value nested deeper than 64 levels, SPDK's
+  limit; then the connection is closed once earlier responses are out: a byte stream has
+  no resync point), -32600 for an id JSON cannot carry back (1e400) answered with id null, -32600 invalid request, -32601 method not found, -32602
   invalid parameters (message names the parameter), -32603 internal error (a handler raised;
   the exception is logged and the server keeps serving), -1 method invalid in the current state
   (SPDK's SPDK_JSONRPC_ERROR_INVALID_STATE wording), and a handler's own ``-errno`` codes.
@@ -33,9 +34,11 @@ socket and lock files.
 from __future__ import annotations
 
 import codecs
+import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -44,35 +47,15 @@ import stat
 from collections import deque
 from typing import Any
 
-from reactor.rpc_registry import METHODS, RAW, RUNTIME, STARTUP, Method, MethodTable  # noqa: F401
-from reactor.rpc_schema import ParamError
+from reactor.rpc.dispatch import (ERROR_MESSAGES, INTERNAL_ERROR, INVALID_PARAMS,  # noqa: F401
+                                  INVALID_REQUEST, INVALID_STATE, METHOD_NOT_FOUND,
+                                  MSG_NEEDS_RUNTIME, MSG_NEEDS_STARTUP, PARSE_ERROR, Dispatcher,
+                                  Reply, RpcRequest)
+from reactor.rpc.registry import METHODS, RAW, RUNTIME, STARTUP, Method, MethodTable  # noqa: F401
 
 log = logging.getLogger("ringstack.rpc")
 
 DEFAULT_SOCKET = "/var/tmp/spdk.sock"   # SPDK_DEFAULT_RPC_ADDR
-
-# JSON-RPC error codes (include/spdk/jsonrpc.h).
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-INVALID_STATE = -1
-
-ERROR_MESSAGES = {
-    PARSE_ERROR: "Parse error",
-    INVALID_REQUEST: "Invalid request",
-    METHOD_NOT_FOUND: "Method not found",
-    INVALID_PARAMS: "Invalid parameters",
-    INTERNAL_ERROR: "Internal error",
-}
-
-# lib/rpc/rpc.c wording for SPDK_JSONRPC_ERROR_INVALID_STATE.
-MSG_NEEDS_RUNTIME = ("Method may only be called after framework is initialized "
-                     "using framework_start_init RPC.")
-MSG_NEEDS_STARTUP = ("Method may only be called before framework is initialized. "
-                     "Use --wait-for-rpc command line parameter and then issue this RPC "
-                     "before the framework_start_init RPC.")
 
 # Bounds on the work of one poll() and on what one connection may hold.
 RECV_SIZE = 64 * 1024
@@ -85,6 +68,7 @@ MAX_OUT_BYTES = 16 * 1024 * 1024  # unsent bytes before we stop reading
 MAX_VALUE_BYTES = 32 * 1024 * 1024    # one JSON value (SPDK_JSONRPC_RECV_BUF_SIZE-like cap)
 MAX_CONNS = 64                    # SPDK_JSONRPC_MAX_CONNS
 MAX_ID_LEN = 128                  # SPDK_JSONRPC_ID_MAX_LEN
+MAX_NESTING = 64                  # SPDK_JSON_MAX_NESTING_DEPTH: deeper is a parse error
 
 
 class RpcServerError(Exception):
@@ -228,6 +212,9 @@ class _StreamParser:
                 self._in_str = True
             elif ch in "{[":
                 self._depth += 1
+                if self._depth > MAX_NESTING:
+                    # (json's decoder recurses: a deep value must never reach it)
+                    raise ValueError(f"JSON nested deeper than {MAX_NESTING} levels")
             else:
                 self._depth -= 1
                 if self._depth <= 0:
@@ -262,107 +249,6 @@ class _Batch(_Slot):
             self.ready = True
             return True
         return False
-
-
-class RpcRequest:
-    """One JSON-RPC request handed to a method handler.
-
-    Complete it exactly once, now or from any later poll of the same process:
-    ``result(value)``, ``error(code, message)`` or ``errno(-e)``.  A handler may instead
-    *return* a non-None value, which is sent as the result.  Completing a request whose
-    connection has gone away is harmless (the response is dropped).  A second completion is a
-    bug in the caller: it is logged and ignored.
-    """
-
-    __slots__ = ("server", "method", "params", "id", "has_id", "done", "_conn", "_slot",
-                 "_batch_index", "_local_cb", "__weakref__")
-
-    def __init__(self, server: "RpcServer", conn: "_Conn | None", method: str, params: Any,
-                 req_id: Any, has_id: bool) -> None:
-        self.server = server
-        self.method = method
-        self.params = params            # as sent (the handler gets the validated copy)
-        self.id = req_id
-        self.has_id = has_id
-        self.done = False
-        self._conn = conn
-        self._slot: _Slot | None = None
-        self._batch_index = -1
-        self._local_cb = None           # call_local(): cb(error_dict_or_None, result)
-
-    @property
-    def is_notification(self) -> bool:
-        return not self.has_id
-
-    def result(self, value: Any = True) -> None:
-        """Send ``value`` as the result (SPDK methods without data answer ``true``)."""
-        if self._check_once():
-            return
-        if self._local_cb is not None:
-            cb, self._local_cb = self._local_cb, None
-            cb(None, value)
-            return
-        if not self.has_id:
-            self._deliver(None)
-            return
-        try:
-            payload = _encode({"jsonrpc": "2.0", "id": self.id, "result": value})
-        except (TypeError, ValueError) as exc:
-            log.error("RPC %s: result is not JSON-serializable: %s", self.method, exc)
-            payload = _encode({"jsonrpc": "2.0", "id": self.id, "error": {
-                "code": INTERNAL_ERROR,
-                "message": f"Internal error: result is not JSON-serializable: {exc}"}})
-        self._deliver(payload)
-
-    def error(self, code: int, message: str, data: Any = None) -> None:
-        """Send a JSON-RPC error.  ``code`` is an int, ``message`` a one-line string."""
-        if self._check_once():
-            return
-        if self._local_cb is not None:
-            cb, self._local_cb = self._local_cb, None
-            err = {"code": int(code), "message": str(message)}
-            if data is not None:
-                err["data"] = data
-            cb(err, None)
-            return
-        self._deliver(self.server._error_payload(self.id if self.has_id else None, code,
-                                                 message, data) if self.has_id else None)
-
-    def errno(self, rc: int) -> None:
-        """Fail with a negative errno: code ``rc``, message ``os.strerror(-rc)`` (SPDK's
-        ``spdk_jsonrpc_send_error_response(request, rc, spdk_strerror(-rc))``)."""
-        rc = int(rc)
-        if rc > 0:
-            rc = -rc
-        self.error(rc, os.strerror(-rc))
-
-    def _check_once(self) -> bool:
-        if self.done:
-            log.error("RPC %s (id %r): request completed twice; second completion ignored",
-                      self.method, self.id)
-            return True
-        self.done = True
-        return False
-
-    def _deliver(self, payload: bytes | None) -> None:
-        conn = self._conn
-        slot = self._slot
-        self._conn = None
-        if conn is None or slot is None:
-            return
-        if isinstance(slot, _Batch):
-            if payload is None:
-                return
-            if not slot.fill(self._batch_index, payload):
-                return
-        else:
-            slot.payload = payload
-            slot.ready = True
-        if not conn.closed:
-            conn.advance()
-
-    def __repr__(self) -> str:
-        return f"<RpcRequest {self.method} id={self.id!r}{' done' if self.done else ''}>"
 
 
 class _Conn:
@@ -439,21 +325,25 @@ class RpcServer:
     """JSON-RPC server on a Unix socket, driven by :meth:`poll`.
 
     ``RpcServer(path, table=METHODS, state=RUNTIME)`` binds and listens immediately (raising
-    :class:`RpcServerError` if the path is held by a live server).  Use it from one thread only:
-    the owner's loop calls ``poll()``; handlers run inside ``poll()``; requests may be completed
-    later from the same thread.
+    :class:`RpcServerError` if the path is held by a live server).  The requests it parses run
+    through a :class:`~reactor.rpc.dispatch.Dispatcher`: ``dispatcher=`` serves an existing
+    one (the app's, which may have replayed a config before any socket existed); otherwise the
+    server makes its own from ``table`` and ``state``.  ``listen=False`` takes the socket path
+    (the lock, a stale socket removed; a live one refused) without binding it: :meth:`listen`
+    opens it later.  Use it from one thread only: the owner's loop calls ``poll()``; handlers
+    run inside ``poll()``; requests may be completed later from the same thread.
     """
 
     def __init__(self, path: str = DEFAULT_SOCKET, table: MethodTable | None = None,
-                 state: int = RUNTIME, max_conns: int = MAX_CONNS) -> None:
-        if state not in (STARTUP, RUNTIME):
-            raise ValueError("state must be STARTUP or RUNTIME")
+                 state: int = RUNTIME, max_conns: int = MAX_CONNS,
+                 dispatcher: Dispatcher | None = None, listen: bool = True) -> None:
+        if dispatcher is None:
+            dispatcher = Dispatcher(table, state)
+        elif table is not None and table is not dispatcher.table:
+            raise ValueError("pass a table or a dispatcher, not both")
+        self.dispatcher = dispatcher
         self.path = os.path.abspath(path)
-        self.table = METHODS if table is None else table
-        self.state = state
         self.max_conns = max_conns
-        #: callables ``fn(server, state)`` run after every set_state() (framework_wait_init).
-        self.state_listeners: list = []
         self._conns: dict[int, _Conn] = {}
         self._backlog: set[_Conn] = set()    # connections with text left to parse
         self._listen: socket.socket | None = None
@@ -462,22 +352,57 @@ class RpcServer:
         self._sock_ino: tuple[int, int] | None = None
         self._ep = select.epoll()
         try:
-            self._bind()
+            self._claim()
+            if listen:
+                self.listen()
         except BaseException:
             self.close()
             raise
 
+    # -- the dispatcher's state, for callers that hold the server ---------------------------
+    @property
+    def table(self) -> MethodTable:
+        return self.dispatcher.table
+
+    @property
+    def state(self) -> int:
+        return self.dispatcher.state
+
+    @property
+    def state_listeners(self) -> list:
+        return self.dispatcher.state_listeners
+
+    def set_state(self, state: int) -> None:
+        """Switch between STARTUP and RUNTIME (``framework_start_init`` moves to RUNTIME)."""
+        self.dispatcher.set_state(state)
+
+    def call_local(self, method: str, params: Any, cb: Reply) -> RpcRequest:
+        """Run ``method`` through this server's dispatcher (:meth:`Dispatcher.call`)."""
+        return self.dispatcher.call(method, params, cb)
+
     # -- set-up / tear-down -------------------------------------------------------------------
-    def _bind(self) -> None:
+    def _claim(self) -> None:
+        """Take the path: the lock file, then a stale socket removed (a live one refused)."""
         path = self.path
         if len(os.fsencode(path)) >= 108:
             raise RpcServerError(f"RPC socket path too long ({len(path)} bytes, max 107): {path}")
+        # The lock file often lives in a world-writable directory (/var/tmp): never follow
+        # a symlink planted there (O_NOFOLLOW), and use only a regular file of our own
+        # (a hard link to someone else's file is refused too).
         try:
-            self._lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-                                    0o600)
+            self._lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC
+                                    | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
         except OSError as exc:
-            raise RpcServerError(f"cannot open lock file {self._lock_path}: "
-                                 f"{exc.strerror}") from None
+            why = ("it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror)
+            self._lock_path = ""       # not ours: never unlink it
+            raise RpcServerError(f"cannot open lock file {path}.lock: {why}") from None
+        st = os.fstat(self._lock_fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            self._lock_path = ""
+            raise RpcServerError(f"cannot use lock file {path}.lock: not a regular file of this "
+                                 f"user with one link")
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -508,19 +433,48 @@ class RpcServer:
                                      f"(a server answers there). Specify another.")
             log.info("removing stale RPC socket %s", path)
             os.unlink(path)
+
+    @property
+    def listening(self) -> bool:
+        return self._listen is not None
+
+    def listen(self) -> None:
+        """Bind and listen on the claimed path (the socket file appears now)."""
+        if self._listen is not None:
+            return
+        if self._ep.closed:
+            raise RpcServerError("RPC server is closed")
+        path = self.path
+        # Bound under a private name, listening, then renamed into place: a client that sees
+        # the path can connect at once (no window between bind and listen).
+        tmp = f"{path}.{os.getpid()}.tmp"
+        if len(os.fsencode(tmp)) >= 108:
+            tmp = path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)          # the socket file is born 0600
         try:
-            sock.bind(path)
+            if tmp != path:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            sock.bind(tmp)
+            os.chmod(tmp, 0o600)
+            sock.listen(128)
+            if tmp != path:
+                os.rename(tmp, path)
         except OSError as exc:
             sock.close()
+            if tmp != path:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
             raise RpcServerError(f"cannot bind RPC socket {path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o600)
         st = os.lstat(path)
         self._sock_ino = (st.st_dev, st.st_ino)
-        sock.listen(128)
         sock.setblocking(False)
         self._listen = sock
         self._ep.register(sock.fileno(), select.EPOLLIN)
@@ -569,27 +523,6 @@ class RpcServer:
         """An epoll fd, readable when :meth:`poll` has socket work to do.  A reactor adds it to
         its own epoll set (or ``select``s on it) to sleep while the control plane is idle."""
         return self._ep.fileno()
-
-    def set_state(self, state: int) -> None:
-        """Switch between STARTUP and RUNTIME (``framework_start_init`` moves to RUNTIME)."""
-        if state not in (STARTUP, RUNTIME):
-            raise ValueError("state must be STARTUP or RUNTIME")
-        self.state = state
-        for fn in list(self.state_listeners):
-            try:
-                fn(self, state)
-            except Exception:  # noqa: BLE001
-                log.exception("RPC state listener %r raised", fn)
-
-    def call_local(self, method: str, params: Any, cb) -> RpcRequest:
-        """Run ``method`` in-process exactly as a socket request would run (state check,
-        validation, handler); ``cb(error, result)`` gets ``None, result`` or
-        ``{"code", "message"}, None`` -- possibly before this returns, possibly from a later
-        poll.  The config loader replays JSON config entries through this."""
-        req = RpcRequest(self, None, method, params, None, True)
-        req._local_cb = cb
-        self._invoke(req)
-        return req
 
     @property
     def connections(self) -> int:
@@ -764,6 +697,8 @@ class RpcServer:
         has_id = "id" in obj
         id_ok = req_id is None or (isinstance(req_id, (str, int, float))
                                    and not isinstance(req_id, bool))
+        if id_ok and isinstance(req_id, float) and not math.isfinite(req_id):
+            id_ok = False                # 1e400: no JSON number can carry it back
         if id_ok and isinstance(req_id, str) and len(req_id) > MAX_ID_LEN:
             id_ok = False
         if not id_ok:
@@ -789,14 +724,14 @@ class RpcServer:
             index = {i: k for k, i in enumerate(answering)}
             for i, item in enumerate(value):
                 ok, req_id, has_id = checks[i]
-                req = RpcRequest(self, conn, item.get("method", "") if isinstance(item, dict)
+                answer = has_id or not ok
+                reply = self._reply(conn, batch if batch is not None and i in index else None,
+                                    index.get(i, -1), req_id, answer)
+                req = RpcRequest(self.dispatcher, item.get("method", "") if isinstance(item, dict)
                                  else "", item.get("params") if isinstance(item, dict) else None,
-                                 req_id, has_id or not ok)
-                if batch is not None and i in index:
-                    req._slot = batch
-                    req._batch_index = index[i]
+                                 req_id, answer, reply)
                 if ok:
-                    self._invoke(req)
+                    self.dispatcher.invoke(req)
                 else:
                     req.error(INVALID_REQUEST, ERROR_MESSAGES[INVALID_REQUEST])
                 if conn.closed:
@@ -806,11 +741,42 @@ class RpcServer:
         if not ok:
             self._immediate(conn, req_id, INVALID_REQUEST, ERROR_MESSAGES[INVALID_REQUEST])
             return
-        req = RpcRequest(self, conn, value["method"], value.get("params"), req_id, has_id)
+        slot = None
         if has_id:
-            req._slot = _Slot()
-            conn.slots.append(req._slot)
-        self._invoke(req)
+            slot = _Slot()
+            conn.slots.append(slot)
+        req = RpcRequest(self.dispatcher, value["method"], value.get("params"), req_id, has_id,
+                         self._reply(conn, slot, -1, req_id, has_id))
+        self.dispatcher.invoke(req)
+
+    def _reply(self, conn: _Conn, slot: _Slot | None, batch_index: int, req_id: Any,
+               has_id: bool) -> Reply:
+        """The completion of one socket request: its answer encoded into its slot (a
+        notification's is dropped), the connection's in-order output advanced."""
+        def reply(err: Any, result: Any) -> None:
+            payload = None
+            if has_id:
+                if err is not None:
+                    payload = self._error_payload(req_id, err["code"], err["message"],
+                                                  err.get("data"))
+                else:
+                    try:
+                        payload = _encode({"jsonrpc": "2.0", "id": req_id, "result": result})
+                    except (TypeError, ValueError) as exc:
+                        log.error("RPC: result is not JSON-serializable: %s", exc)
+                        payload = self._error_payload(req_id, INTERNAL_ERROR, "Internal error: "
+                                                      f"result is not JSON-serializable: {exc}")
+            if slot is None:
+                return
+            if isinstance(slot, _Batch):
+                if payload is None or not slot.fill(batch_index, payload):
+                    return
+            else:
+                slot.payload = payload
+                slot.ready = True
+            if not conn.closed:
+                conn.advance()
+        return reply
 
     def _immediate(self, conn: _Conn, req_id: Any, code: int, message: str) -> None:
         slot = _Slot()
@@ -818,42 +784,6 @@ class RpcServer:
         slot.ready = True
         conn.slots.append(slot)
         conn.advance()
-
-    def _invoke(self, req: RpcRequest) -> None:
-        """Look the method up, check state and params, run the handler (SPDK's
-        jsonrpc_handler + the handler's spdk_json_decode_object)."""
-        m = self.table.get(req.method)
-        if m is None:
-            req.error(METHOD_NOT_FOUND, ERROR_MESSAGES[METHOD_NOT_FOUND])
-            return
-        if m.alias_of is not None:
-            if m.deprecated and not m._warned:
-                log.warning("RPC method %s is deprecated.  Use %s instead.", m.name, m.alias_of)
-                m._warned = True
-            target = self.table.get(m.alias_of)
-            if target is None:
-                req.error(METHOD_NOT_FOUND, ERROR_MESSAGES[METHOD_NOT_FOUND])
-                return
-            m = target
-        if not m.allowed_in(self.state):
-            req.error(INVALID_STATE,
-                      MSG_NEEDS_RUNTIME if self.state == STARTUP else MSG_NEEDS_STARTUP)
-            return
-        try:
-            params = m.validate(req.params)
-        except ParamError as exc:
-            log.info("RPC %s: invalid parameters: %s", m.name, exc)
-            req.error(INVALID_PARAMS, f"{ERROR_MESSAGES[INVALID_PARAMS]}: {exc}")
-            return
-        try:
-            ret = m.handler(req, params)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the server
-            log.exception("RPC %s: handler raised", m.name)
-            if not req.done:
-                req.error(INTERNAL_ERROR, str(exc) or type(exc).__name__)
-            return
-        if ret is not None and not req.done:
-            req.result(ret)
 
 
 __all__ = ["RpcServer", "RpcRequest", "RpcServerError", "DEFAULT_SOCKET", "PARSE_ERROR",
