@@ -16,3 +16,17 @@ def wait_for_socket(path, proc, timeout=30, missing=None):
             raise AssertionError(f"target exited early: {proc.stderr.read()}")
         time.sleep(0.05)
     raise AssertionError(missing or "RPC socket never appeared")
+
+
+def stop_all(procs, timeout=20):
+    """SIGTERM every target still running and reap it (SIGKILL after ``timeout`` s)."""
+    import signal
+    import subprocess
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()

@@ -5,13 +5,12 @@ client sends (the spdk package's CLI calls, read with ast)."""
 import ast
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from proc_util import wait_for_socket
+from proc_util import stop_all, wait_for_socket
 from reactor.rpc import RpcClient
 
 RINGSTACK = [sys.executable, "-m", "tools.cli"]
@@ -34,14 +33,7 @@ def start(tmp_path):
         wait_for_socket(sock, p, timeout=60)
         return p, RpcClient(sock, timeout=30)
     yield run
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
+    stop_all(procs)
 
 
 def bdevs(c):

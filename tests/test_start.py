@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proc_util import wait_for_socket
+from proc_util import stop_all, wait_for_socket
 from reactor.rpc import RpcClient, RpcError
 from reactor.rpc.dispatch import MSG_NEEDS_RUNTIME
 
@@ -30,14 +30,7 @@ def target(tmp_path):
             assert RpcClient(sock, timeout=30).call("framework_wait_init") is True
         return p, sock
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
+    stop_all(procs)
 
 
 def test_bad_mask_is_one_clear_line():
