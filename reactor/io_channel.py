@@ -169,7 +169,14 @@ def _maybe_finish_unregister(dev) -> None:
     dev.unregistered = False  # finished: never again
     if cb is not None:
         target = dev.unregister_thread or _t._current
-        send_msg(target, cb)
+        if send_msg(target, cb) != 0:
+            # The unregistering thread exited while another thread still held a channel:
+            # the completion goes to its reactor's default thread (which lives as long as
+            # the reactor) instead of being lost -- a layer waiting on it would hang.
+            r = target.reactor if target is not None else current_reactor()
+            log.debug("io_device %s: unregistering thread %s exited; completing on %s",
+                      dev.name, getattr(target, "name", None), r.default_thread.name)
+            send_msg(r.default_thread, cb)
 
 
 def io_device_is_registered(io_device) -> bool:

@@ -200,6 +200,27 @@ def test_unregister_waits_for_last_channel(h3):
     assert done == ["ut_thread0"]            # on the unregistering thread
 
 
+def test_unregister_completes_on_the_default_thread_when_the_unregistering_one_exited(h3):
+    """A thread that unregisters a device and exits while another thread still holds a
+    channel: the completion is not lost (the layer above waits on it), it runs on the
+    reactor's default thread."""
+    d = Dev()
+    h3.set_thread(1)
+    rx.io_device_register(d, d.create, d.destroy)
+    h3.set_thread(2)
+    ch = rx.get_io_channel(d)
+    h3.set_thread(1)
+    done = []
+    rx.io_device_unregister(d, lambda: done.append(rx.get_thread().name))
+    h3.threads[1].exit()
+    h3.poll_threads()
+    assert h3.threads[1].state == "exited" and done == []
+    h3.set_thread(2)
+    rx.put_io_channel(ch)
+    h3.poll_threads()
+    assert done == ["ut_thread0"]
+
+
 def test_get_channel_of_unknown_device_is_none(h3):
     assert rx.get_io_channel(object()) is None
 
