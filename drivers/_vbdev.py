@@ -50,6 +50,17 @@ def replicated_create(build, handler, args, cb) -> None:
     broadcast_create(handler, list(args), created, cb)
 
 
+def hop_to_main(handler, args, cb, name) -> None:
+    """A create requested off the main thread goes there (the main thread owns the
+    registry); ``cb(rc, name)`` comes back here: -EINVAL at once (as a message) when the
+    request itself cannot cross reactors, -EIO when the main thread cannot answer."""
+    try:
+        bm.to_main(handler, args, cb, fail=(-bm.EIO, name))
+    except rx.FanoutError as exc:
+        log.error("create of %r refused before anything was applied: %s", name, exc)
+        rx.send_msg(rx.get_thread(), cb, -bm.EINVAL, name)
+
+
 def broadcast_create(handler, args, created, cb) -> None:
     """The second half of a replicated create, once the main replica registered the bdevs
     named ``created``: ``handler(done, *args)`` on every other reactor, then ``cb(0)``;

@@ -181,16 +181,10 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
     from ipc.shm import Segment
     cb = cb or (lambda rc, name: None)
     t = rx.get_thread()
-    # what the replicas will receive (the segment name and uuid are filled in below: a
-    # segment name is short, a uuid is 36 characters)
-    if bm.replicable(_create_replica, [name or "Malloc0000", "s" * 64, block_size, num_blocks,
-                                       uuid or "u" * 36, optimal_io_boundary, physical_block_size,
-                                       numa_id]):
-        rx.send_msg(t, cb, -bm.EINVAL, name)
-        return
     if not bm.on_main_thread():   # the main thread owns the registry: hop there
-        bm.to_main(_create_on_main, [name, num_blocks, block_size, uuid, optimal_io_boundary,
-                                     physical_block_size, numa_id], cb, fail=(-bm.EIO, name))
+        _vbdev.hop_to_main(_create_on_main, [name, num_blocks, block_size, uuid,
+                                             optimal_io_boundary, physical_block_size, numa_id],
+                           cb, name)
         return
     if name is None:
         n = 0
@@ -221,6 +215,14 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
         fail(-bm.ENOMEM)
         return
     uuid = uuid or str(_uuid.uuid4())
+    args = [name, seg.name, block_size, num_blocks, uuid, optimal_io_boundary,
+            physical_block_size, numa_id]
+    rc = bm.replicable(_create_replica, args)      # what every other reactor will receive
+    if rc:
+        seg.unlink()
+        seg.close()
+        fail(rc)
+        return
     b = _build(name, seg, block_size, num_blocks, uuid, optimal_io_boundary, True,
                physical_block_size, numa_id)
     rc = bm.bdev_register(b)
@@ -228,9 +230,7 @@ def create(name=None, num_blocks=0, block_size=512, uuid=None, optimal_io_bounda
         b.fn_table.destruct(b.ctxt)
         fail(rc)
         return
-    _vbdev.broadcast_create(_create_replica, [name, seg.name, block_size, num_blocks, uuid,
-                                              optimal_io_boundary, physical_block_size, numa_id],
-                            [name], lambda rc: cb(rc, name))
+    _vbdev.broadcast_create(_create_replica, args, [name], lambda rc: cb(rc, name))
 
 
 @wire.remote("malloc.create_on_main")

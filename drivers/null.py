@@ -126,13 +126,9 @@ def create(name, num_blocks, block_size=512, uuid=None, cb=None, physical_block_
     cb = cb or (lambda rc, name: None)
     t = rx.get_thread()
     hints = {k: v for k, v in hints.items() if v}
-    args = [name, num_blocks, block_size, uuid, physical_block_size, hints]
-    if bm.replicable(_create_replica, [name, num_blocks, block_size, uuid or "u" * 36,  # uuid filled in below
-                                       physical_block_size, hints]):
-        rx.send_msg(t, cb, -bm.EINVAL, name)
-        return
     if not bm.on_main_thread():   # the main thread owns the registry: hop there
-        bm.to_main(_create_on_main, args, cb, fail=(-bm.EIO, name))
+        _vbdev.hop_to_main(_create_on_main, [name, num_blocks, block_size, uuid,
+                                             physical_block_size, hints], cb, name)
         return
     if not name or block_size <= 0 or block_size % 512 or num_blocks <= 0 \
             or num_blocks * block_size >= 1 << 64 \
@@ -145,15 +141,18 @@ def create(name, num_blocks, block_size=512, uuid=None, cb=None, physical_block_
         rx.send_msg(t, cb, -bm.EEXIST, name)
         return
     uuid = uuid or str(_uuid.uuid4())
+    args = [name, num_blocks, block_size, uuid, physical_block_size, hints]
+    rc = bm.replicable(_create_replica, args)      # what every other reactor will receive
+    if rc:
+        rx.send_msg(t, cb, rc, name)
+        return
     b = _build(name, num_blocks, block_size, uuid, physical_block_size, hints)
     rc = bm.bdev_register(b)
     if rc:
         b.fn_table.destruct(b.ctxt)
         rx.send_msg(t, cb, rc, name)
         return
-    _vbdev.broadcast_create(_create_replica, [name, num_blocks, block_size, uuid,
-                                              physical_block_size, hints], [name],
-                            lambda rc: cb(rc, name))
+    _vbdev.broadcast_create(_create_replica, args, [name], lambda rc: cb(rc, name))
 
 
 @wire.remote("null.create_on_main")

@@ -429,6 +429,12 @@ def test_create_with_an_argument_another_reactor_cannot_receive_changes_nothing(
     h.poll_threads()
     assert out == [-22, -22, -22]
     assert _everywhere(h, _names) == before
+    h.set_thread(1)          # requested on another reactor: refused before the hop to main
+    malloc.create("mbig1", 8, 512, optimal_io_boundary=BIG, cb=lambda rc, n: out.append(rc))
+    null.create(HUGE_NAME, 8, 512, cb=lambda rc, n: out.append(rc))
+    h.poll_threads()
+    assert out == [-22] * 5
+    assert _everywhere(h, _names) == before
 
 
 def test_vbdev_create_with_an_argument_another_reactor_cannot_receive_leaves_the_base_unclaimed(h2):
