@@ -284,14 +284,25 @@ def test_qos_queue_goes_home_when_the_last_desc_closes(n_reactors, threads):
 
 
 # ------------------------------------------------------------------ 4. a failed split
-def test_failed_split_read_completes_after_the_call_and_counts_nothing(h1):
-    h = h1
+def _split_at_16(h, name):
+    """A stub of 512-byte blocks split at 16, open read-write on thread 0: (desc, ch)."""
     h.set_thread(0)
-    S.create("sp", blockcnt=4096, blocklen=512, optimal_io_boundary=16,
+    S.create(name, blockcnt=4096, blocklen=512, optimal_io_boundary=16,
              split_on_optimal_io_boundary=True)
     h.poll_threads()
-    rc, d = B.open(B.get_by_name("sp"), True)
-    ch = B.get_io_channel(d)
+    rc, d = B.open(B.get_by_name(name), True)
+    return d, B.get_io_channel(d)
+
+
+def _close_one(h, d, ch):
+    B.put_io_channel(ch)
+    B.close(d)
+    h.poll_threads()
+
+
+def test_failed_split_read_completes_after_the_call_and_counts_nothing(h1):
+    h = h1
+    d, ch = _split_at_16(h, "sp")
     cpl = S.Cpl()
     # 256 blocks of 512 bytes: no layer buffer is that large, so the read cannot start
     assert B.read_blocks(d, ch, None, 0, 256, cpl, "big") == 0
@@ -301,19 +312,12 @@ def test_failed_split_read_completes_after_the_call_and_counts_nothing(h1):
     assert cpl.done == [("big", False)]
     assert ch.ctx.io_outstanding == 0 and ch.ctx.shared_resource.io_outstanding == 0
     assert S.disk("sp").log == []              # nothing reached the module
-    B.put_io_channel(ch)
-    B.close(d)
-    h.poll_threads()
+    _close_one(h, d, ch)
 
 
 def test_failed_split_child_fails_the_parent_after_the_call(h1):
     h = h1
-    h.set_thread(0)
-    S.create("sp2", blockcnt=4096, blocklen=512, optimal_io_boundary=16,
-             split_on_optimal_io_boundary=True)
-    h.poll_threads()
-    rc, d = B.open(B.get_by_name("sp2"), True)
-    ch = B.get_io_channel(d)
+    d, ch = _split_at_16(h, "sp2")
     cpl = S.Cpl()
     # the first child (blocks 8..15) would need more than 32 iovec entries of 100 bytes,
     # and 32 of them are not whole blocks: the child cannot be formed
@@ -323,9 +327,7 @@ def test_failed_split_child_fails_the_parent_after_the_call(h1):
     h.poll_threads()
     assert cpl.done == [("odd", False)]
     assert ch.ctx.io_outstanding == 0 and S.disk("sp2").log == []
-    B.put_io_channel(ch)
-    B.close(d)
-    h.poll_threads()
+    _close_one(h, d, ch)
 
 
 # ------------------------------------------------------------------ 5. close after unregister
