@@ -430,21 +430,23 @@ def nvme_io_passthru_md(desc, ch, cmd, buf, nbytes, md_buf, md_len, cb, cb_arg=N
 
 # ===================================================================== split
 def _should_split(io) -> bool:
+    # (per I/O of a bdev that may split: the split parameters are read from their slots,
+    # not through the Bdev properties that keep _may_split true to them)
     if io.type != IO_TYPE_READ and io.type != IO_TYPE_WRITE:
         # Only payload I/O splits: unmap and friends are large and payload-free, the
         # module splits those better (the seed's reasoning).
         return False
     bdev = io.bdev
-    b = bdev.optimal_io_boundary
-    if bdev.split_on_optimal_io_boundary and b:
+    b = bdev._optimal_io_boundary
+    if bdev._split_on_optimal_io_boundary and b:
         if io.offset_blocks // b != (io.offset_blocks + io.num_blocks - 1) // b:
             return True
-    if bdev.max_rw_size and io.num_blocks > bdev.max_rw_size:
+    if bdev._max_rw_size and io.num_blocks > bdev._max_rw_size:
         return True
-    if bdev.max_num_segments and io.iovcnt > bdev.max_num_segments:
+    if bdev._max_num_segments and io.iovcnt > bdev._max_num_segments:
         return True
-    if bdev.max_segment_size and io.iovs[0] is not None:
-        mss = bdev.max_segment_size
+    if bdev._max_segment_size and io.iovs[0] is not None:
+        mss = bdev._max_segment_size
         for v in io.iovs:
             if len(v) > mss:
                 return True
@@ -487,15 +489,15 @@ def _io_split_with_payload(io) -> None:
         poff += handled
         break
     n = remaining
-    b = bdev.optimal_io_boundary
-    if bdev.split_on_optimal_io_boundary and b:
+    b = bdev._optimal_io_boundary
+    if bdev._split_on_optimal_io_boundary and b:
         n = min(n, b - current % b)
-    if bdev.max_rw_size:
-        n = min(n, bdev.max_rw_size)
+    if bdev._max_rw_size:
+        n = min(n, bdev._max_rw_size)
     max_iov = BDEV_IO_NUM_CHILD_IOV
-    if bdev.max_num_segments:
-        max_iov = min(max_iov, bdev.max_num_segments)
-    mss = bdev.max_segment_size
+    if bdev._max_num_segments:
+        max_iov = min(max_iov, bdev._max_num_segments)
+    mss = bdev._max_segment_size
     to_bytes = n * blocklen
     child = []
     while to_bytes > 0 and len(child) < max_iov and pi < len(iovs):
