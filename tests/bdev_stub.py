@@ -192,3 +192,23 @@ def assert_idle(*io_chs):
         assert c.io_outstanding == 0, (ch, c.io_outstanding)
         assert c.shared_resource.io_outstanding == 0, (ch, c.shared_resource.io_outstanding)
         assert not c.shared_resource.nomem_io, (ch, len(c.shared_resource.nomem_io))
+
+
+def open_on(h, threads, name, write=True):
+    """Open ``name`` and get a channel on each of ``threads``: {thread: (desc, io_ch)}."""
+    out = {}
+    for i in threads:
+        h.set_thread(i)
+        rc, d = B.open(B.get_by_name(name), write)
+        assert rc == 0, rc
+        out[i] = (d, B.get_io_channel(d))
+    return out
+
+
+def close_on(h, ctx):
+    """Undo :func:`open_on`: each channel put and desc closed on its own thread, polled."""
+    for i, (d, c) in ctx.items():
+        h.set_thread(i)
+        B.put_io_channel(c)
+        B.close(d)
+    h.poll_threads()

@@ -372,11 +372,7 @@ def _qos_on_thread0(h, name, limits, blockcnt=1024):
     h.set_thread(0)
     S.create(name, blockcnt=blockcnt)
     h.poll_threads()
-    ctx = {}
-    for i in (0, 1):
-        h.set_thread(i)
-        rc, d = B.open(B.get_by_name(name), True)
-        ctx[i] = (d, B.get_io_channel(d))
+    ctx = S.open_on(h, (0, 1), name)
     h.set_thread(0)
     res = []
     B.set_qos_rate_limits(B.get_by_name(name), limits, lambda a, rc: res.append(rc))
@@ -385,12 +381,7 @@ def _qos_on_thread0(h, name, limits, blockcnt=1024):
     return ctx
 
 
-def _close_all(h, ctx):
-    for i, (d, c) in ctx.items():
-        h.set_thread(i)
-        B.put_io_channel(c)
-        B.close(d)
-    h.poll_threads()
+_close_all = S.close_on
 
 
 def test_nvme_io_passthru_from_another_reactor_counts_against_qos(h):

@@ -33,24 +33,6 @@ def h1():
         S.fini_layer(h)
 
 
-def _open_on(h, threads, name, write=True):
-    out = {}
-    for i in threads:
-        h.set_thread(i)
-        rc, d = B.open(B.get_by_name(name), write)
-        assert rc == 0
-        out[i] = (d, B.get_io_channel(d))
-    return out
-
-
-def _close(h, ctx):
-    for i, (d, c) in ctx.items():
-        h.set_thread(i)
-        B.put_io_channel(c)
-        B.close(d)
-    h.poll_threads()
-
-
 def _leaf_names():
     out = []
     b = B.first_leaf()
@@ -158,7 +140,7 @@ def test_resets_from_two_reactors_at_once_reach_the_module_one_at_a_time(h2):
     h.set_thread(0)
     S.create("rr")
     h.poll_threads()
-    ctx = _open_on(h, (0, 1), "rr")
+    ctx = S.open_on(h, (0, 1), "rr")
     cpl = S.Cpl()
     for i in (0, 1):                          # both resets issued before anything polls
         h.set_thread(i)
@@ -197,7 +179,7 @@ def test_resets_from_two_reactors_at_once_reach_the_module_one_at_a_time(h2):
     S.complete("rr")
     h.poll_threads()
     assert cpl.done[-1] == ("later", True)
-    _close(h, ctx)
+    S.close_on(h, ctx)
 
 
 def test_a_queued_reset_whose_channel_goes_away_is_failed_and_the_next_one_runs(h2):
@@ -205,7 +187,7 @@ def test_a_queued_reset_whose_channel_goes_away_is_failed_and_the_next_one_runs(
     h.set_thread(0)
     S.create("ra")
     h.poll_threads()
-    ctx = _open_on(h, (0, 1, 3), "ra")
+    ctx = S.open_on(h, (0, 1, 3), "ra")
     cpl = S.Cpl()
     for i in (0, 1, 3):
         h.set_thread(i)
@@ -227,7 +209,7 @@ def test_a_queued_reset_whose_channel_goes_away_is_failed_and_the_next_one_runs(
     S.complete("ra")
     h.poll_threads()
     assert sorted(cpl.done) == [("reset0", True), ("reset1", False), ("reset3", True)]
-    _close(h, ctx)
+    S.close_on(h, ctx)
 
 
 # ------------------------------------------------------------------ 3. the QoS queue
@@ -238,7 +220,7 @@ def test_qos_queue_goes_home_when_the_last_desc_closes(n_reactors, threads):
         h.set_thread(0)
         S.create("q3")
         h.poll_threads()
-        ctx = _open_on(h, threads, "q3")
+        ctx = S.open_on(h, threads, "q3")
         h.set_thread(0)
         res = []
         B.set_qos_rate_limits(B.get_by_name("q3"), [10000, NOT, NOT, NOT], lambda a, rc: res.append(rc))
@@ -290,14 +272,7 @@ def _split_at_16(h, name):
     S.create(name, blockcnt=4096, blocklen=512, optimal_io_boundary=16,
              split_on_optimal_io_boundary=True)
     h.poll_threads()
-    rc, d = B.open(B.get_by_name(name), True)
-    return d, B.get_io_channel(d)
-
-
-def _close_one(h, d, ch):
-    B.put_io_channel(ch)
-    B.close(d)
-    h.poll_threads()
+    return S.open_on(h, (0,), name)[0]
 
 
 def test_failed_split_read_completes_after_the_call_and_counts_nothing(h1):
@@ -312,7 +287,7 @@ def test_failed_split_read_completes_after_the_call_and_counts_nothing(h1):
     assert cpl.done == [("big", False)]
     assert ch.ctx.io_outstanding == 0 and ch.ctx.shared_resource.io_outstanding == 0
     assert S.disk("sp").log == []              # nothing reached the module
-    _close_one(h, d, ch)
+    S.close_on(h, {0: (d, ch)})
 
 
 def test_failed_split_child_fails_the_parent_after_the_call(h1):
@@ -327,7 +302,7 @@ def test_failed_split_child_fails_the_parent_after_the_call(h1):
     h.poll_threads()
     assert cpl.done == [("odd", False)]
     assert ch.ctx.io_outstanding == 0 and S.disk("sp2").log == []
-    _close_one(h, d, ch)
+    S.close_on(h, {0: (d, ch)})
 
 
 # ------------------------------------------------------------------ 5. close after unregister
