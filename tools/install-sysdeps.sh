@@ -8,6 +8,11 @@ command -v nbdkit   >/dev/null 2>&1 || need="$need nbdkit"
 command -v nbdinfo  >/dev/null 2>&1 || need="$need libnbd-bin"
 command -v qemu-img >/dev/null 2>&1 || need="$need qemu-utils"
 command -v nbd-client >/dev/null 2>&1 || need="$need nbd-client"
+# iSCSI: libiscsi's initiator tools and compliance suite, tgtd (the benchmark's peer target),
+# and QEMU's iscsi:// block driver.
+command -v iscsi-test-cu >/dev/null 2>&1 || need="$need libiscsi-bin"
+command -v tgtd     >/dev/null 2>&1 || need="$need tgt"
+ls /usr/lib/*/qemu/block-iscsi.so >/dev/null 2>&1 || need="$need qemu-block-extra"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "install-sysdeps: not root; please install:$need" >&2
