@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from targets.nbd import (EVENT_REMOVED, Export, ExportHandle, Listener, MemoryExport, NbdLoop,
-                         NbdTarget, nbd_error, parse_address, recv_fd, send_fd, socket_from_fd)
+from nbd_client import NbdClient, NbdError, OptionError
+from nbd_memory import MemoryExport
+from nbd_standalone import EVENT_READ, EVENT_WRITE, NbdLoop, NbdTarget, listener_uri
+from targets.nbd import EVENT_REMOVED, Export, ExportHandle, nbd_error
 from targets.nbd import _proto as P
-from targets.nbd.client import NbdClient, NbdError, OptionError
-from targets.nbd.server import EVENT_READ, EVENT_WRITE
+from targets.serve.listener import Listener, parse_address, recv_fd, send_fd, socket_from_fd
 
 MiB = 1 << 20
 
@@ -374,7 +375,7 @@ def test_listener_tcp_binds_loopback_by_default():
     lst = Listener(":0", lambda s, p: s.close())
     try:
         assert lst.host == "127.0.0.1" and lst.port > 0
-        assert lst.uri == f"nbd://127.0.0.1:{lst.port}/"
+        assert listener_uri(lst) == f"nbd://127.0.0.1:{lst.port}/"
     finally:
         lst.close()
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from targets.nbd.harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
+from tools.nbd_harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
 from tools.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +94,8 @@ class Ringstack:
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err)
         try:
             wait_for_unix_socket(self.nbd_sock, 60, self.proc)
+            # the config (hence the NBD socket) may be up before the RPC server binds
+            wait_for_unix_socket(self.rpc_sock, 30, self.proc)
             from reactor.rpc import RpcClient
             self.rpc = RpcClient(self.rpc_sock, timeout=30)
             deadline = time.monotonic() + 30
