@@ -35,7 +35,7 @@ class LunView:
     own handle)."""
 
     __slots__ = ("lun", "h", "bdev_name", "product", "block_size", "num_blocks", "unmap",
-                 "write_zeroes", "flush", "has_write_cache")
+                 "write_zeroes", "flush", "has_write_cache", "fua")
 
     def __init__(self, lun, h):
         import bdev.api as api
@@ -54,6 +54,9 @@ class LunView:
         self.write_zeroes = bool(h.supports(api.IO_TYPE_WRITE_ZEROES))
         self.flush = bool(h.supports(api.IO_TYPE_FLUSH))
         self.has_write_cache = bool(h.has_write_cache)
+        # FUA offered only when the handle can honour it (a write cache without FLUSH
+        # cannot): DPOFUA in MODE SENSE says so
+        self.fua = bool(getattr(h, "fua_supported", True))
 
 
 class Nexus:

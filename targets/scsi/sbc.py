@@ -140,7 +140,15 @@ def _write_kind(nx, task, view, lba, n, kind, nxt) -> None:
 
 def _fua(view, cdb_fua: bool) -> bool:
     # WCE=0 (MODE SELECT) on a bdev with a write cache: every write is write-through
+    if not view.fua:
+        return False
     return cdb_fua or (view.has_write_cache and not view.lun.shared.wce)
+
+
+def _check_dpofua(view, cdb) -> None:
+    """DPO/FUA bits are refused when MODE SENSE reports DPOFUA=0 (SBC-3 6.4.3)."""
+    if cdb[1] & 0x18 and not view.fua:
+        raise S.illegal()
 
 
 # ----------------------------------------------------------------------- commands
@@ -154,6 +162,8 @@ def execute(nx, task, view, cdb) -> None:
 def _read(nx, task, view, cdb):
     if cdb[0] != C.READ_6 and cdb[1] & 0xE0:      # RDPROTECT: no protection information
         raise S.illegal()
+    if cdb[0] not in (C.READ_6, C.WRITE_6):
+        _check_dpofua(view, cdb)
     lba, n = _lba_len(cdb)
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
@@ -174,6 +184,8 @@ def _write_cmd(nx, task, view, cdb):
     op = cdb[0]
     if op != C.WRITE_6 and cdb[1] & 0xE0:         # WRPROTECT
         raise S.illegal()
+    if cdb[0] not in (C.READ_6, C.WRITE_6):
+        _check_dpofua(view, cdb)
     lba, n = _lba_len(cdb)
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
@@ -371,6 +383,7 @@ def _write_same(nx, task, view, cdb):
 def _compare_and_write(nx, task, view, cdb):
     if cdb[1] & 0xE0:
         raise S.illegal()
+    _check_dpofua(view, cdb)
     lba = int.from_bytes(cdb[2:10], "big")
     n = cdb[13]
     bs = view.block_size

@@ -220,7 +220,7 @@ def mode_sense(cdb: bytes, lun, shared, ten: bool) -> bytes:
     else:
         nb = lun.num_blocks if lun.num_blocks <= 0xFFFFFFFF else 0xFFFFFFFF
         bdesc = nb.to_bytes(4, "big") + b"\0" + lun.block_size.to_bytes(3, "big")
-    devspec = 0x10 | (0x80 if shared.swp else 0)         # DPOFUA, WP
+    devspec = (0x10 if lun.fua else 0) | (0x80 if shared.swp else 0)   # DPOFUA, WP
     if ten:
         total = 8 + len(bdesc) + len(pages)
         hdr = (total - 2).to_bytes(2, "big") + bytes([0, devspec, 0x01 if llbaa else 0, 0]) \
