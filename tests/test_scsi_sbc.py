@@ -278,5 +278,13 @@ def test_bdev_failure_and_hot_remove(env):
     for nx in (a, b):
         check(read(env, nx, 0, 1), S.ILLEGAL_REQUEST, S.LOGICAL_UNIT_NOT_SUPPORTED)
         assert good(run(env, nx, bytes([0x12, 0, 0, 0, 36, 0]), tl=36)).data_in[0] == 0x7F
-    assert B.get_by_name("m0") is None
     assert sense_of(t)[0] in (S.GOOD, S.CHECK_CONDITION)
+    # b's handle (so the bdev) closes once the transport gave the task's buffer back
+    assert B.get_by_name("m0") is not None
+    env.h.set_thread(1)
+    assert b._lent
+    t.release()
+    assert not b._lent
+    env.h.poll_threads()
+    env.h.set_thread(0)
+    assert B.get_by_name("m0") is None

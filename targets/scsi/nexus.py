@@ -70,6 +70,11 @@ class Nexus:
         self.ua: dict = {}               # lun id -> deque of (asc, ascq)
         self.tasks: list = []            # executing
         self.closed = False
+        # buffers out of each handle (task data-in, transport data-out): a handle that
+        # goes away (hot-remove, nexus loss) closes only once they are all back, so a
+        # view the transport is still sending from is never released under it
+        self._lent: dict = {}            # id(handle) -> [handle, count, retiring]
+        self._out_bufs: dict = {}        # id(data-out buffer) -> handle
         for lun_id, lun in dev.luns.items():
             self.ua[lun_id] = deque()
             try:
@@ -90,7 +95,7 @@ class Nexus:
             if event == "removed":
                 # commands from now on see no LUN; outstanding ones still complete
                 del self.views[lun_id]
-                v.h.close()
+                self._retire(v.h)
             elif event == "resized":
                 v.refresh()
                 self.add_unit_attention(lun_id, S.CAPACITY_DATA_HAS_CHANGED)
@@ -107,15 +112,45 @@ class Nexus:
         if q is not None and tuple(code) not in q:
             q.append(tuple(code))
 
+    def lend(self, h, n: int):
+        """A buffer of ``n`` bytes from handle ``h``, counted until ``give_back``."""
+        ent = self._lent.get(id(h))
+        if ent is None:
+            ent = self._lent[id(h)] = [h, 0, False]
+        ent[1] += 1
+        return h.alloc(n)
+
+    def give_back(self, h, buf) -> None:
+        h.free(buf)
+        ent = self._lent.get(id(h))
+        if ent is None:
+            return
+        ent[1] -= 1
+        if ent[1] <= 0 and ent[2]:
+            del self._lent[id(h)]
+            h.close()
+
+    def _retire(self, h) -> None:
+        ent = self._lent.get(id(h))
+        if ent is None or ent[1] <= 0:
+            self._lent.pop(id(h), None)
+            h.close()
+        else:
+            ent[2] = True
+
     def alloc(self, n: int):
+        """A Data-Out buffer (Contract 3): from a LUN's handle (the arena, so the bdev
+        layer need not bounce it), else private memory."""
         for v in self.views.values():
-            return v.h.alloc(n)
+            buf = self.lend(v.h, n)
+            self._out_bufs[id(buf)] = v.h
+            return buf
         return memoryview(bytearray(n))
 
     def free(self, buf) -> None:
-        for v in self.views.values():
-            v.h.free(buf)
-            return
+        h = self._out_bufs.pop(id(buf), None)
+        if h is not None:
+            self.give_back(h, buf)
 
     # ------------------------------------------------------------------ execute
     def execute(self, task, cb) -> None:
@@ -183,7 +218,7 @@ class Nexus:
         if len(cdb) < len(cmd.usage):
             raise S.illegal()
         sa = cdb[1] & 0x1F if op == C.PR_OUT else -1
-        if pr.check_conflict(lun.shared, self.key, cmd.cls, sa):
+        if pr.check_conflict(lun.shared, self.key, cmd.cls, op, sa):
             raise S.conflict()
         handler = _SPC.get(op)
         if handler is not None:
@@ -262,7 +297,8 @@ class Nexus:
 
     def close(self) -> None:
         """I_T nexus loss: tasks are aborted, an SPC-2 reservation this nexus holds is
-        released; registrations persist; handles close after their last op."""
+        released; registrations persist.  Each handle closes once the bdev returned its
+        last op and the transport released the tasks (and Data-Out buffers) using it."""
         if self.closed:
             return
         self.closed = True
@@ -272,7 +308,7 @@ class Nexus:
             if lun.shared.scsi2 == self.key:
                 D.main_op(self, lun_id, "nexus_loss", [list(self.key)], lambda err: None)
         for v in self.views.values():
-            v.h.close()
+            self._retire(v.h)
         self.views.clear()
         self.dev.nexuses.discard(self)
 

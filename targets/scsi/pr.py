@@ -88,11 +88,15 @@ class LunShared:
 ALLOWED, READ_CLASS, WRITE_CLASS, PR_OUT_CLASS, SCSI2_CLASS = range(5)
 
 
-def check_conflict(st: LunShared, nkey, cls: int, pr_out_sa: int = -1) -> bool:
+#: commands an SPC-2 reservation held by another nexus lets through (SPC-2 5.5.1 table
+#: 10): INQUIRY, REQUEST SENSE, REPORT LUNS, RELEASE(6)/(10); RESERVE decides by itself
+SCSI2_ALLOWED = frozenset((0x12, 0x03, 0xA0, 0x17, 0x57, 0x16, 0x56))
+
+
+def check_conflict(st: LunShared, nkey, cls: int, opcode: int, pr_out_sa: int = -1) -> bool:
     """True when a command of class ``cls`` from nexus ``nkey`` conflicts with the
     reservations in ``st`` (the caller answers RESERVATION CONFLICT)."""
-    if st.scsi2 is not None and st.scsi2 != nkey and cls not in (ALLOWED, SCSI2_CLASS) \
-            and not (cls == PR_OUT_CLASS):
+    if st.scsi2 is not None and st.scsi2 != nkey and opcode not in SCSI2_ALLOWED:
         return True
     if not st.rtype or cls in (ALLOWED, SCSI2_CLASS):
         return False

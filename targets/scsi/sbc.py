@@ -101,7 +101,7 @@ class _Op:
 
 
 def _alloc(task, h, n: int):
-    buf = h.alloc(n)
+    buf = task._nexus.lend(h, n)
     task._bufs.append((h, buf))
     return buf
 

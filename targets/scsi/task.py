@@ -57,7 +57,7 @@ class ScsiTask:
             bufs, self._bufs = self._bufs, []
             self.data_in = b""
             for h, buf in bufs:
-                h.free(buf)
+                self._nexus.give_back(h, buf)
 
     def __repr__(self):
         return (f"ScsiTask(lun={self.lun}, op={self.cdb[0]:#04x}, tag={self.tag}, "
