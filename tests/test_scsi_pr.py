@@ -209,7 +209,8 @@ def test_pr_in_data(env):
     assert tid[0] == 0x45 and tid[4:].rstrip(b"\0") == INI1.encode() and len(tid) % 4 == 0
     # truncation to the allocation length; a bad service action
     assert good(pr_in(env, a, 0, alloc=12)).data_in[4:8] == (16).to_bytes(4, "big")
-    check(pr_in(env, a, 4), S.ILLEGAL_REQUEST, S.INVALID_COMMAND_OPERATION_CODE)
+    for sa in range(4, 0x20):
+        check(pr_in(env, a, sa), S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
 
 
 def reserve6(env, nx):

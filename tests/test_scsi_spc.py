@@ -67,7 +67,7 @@ def test_vpd_pages(env):
     bl = _vpd(env, nx, 0xB0)
     assert len(bl) == 64 and bl[5] == 255
     assert int.from_bytes(bl[8:12], "big") == (4 << 20) // BS
-    assert int.from_bytes(bl[20:24], "big") == 4194304 and int.from_bytes(bl[24:28], "big") == 256
+    assert int.from_bytes(bl[20:24], "big") == 1 << 20 and int.from_bytes(bl[24:28], "big") == 256
     assert int.from_bytes(bl[36:44], "big") == (4 << 20) // BS
     assert int.from_bytes(_vpd(env, nx, 0xB1)[4:6], "big") == 1
     lbp = _vpd(env, nx, 0xB2)
@@ -84,9 +84,12 @@ def test_unknown_lun_and_opcode(env):
     assert rs[2] == S.ILLEGAL_REQUEST and rs[12:14] == bytes([0x25, 0])
     # unsupported opcodes and service actions
     for cdb in (bytes([0xC0]) + bytes(5), bytes([0x53]) + bytes(9),
-                bytes([0x9E, 0x1F]) + bytes(14), bytes([0x5F, 0x07]) + bytes(8),
-                bytes([0x83]) + bytes(15)):
+                bytes([0x83]) + bytes(15), bytes([0x8B]) + bytes(15), bytes([0x48]) + bytes(9)):
         check(run(env, nx, cdb), S.ILLEGAL_REQUEST, S.INVALID_COMMAND_OPERATION_CODE)
+    # an unknown service action of a known opcode: INVALID FIELD IN CDB
+    for cdb in (bytes([0x9E, 0x1F]) + bytes(14), bytes([0x5F, 0x07]) + bytes(8),
+                bytes([0xA3, 0x0A]) + bytes(10)):
+        check(run(env, nx, cdb), S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
 
 
 def test_report_luns(env):
