@@ -70,24 +70,28 @@ def test_protect_fields_and_short_data_out(env):
               S.INVALID_FIELD_IN_CDB)
         check(run(env, a, cdb10(0x2A, 0, 1, flags=p << 5), data_out=blocks(1)),
               S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
-    # Data-Out shorter than the CDB asks for: refused, nothing written
-    t = run(env, a, cdb10(0x2A, 0, 2), data_out=blocks(1))
-    check(t, S.ILLEGAL_REQUEST, IU)
-    assert t.data_length == 2 * BS
-    check(run(env, a, cdb10(0x2A, 0, 1), data_out=b"", tl=0), S.ILLEGAL_REQUEST, IU)
-    assert good(read(env, a, 0, 2)).data_in == blocks(5, 2)
-    # Data-Out longer: the CDB's blocks are written, the transport reports the underflow
-    t = good(run(env, a, cdb10(0x2A, 0, 1), data_out=blocks(6, 2)))
-    assert t.data_length == BS
+    # Data-Out shorter than the CDB asks for: the whole blocks it carries are written
+    # (the transport reports the overflow), a partial block is refused with nothing written
+    t = good(run(env, a, cdb10(0x2A, 0, 2), data_out=blocks(6)))
+    assert t.expected_length == 2 * BS
     assert good(read(env, a, 0, 2)).data_in == blocks(6) + blocks(5)
+    good(run(env, a, cdb10(0x2A, 0, 1), data_out=b"", tl=0))
+    t = run(env, a, cdb10(0x2A, 0, 2), data_out=blocks(7)[:200])
+    check(t, S.ILLEGAL_REQUEST, IU)
+    check(run(env, a, cdb10(0x2E, 0, 2), data_out=blocks(7, 2)[:BS + 1]), S.ILLEGAL_REQUEST, IU)
+    assert good(read(env, a, 0, 2)).data_in == blocks(6) + blocks(5)
+    # Data-Out longer: the CDB's blocks are written, the transport reports the underflow
+    t = good(run(env, a, cdb10(0x2A, 0, 1), data_out=blocks(8, 2)))
+    assert t.expected_length == BS
+    assert good(read(env, a, 0, 2)).data_in == blocks(8) + blocks(5)
 
 
 def test_read_residual_lengths(env):
     a = env.nexus(0)
     t = good(run(env, a, cdb10(0x28, 0, 2), tl=BS))      # EDTL < SPDTL: overflow
-    assert len(t.data_in) == BS and t.data_length == 2 * BS
+    assert len(t.data_in) == BS and t.expected_length == 2 * BS
     t = good(run(env, a, cdb10(0x28, 0, 1), tl=4 * BS))  # EDTL > SPDTL: underflow
-    assert len(t.data_in) == BS and t.data_length == BS
+    assert len(t.data_in) == BS and t.expected_length == BS
 
 
 def verify(env, nx, lba, n, data=None, bytchk=1, op=0x2F):

@@ -57,6 +57,19 @@ def _data_out(task, nbytes: int):
     return memoryview(d)[:nbytes]
 
 
+def _write_blocks_available(task, view, n: int) -> int:
+    """How many of the CDB's ``n`` blocks the Data-Out carries.  A shorter but
+    block-aligned Data-Out (the initiator's expected length below the CDB's) is written
+    as far as it goes (FCP-4 9.4.2 a: data beyond the expected length is not
+    transferred); the transport reports the overflow.  A partial block is refused."""
+    have = len(task.data_out) if task.data_out is not None else 0
+    if have >= n * view.block_size:
+        return n
+    if have % view.block_size:
+        raise S.illegal(INVALID_FIELD_IN_INFORMATION_UNIT)
+    return have // view.block_size
+
+
 def bdev_error(err: int, scsi) -> S.ScsiError:
     """A failed bdev op: the bdev layer's SCSI translation when there is one."""
     if scsi is not None:
@@ -167,7 +180,7 @@ def _read(nx, task, view, cdb):
     lba, n = _lba_len(cdb)
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
-    task.data_length = n * view.block_size
+    task.expected_length = n * view.block_size
     if n == 0:
         nx.finish(task)
         return
@@ -190,7 +203,8 @@ def _write_cmd(nx, task, view, cdb):
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
     _check_writable(view)
-    task.data_length = n * view.block_size
+    task.expected_length = n * view.block_size
+    n = _write_blocks_available(task, view, n)
     if n == 0:
         nx.finish(task)
         return
@@ -236,13 +250,13 @@ def _verify(nx, task, view, cdb):
     bs = view.block_size
     if bytchk == 0:
         # medium verification: read it, so a failing medium reports its error
-        task.data_length = 0
+        task.expected_length = 0
         buf = _alloc(task, view.h, n * bs)
         view.h.read(lba * bs, n * bs, buf, _Op(nx, task, lambda: nx.finish(task)))
         return
     same = bytchk == 0x03
-    task.data_length = bs if same else n * bs
-    expect = _data_out(task, task.data_length)
+    task.expected_length = bs if same else n * bs
+    expect = _data_out(task, task.expected_length)
     _compare_then(nx, task, view, lba, n, expect, same, lambda: nx.finish(task))
 
 
@@ -256,7 +270,8 @@ def _write_verify(nx, task, view, cdb):
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
     _check_writable(view)
-    task.data_length = n * view.block_size
+    task.expected_length = n * view.block_size
+    n = _write_blocks_available(task, view, n)
     if n == 0:
         nx.finish(task)
         return
@@ -293,7 +308,7 @@ def _unmap(nx, task, view, cdb):
     if cdb[1] & 0x01:            # ANCHOR: ANC_SUP=0
         raise S.illegal()
     plen = int.from_bytes(cdb[7:9], "big")
-    task.data_length = plen
+    task.expected_length = plen
     if plen == 0:
         nx.finish(task)
         return
@@ -347,12 +362,12 @@ def _write_same(nx, task, view, cdb):
         if task.data_out is not None and len(task.data_out):
             raise S.illegal()
         block = bytes(bs)
-        task.data_length = 0
+        task.expected_length = 0
     else:
         if task.data_out is None or len(task.data_out) != bs:
             raise S.illegal()
         block = bytes(task.data_out[:bs])
-        task.data_length = bs
+        task.expected_length = bs
     if n == 0:
         nx.finish(task)
         return
@@ -391,7 +406,7 @@ def _compare_and_write(nx, task, view, cdb):
         raise S.illegal()
     _check_range(view, lba, n)
     _check_writable(view)
-    task.data_length = 2 * n * bs
+    task.expected_length = 2 * n * bs
     if n == 0:
         nx.finish(task)
         return

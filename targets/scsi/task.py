@@ -16,7 +16,7 @@ class ScsiTask:
 
     __slots__ = ("lun", "cdb", "transfer_length", "direction", "tag", "attr", "data_out",
                  "status", "sense", "data_in", "aborted", "_nexus", "_cb", "_bufs",
-                 "_inflight", "_released", "_finished", "lock_id", "_parked", "data_length")
+                 "_inflight", "_released", "_finished", "lock_id", "_parked", "expected_length")
 
     def __init__(self, lun: int, cdb, transfer_length: int, direction: int = DIR_NONE,
                  tag: int = 0, attr: int = ATTR_SIMPLE):
@@ -41,7 +41,7 @@ class ScsiTask:
         self._parked = None
         # bytes the command means to move (SPDTL), before truncation to transfer_length;
         # None: len(data_in).  The transport derives over/underflow residuals from it.
-        self.data_length = None
+        self.expected_length = None
 
     def set_error(self, e: S.ScsiError) -> None:
         self.status = e.status
