@@ -225,6 +225,9 @@ def test_compare_and_write(env):
           S.LBA_OUT_OF_RANGE)
     assert good(read(env, a, 50, 2)).data_in == blocks(2, 2)
     good(caw(env, a, 50, b"", b"", n=0))
+    check(caw(env, a, 50, blocks(2, 2), blocks(3, 2), n=0), S.ILLEGAL_REQUEST,
+          S.INVALID_FIELD_IN_CDB)
+    assert good(read(env, a, 50, 2)).data_in == blocks(2, 2)
     # the lock was released everywhere
     for i in (0, 1):
         lun = env.dev(i).luns[0]

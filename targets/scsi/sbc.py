@@ -407,11 +407,14 @@ def _compare_and_write(nx, task, view, cdb):
     _check_range(view, lba, n)
     _check_writable(view)
     task.expected_length = 2 * n * bs
+    # the Data-Out is exactly the verify and write halves: anything else (e.g. a 256-block
+    # request whose count wrapped to 0 in the one-byte field) is a bad CDB
+    have = len(task.data_out) if task.data_out is not None else 0
+    if have != 2 * n * bs:
+        raise S.illegal()
     if n == 0:
         nx.finish(task)
         return
-    if task.data_out is None or len(task.data_out) != 2 * n * bs:
-        raise S.illegal()
     data = memoryview(task.data_out)
     verify, write = data[:n * bs], data[n * bs:2 * n * bs]
     fua = _fua(view, bool(cdb[1] & 0x08))
