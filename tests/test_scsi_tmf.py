@@ -105,6 +105,8 @@ def test_lun_reset_reaches_the_other_reactor(env):
     assert rcs == []                                          # the bdev reset is held
     complete(env, 0)
     assert rcs == [0]
+    # every nexus, the resetting one too, gets the unit attention once
+    check(run(env, a, bytes(6)), S.UNIT_ATTENTION, S.BUS_DEVICE_RESET_FUNCTION_OCCURRED)
     good(run(env, a, bytes(6)))                               # RESERVE(6) released
     check(run(env, b, bytes(6)), S.UNIT_ATTENTION, S.BUS_DEVICE_RESET_FUNCTION_OCCURRED)
     good(run(env, b, bytes(6)))

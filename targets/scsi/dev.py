@@ -330,14 +330,15 @@ def unlock_range(nexus, lun_id, lid, cb=None) -> None:
 # ------------------------------------------------------------------- LUN reset fanout
 @rx.remote("targets.scsi.lun_reset_all")
 def _lun_reset_all(done, dev_name, lun_id, i_port, t_port):
-    """Every nexus on this reactor but the one that asked: abort its tasks on the LUN and
-    raise BUS DEVICE RESET FUNCTION OCCURRED (SAM-5 5.7.8)."""
+    """Every nexus on this reactor: its tasks on the LUN are aborted (the one that asked
+    aborted its own already) and it gets BUS DEVICE RESET FUNCTION OCCURRED -- every I_T
+    nexus, the resetting one included (SAM-5 LOGICAL UNIT RESET; iscsi-test-cu MultipathIO.Reset)."""
     lun = _find_lun(dev_name, lun_id)
     if lun is not None:
         for n in list(lun.dev.nexuses):
             if n.key != (i_port, t_port):
                 n.run_on_thread(n.abort_task_set, lun_id)
-                n.add_unit_attention(lun_id, S.BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+            n.add_unit_attention(lun_id, S.BUS_DEVICE_RESET_FUNCTION_OCCURRED)
     done(0)
 
 
