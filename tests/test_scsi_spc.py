@@ -89,7 +89,9 @@ def test_unknown_lun_and_opcode(env):
     # an unknown service action of a known opcode: INVALID FIELD IN CDB
     for cdb in (bytes([0x9E, 0x1F]) + bytes(14), bytes([0x5F, 0x07]) + bytes(8),
                 bytes([0xA3, 0x0A]) + bytes(10)):
-        check(run(env, nx, cdb), S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
+        t = run(env, nx, cdb)
+        check(t, S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
+        assert t.sense[15] == 0xCC and t.sense[16:18] == b"\0\1"      # byte 1, bit 4
 
 
 def test_report_luns(env):
@@ -228,9 +230,10 @@ def test_report_supported_opcodes(env):
     one = good(rsoc(2, 0x9E, 0x10, rctd=1)).data_in
     assert one[1] & 0x80 and one[4] == 0x9E and len(one) == 4 + 16 + 12
     assert good(rsoc(1, 0xC1)).data_in[1] & 0x07 == 1              # not supported
-    check(rsoc(1, 0x9E), S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)  # has service actions
-    check(rsoc(2, 0x28), S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)  # has none
-    check(rsoc(5), S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
+    for t in (rsoc(1, 0x9E), rsoc(2, 0x28), rsoc(5)):   # has SAs / has none / bad option
+        check(t, S.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
+        # the pointer names byte 2 (REPORTING OPTIONS), not the service action
+        assert t.sense[15] == 0xCA and t.sense[16:18] == b"\0\2"
 
 
 def test_tur_request_sense_start_stop_prevent(env):

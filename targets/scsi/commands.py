@@ -171,19 +171,21 @@ def report_supported_opcodes(cdb: bytes) -> bytes:
                 out += _TIMEOUTS
         return len(out).to_bytes(4, "big") + bytes(out)
     op, sa = cdb[3], int.from_bytes(cdb[4:6], "big")
+    # a bad field here points at it: an initiator (libiscsi) reads INVALID FIELD IN CDB
+    # without a pointer, or pointing at byte 1, as "service action not supported"
     if opt == 1:
         if op in SA_FIELD:
-            raise S.illegal()
+            raise S.illegal(field=(2, 2))
         c = BY_KEY.get((op, None))
     elif opt == 2:
         if op not in SA_FIELD:
             if op in OPCODES:
-                raise S.illegal()
+                raise S.illegal(field=(2, 2))
             c = None
         else:
             c = BY_KEY.get((op, sa))
     else:
-        raise S.illegal()
+        raise S.illegal(field=(2, 2))
     if c is None:
         return bytes([0, (0x80 if rctd else 0) | 0x01, 0, 0])   # SUPPORT 001b: not supported
     body = bytes([0, (0x80 if rctd else 0) | 0x03]) + len(c.usage).to_bytes(2, "big") + c.usage

@@ -217,7 +217,7 @@ class Nexus:
             # an unknown service action of a known opcode is a bad CDB field (SPC-4
             # 6.16 / iscsi-test-cu PrinServiceactionRange); an unknown opcode is not ours
             if op in C.SA_FIELD and len(cdb) > C.SA_FIELD[op]:
-                raise S.illegal()
+                raise S.illegal(field=(C.SA_FIELD[op], 4))
             raise S.illegal(S.INVALID_COMMAND_OPERATION_CODE)
         if len(cdb) < len(cmd.usage):
             raise S.illegal()

@@ -48,8 +48,11 @@ LOGICAL_UNIT_COMMUNICATION_FAILURE = (0x08, 0x00)
 SENSE_LEN = 18
 
 
-def fixed_sense(sk: int, asc: int, ascq: int, info: int | None = None) -> bytes:
-    """Fixed-format sense data, current error; ``info`` fills INFORMATION (VALID=1)."""
+def fixed_sense(sk: int, asc: int, ascq: int, info: int | None = None,
+                field: tuple | None = None) -> bytes:
+    """Fixed-format sense data, current error; ``info`` fills INFORMATION (VALID=1);
+    ``field`` = (CDB byte, bit or None) fills the sense-key specific FIELD POINTER of an
+    INVALID FIELD IN CDB (SPC-4 4.5.2.4.2: SKSV=1, C/D=1)."""
     b = bytearray(SENSE_LEN)
     b[0] = 0x70
     b[2] = sk & 0x0F
@@ -59,6 +62,10 @@ def fixed_sense(sk: int, asc: int, ascq: int, info: int | None = None) -> bytes:
     b[7] = SENSE_LEN - 8
     b[12] = asc
     b[13] = ascq
+    if field is not None:
+        byte, bit = field
+        b[15] = 0x80 | 0x40 | ((0x08 | bit) if bit is not None else 0)
+        b[16:18] = byte.to_bytes(2, "big")
     return bytes(b)
 
 
@@ -66,21 +73,23 @@ class ScsiError(Exception):
     """Raised by a command handler: the task ends with ``status`` and this sense."""
 
     def __init__(self, sk: int, code: tuple, status: int = CHECK_CONDITION,
-                 info: int | None = None):
+                 info: int | None = None, field: tuple | None = None):
         super().__init__(f"sk={sk:#x} asc/ascq={code[0]:#04x}/{code[1]:#04x}")
         self.status = status
         self.sk = sk
         self.asc, self.ascq = code
         self.info = info
+        self.field = field
 
     def sense(self) -> bytes:
         if self.status != CHECK_CONDITION:
             return b""
-        return fixed_sense(self.sk, self.asc, self.ascq, self.info)
+        return fixed_sense(self.sk, self.asc, self.ascq, self.info, self.field)
 
 
-def illegal(code=INVALID_FIELD_IN_CDB) -> ScsiError:
-    return ScsiError(ILLEGAL_REQUEST, code)
+def illegal(code=INVALID_FIELD_IN_CDB, field: tuple | None = None) -> ScsiError:
+    """ILLEGAL REQUEST; ``field`` = (byte, bit) points at the offending CDB field."""
+    return ScsiError(ILLEGAL_REQUEST, code, field=field)
 
 
 def conflict() -> ScsiError:
