@@ -8,8 +8,9 @@ import pytest
 
 from reactor.testing import Harness
 
-from scsi_harness import (BS, INI1, INI2, S, TGT, Env, bring_up, check, good, pr_in, pr_out,
-                          read, read_keys, run, sense_of, tear_down, write)
+from scsi_harness import (BS, INI1, INI2, S, TGT, Env, bring_up, check, good, make_task,
+                          pr_in, pr_out, read, read_keys, run, sense_of, submit, tear_down,
+                          write)
 
 INI3 = "iqn.2016-06.io.spdk:init3,i,0x00023d000003"
 WE, EA, WE_RO, EA_RO, WE_AR, EA_AR = 1, 3, 5, 6, 7, 8
@@ -265,3 +266,21 @@ def test_registration_survives_nexus_loss(env):
     good(write(env, again, 0, b"a" * BS))               # still the holder
     other = env.nexus(1, ini=INI2)
     assert sense_of(read(env, other, 0, 1)) == CONFLICT
+
+
+def test_pr_out_answers_only_after_every_replica_applied(env):
+    """The ownership rule: main decides, broadcasts, and the command answers after every
+    reactor's replica has the new state (so the next command anywhere sees it)."""
+    b = env.nexus(1)
+    good(pr_out(env, b, REG_IGNORE, sa_rkey=0x31))
+    replicas = [env.dev(i).luns[0] for i in (0, 1)]
+    seen = []
+    param = (0x31).to_bytes(8, "big") + bytes(16)
+    t = make_task(bytes([0x5F, RESERVE, EA, 0, 0, 0, 0, 0, 24, 0]), data_out=param)
+    out = submit(env, b, 1, t)
+    t._cb = lambda task: (seen.append([r.shared.rtype for r in replicas]), out.append(task))
+    env.h.poll_threads()
+    assert out == [t] and t.status == S.GOOD
+    assert seen == [[EA, EA]]                           # both had it at answer time
+    assert replicas[1].auth is None                     # only main holds the authority
+    assert replicas[0].auth.rtype == EA
