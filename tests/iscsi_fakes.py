@@ -180,7 +180,7 @@ class MemDev:
             return
         if op == 0xA0:
             alloc = struct.unpack_from(">I", t.cdb, 6)[0]
-            body = b"".join(struct.pack(">Q", l << 56) for l in sorted(self.luns))
+            body = b"".join(struct.pack(">Q", l << 48) for l in sorted(self.luns))
             d = struct.pack(">I4x", len(body)) + body
             self._data(t, d[:alloc], min(alloc, len(d)))
             return

@@ -167,7 +167,9 @@ def target_values(options: dict, node=None, max_recv_dsl: int = 8192) -> dict:
     return {
         "HeaderDigest": hd, "DataDigest": dd,
         "MaxConnections": int(o.get("max_connections_per_session", 2)),
-        "InitialR2T": True,   # SPDK always asks for R2T unless the initiator says No
+        # SPDK always asks for R2T (InitialR2T=Yes); "initial_r2t" (not an SPDK option)
+        # lets tests exercise unsolicited Data-Out
+        "InitialR2T": bool(o.get("initial_r2t", True)),
         "ImmediateData": bool(o.get("immediate_data", True)),
         "MaxRecvDataSegmentLength": max_recv_dsl,
         "MaxBurstLength": int(o.get("max_burst_length", 1048576)),

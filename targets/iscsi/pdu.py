@@ -194,7 +194,7 @@ def lun_to_int(lun_field: int) -> int:
     top = lun_field >> 48
     method = (top >> 14) & 3
     if method == 0:
-        return (top >> 8) & 0xFF
+        return top & 0xFF       # byte 0 is the bus identifier, byte 1 the LUN
     if method == 1:
         return top & 0x3FFF
     return 0xFFFF          # extended / logical unit addressing: not a LUN we serve
@@ -202,7 +202,7 @@ def lun_to_int(lun_field: int) -> int:
 
 def int_to_lun(lun: int) -> int:
     if lun < 256:
-        return lun << 56
+        return lun << 48
     return ((0x4000 | (lun & 0x3FFF)) << 48)
 
 
