@@ -319,7 +319,8 @@ class IscsiConnection(LoginMixin, FfpMixin):
             self._dispatch(f, view, s, dstart, dsl)
             if self._queued - self._sent > self._max_outbound:
                 self._stalled = True
-        self._parsed_end = self._rend
+        # remember where parsing starved (only then: a stop on backpressure must resume)
+        self._parsed_end = self._rend if not self._stalled else -1
         if self._rstart == self._rend:
             self._rstart = self._rend = 0
             self._parsed_end = -1
