@@ -536,6 +536,14 @@ class IscsiConnection(LoginMixin, FfpMixin):
         if sock is not None:
             self._sock = None
             try:
+                # unread input makes close() send a RST, which can destroy the Reject or
+                # Login Response still in flight: drain what is already here first
+                for _ in range(16):
+                    if not sock.recv_into(self._rview, len(self._rbuf)):
+                        break
+            except OSError:
+                pass
+            try:
                 sock.close()
             except OSError:
                 pass
