@@ -210,3 +210,18 @@ def test_peer_disconnect_mid_write_frees_the_task(target):
     assert F.wait_for(lambda: srv.call(lambda: not srv.conns))
     assert srv.call(lambda: srv.finished[-1].done and not srv.finished[-1]._tasks)
     _other_connection_works(srv)
+
+
+def test_nexus_outlives_the_connection_until_its_tasks_return(target):
+    srv, reg, dev = target
+    dev.hold_all = True
+    c = _login(srv)
+    c.scsi(read10(0, 1), read=512)
+    c.ping()
+    c.close()
+    assert F.wait_for(lambda: srv.call(lambda: not any(
+        x.fileno() >= 0 for x in srv.conns)))
+    assert dev.nexus_closed == []            # a task is still in the SCSI layer
+    srv.call(lambda: [n.release_held() for n in dev.nexuses])
+    assert F.wait_for(lambda: srv.call(lambda: dev.nexus_closed != []))
+    assert F.wait_for(lambda: srv.call(lambda: not srv.conns))

@@ -167,16 +167,18 @@ def test_cmdsn_window_drops_too_high_and_too_low(target):
         assert srv.call(lambda: srv.conns[0].stats["cmdsn_dropped"]) == 2
 
 
-def test_cmdsn_gap_waits_then_delivers_in_order(target):
+@pytest.mark.parametrize("digests", [(False, False), (True, True)])
+def test_cmdsn_gap_waits_then_delivers_in_order(target, digests):
     srv, reg, dev = target
-    with _login(srv) as c:
+    with _login(srv, digests=digests) as c:
         first = c.cmdsn
-        i2 = c.scsi(TUR, cmdsn=first + 1)
+        i2 = c.scsi(write10(3, 1), write=b"w" * 512, cmdsn=first + 1)
         assert c.silent()                           # waits for CmdSN `first`
         i1 = c.scsi(TUR, cmdsn=first)
         c.cmdsn = first + 2
         got = [c.recv().itt, c.recv().itt]
         assert got == [i1, i2]
+        assert bytes(dev.luns[0].data[3 * 512:4 * 512]) == b"w" * 512
 
 
 def test_window_closes_at_queue_depth_and_reopens(target):

@@ -253,12 +253,10 @@ class IscsiConnection(LoginMixin, FfpMixin):
                 self._fatal(f"recv: {e}", drop_output=True)
                 return work + 1
             if n == 0:
+                # the initiator went away: nothing more can be answered; tasks still in
+                # the SCSI layer finish into the void (done waits for them)
                 self.close_reason = self.close_reason or "peer closed"
-                if self._inflight or self._out:
-                    self._phase = _P_CLOSING
-                    self._drop_waiting_tasks()
-                else:
-                    self._close_socket()
+                self._close_socket()
                 return work + 1
             self._rend += n
             self.stats["bytes_read"] += n
@@ -384,7 +382,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
         f = _unpack(raw, 0)
         ahs = (f[3] >> 24) << 2
         dsl = f[3] & 0xFFFFFF
-        self._dispatch_cmd(f[0] & 0x3F, f, view, 0, 48 + ahs, dsl, True)
+        self._dispatch_cmd(f[0] & 0x3F, f, view, 0, 48 + ahs + self._hd, dsl, True)
 
     def _dispatch_cmd(self, op, f, buf, s, dstart, dsl, counted) -> None:
         self.stats["requests"] += 1
@@ -560,6 +558,8 @@ class IscsiConnection(LoginMixin, FfpMixin):
     def _finish(self) -> None:
         self._phase = _P_DONE
         LIVE.discard(self)
+        if self.session is not None:
+            self.session.conn_finished(self)
         log.debug("iscsi %s: done (%s)", self.name, self.close_reason)
 
     # ------------------------------------------------------------------ NOP

@@ -460,7 +460,7 @@ class FfpMixin:
                                               and not P.sn_lt(ref, sess.exp_cmdsn))
                        else P.TMF_RSP_NO_TASK)
                 return self._tmf_rsp(itt, rsp)
-            self._abort_local(t)
+            t.conn._abort_local(t)     # the task may live on another connection
             return self._tmf_rsp(itt, P.TMF_RSP_COMPLETE)
         if func == P.TMF_ABORT_TASK_SET:
             for c in list(sess.conns):

@@ -61,6 +61,7 @@ class Session:
         self.held: dict = {}         # CmdSN -> (conn, pdu bytes): waiting for a gap
         self.nexus = None
         self.closed = False
+        self.unfinished: set = set()   # connections not yet done (tasks may be running)
 
     @property
     def max_cmdsn(self) -> int:
@@ -111,6 +112,13 @@ class Session:
 
     def add_conn(self, conn) -> None:
         self.conns.append(conn)
+        self.unfinished.add(conn)
+
+    def conn_finished(self, conn) -> None:
+        """The connection's socket is closed and its last SCSI task returned."""
+        self.unfinished.discard(conn)
+        if self.closed and not self.unfinished:
+            self._close_nexus()
 
     def remove_conn(self, conn) -> None:
         if conn in self.conns:
@@ -132,6 +140,11 @@ class Session:
             return
         self.closed = True
         self.table.remove(self)
+        if not self.unfinished:
+            self._close_nexus()
+        # else: tasks still run in the SCSI layer; the nexus goes when the last returns
+
+    def _close_nexus(self) -> None:
         if self.nexus is not None:
             try:
                 self.nexus.close()
