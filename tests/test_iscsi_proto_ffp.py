@@ -144,6 +144,9 @@ def test_target_nop_in_after_idle_interval(target):
     srv, reg, dev = target
     reg.options["nop_in_interval"] = 0.2
     with _login(srv) as c:
+        import time
+        d = srv.call(lambda: srv.conns[0].deadline())
+        assert d is not None and d - time.monotonic() <= 0.2
         r = c.recv()
         assert r.op == P.OP_NOP_IN and r.itt == P.RESERVED_TAG and r.ttt != P.RESERVED_TAG
         c.send(P.OP_NOP_OUT | P.IMMEDIATE_BIT, 0x80, 0, 0, P.RESERVED_TAG,
@@ -328,3 +331,19 @@ def test_backpressure_stops_reading_when_outbound_is_full(monkeypatch):
         from targets.iscsi import session as S
         for s in list(S.SESSIONS.by_tsih.values()):
             s.close()
+
+
+def test_read_underflow_from_the_data_length_alone(target):
+    """A SCSI layer that does not say what the CDB asked for: the Data-In length decides."""
+    srv, reg, dev = target
+    run = dev.run
+
+    def run_without_expected_length(t):
+        run(t)
+        t.expected_length = None
+    dev.run = run_without_expected_length
+    with _login(srv) as c:
+        itt = c.scsi(read10(0, 1), read=2048)
+        data, last, _ = c.read_all(itt)
+        assert len(data) == 512
+        assert last.flags & P.DATAIN_UNDERFLOW and last.f[12] == 1536

@@ -189,6 +189,14 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._out.clear()
         self._close_socket()
 
+    def deadline(self):
+        """Monotonic time (s) by which poll() must run for the NOP-In timers, or None."""
+        if self._phase != _P_FFP or self._nop_interval <= 0:
+            return None
+        if self._nop_sent_at:
+            return self._nop_sent_at + self._nop_timeout
+        return self._last_rx + self._nop_interval
+
     def closing_or_dead(self) -> bool:
         return self._phase >= _P_LOGOUT
 
