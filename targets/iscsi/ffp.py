@@ -360,18 +360,18 @@ class FfpMixin:
         n = len(data) if data is not None else 0
         if n > edtl:
             n = edtl
+        # Residuals (RFC 7143 11.4.5) compare EDTL with what the command means to move:
+        # the SCSI layer's expected_length when it says so, with any status (libiscsi
+        # iSCSIResiduals accepts CHECK CONDITION for a partial block but still wants the
+        # overflow), else, for a GOOD read, the Data-In length.
         expected = getattr(st, "expected_length", None)
-        if expected is None:
-            expected = n if t.direction == DIR_FROM_DEV else edtl
-        if status != P.SCSI_GOOD or not edtl and not expected:
-            rflags, residual = 0, 0      # SPDK: residuals only describe a GOOD transfer
-        elif expected > edtl:
-            rflags, residual = P.RSP_OVERFLOW, expected - edtl
-        elif expected < edtl:
-            rflags, residual = P.RSP_UNDERFLOW, edtl - expected
-        else:
-            rflags, residual = 0, 0
-        if t.direction == DIR_FROM_DEV and n < edtl and not rflags and status == P.SCSI_GOOD:
+        rflags = residual = 0
+        if expected is not None:
+            if expected > edtl:
+                rflags, residual = P.RSP_OVERFLOW, expected - edtl
+            elif expected < edtl:
+                rflags, residual = P.RSP_UNDERFLOW, edtl - expected
+        elif t.direction == DIR_FROM_DEV and n < edtl and status == P.SCSI_GOOD:
             rflags, residual = P.RSP_UNDERFLOW, edtl - n
         ndatain = 0
         if n:
