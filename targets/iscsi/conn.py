@@ -29,7 +29,7 @@ from . import pdu as P
 from .ffp import FfpMixin
 from .login import LOGIN_MAX_DSL, LoginMixin
 from .negotiate import RFC_DEFAULTS
-from .session import SESSION_DISCOVERY, _reactor_index
+from .session import SESSION_DISCOVERY, reactor_core
 
 log = logging.getLogger("ringstack.iscsi")
 
@@ -105,7 +105,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self.peer = tuple(peer)
         self.peer_host = str(self.peer[0])
         self.name = f"iscsi{self.id}:{self.peer_host}:{self.peer[1]}"
-        self.lcore_id = _reactor_index()
+        self.lcore_id = reactor_core()
         self._max_outbound = max_outbound
 
         self._rbuf = bytearray(_RBUF_SIZE)

@@ -27,17 +27,22 @@ SESSION_DISCOVERY = "Discovery"
 _TSIH_PER_REACTOR = 1024
 
 
-def _reactor_index() -> int:
+def _reactor_attr(attr: str) -> int:
     try:
         from reactor import current_reactor
-        r = current_reactor()
+        v = getattr(current_reactor(), attr, 0)
     except Exception:     # no reactor in this thread (unit tests drive connections directly)
         return 0
-    for attr in ("index", "core", "lcore"):
-        v = getattr(r, attr, None)
-        if isinstance(v, int):
-            return v
-    return 0
+    return v if isinstance(v, int) else 0
+
+
+def _reactor_index() -> int:
+    return _reactor_attr("index")
+
+
+def reactor_core() -> int:
+    """The core the current reactor runs on (SPDK's lcore_id)."""
+    return _reactor_attr("core")
 
 
 class Session:
