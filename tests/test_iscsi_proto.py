@@ -178,9 +178,12 @@ def test_non_login_pdu_during_login_is_refused(target):
 
 def test_login_stage_rules(target):
     srv, reg, dev = target
-    with Client(srv.port) as c:        # operational keys in the security stage
+    with Client(srv.port) as c:        # operational keys in the security stage: negotiated
         r = c.login_pdu([("InitiatorName", "iqn.x:y"), ("TargetName", DISK1),
-                         ("MaxBurstLength", "4096")], 0, 1)
+                         ("MaxBurstLength", "4096"), ("X-vendor", "1")], 0, 1)
+        assert r.status_class == 0 and r.text["MaxBurstLength"] == "4096"
+        assert r.text["X-vendor"] == "NotUnderstood"
+        r = c.login_pdu([("CHAP_A", "5")], 1, 3)   # security keys after it
         assert r.status_class == P.LOGIN_INITIATOR_ERROR
     with Client(srv.port) as c:        # NSG going backwards
         r = c.login_pdu([("InitiatorName", "iqn.x:y"), ("TargetName", DISK1)], 1, 0)
@@ -355,3 +358,18 @@ def test_get_connections_shape(target):
         assert e["tsih"] == c.tsih and e["cid"] == 0 and e["target_node_name"] == DISK1
         assert e["initiator_addr"] == "127.0.0.1" and e["target_addr"] == "127.0.0.1"
         assert {"id", "lcore_id"} <= set(e)
+
+
+def test_send_targets_in_a_normal_session(target):
+    srv, reg, dev = target
+    reg.add_node("disk2", F.MemDev("disk2"))
+    with Client(srv.port) as c:
+        c.login(DISK1)
+        itt = c.text([("SendTargets", "")])
+        r = c.recv()
+        assert r.itt == itt and P.decode_text(r.data) == [
+            ("TargetName", DISK1), ("TargetAddress", f"127.0.0.1:{srv.port},1")]
+        c.text([("SendTargets", "All"), ("Foo", "bar"), ("InitialR2T", "No")])
+        t = c.recv().text
+        assert t == {"SendTargets": "Reject", "Foo": "NotUnderstood", "InitialR2T": "Reject"}
+        c.ping()

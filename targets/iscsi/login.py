@@ -204,15 +204,10 @@ class LoginMixin:
         self._lg_auth_done = True
 
     def _login_security(self, keys: dict, answer: list) -> bool:
-        for k in keys:
-            if k in ("InitiatorName", "InitiatorAlias", "TargetName", "SessionType",
-                     "AuthMethod") or k.startswith("CHAP_"):
-                continue
-            if k.startswith("X-") or k.startswith("X#"):
-                answer.append((k, "NotUnderstood"))
-                continue
-            # operational keys belong to the operational stage (RFC 7143 6.3)
-            raise LoginFailed(P.LOGIN_INITIATOR_ERROR, f"key {k} in the security stage")
+        # operational keys sent early are negotiated here too (SPDK negotiates every key
+        # in whichever stage it comes)
+        self._negotiate_keys({k: v for k, v in keys.items()
+                              if k != "AuthMethod" and not k.startswith("CHAP_")}, answer)
         if self._lg_auth_done:
             return True
         disable, require, mutual, group = self._chap_settings()
@@ -253,14 +248,22 @@ class LoginMixin:
         return False
 
     def _login_operational(self, keys: dict, answer: list) -> None:
+        for k in keys:
+            if k == "AuthMethod" or k.startswith("CHAP_"):
+                raise LoginFailed(P.LOGIN_INITIATOR_ERROR, f"key {k} outside the security stage")
+        self._negotiate_keys(keys, answer)
+        neg = self._lg_neg
+        if not neg.declared_mrdsl:
+            neg.declared_mrdsl = True
+            answer.append(("MaxRecvDataSegmentLength", str(self.max_recv_dsl)))
+
+    def _negotiate_keys(self, keys: dict, answer: list) -> None:
         neg = self._lg_neg
         discovery = self.session_type == SESSION_DISCOVERY
         leading = self._lg_tsih == 0
         for k, v in keys.items():
             if k in ("InitiatorName", "InitiatorAlias", "TargetName", "SessionType"):
                 continue
-            if k == "AuthMethod" or k.startswith("CHAP_"):
-                raise LoginFailed(P.LOGIN_INITIATOR_ERROR, f"key {k} outside the security stage")
             if k in DECLARATIVE_LOGIN_KEYS:
                 answer.append((k, "Irrelevant"))
                 continue
@@ -272,9 +275,6 @@ class LoginMixin:
                 raise LoginFailed(P.LOGIN_INITIATOR_ERROR, str(e)) from None
             if a is not None:
                 answer.append((k, a))
-        if not neg.declared_mrdsl:
-            neg.declared_mrdsl = True
-            answer.append(("MaxRecvDataSegmentLength", str(self.max_recv_dsl)))
 
     def _login_to_ffp(self, csg: int, answer: list) -> None:
         neg = self._lg_neg
