@@ -36,11 +36,21 @@ _T_GONE = 3        # answered, aborted or dropped
 
 
 class _Task:
-    """One SCSI command of this connection.  It is its own completion callback."""
+    """One SCSI command of this connection.  It is its own completion callback.  Only
+    what every command needs is set per instance; the write state (Data-Out bookkeeping)
+    falls back to these class defaults until a write sets it."""
 
-    __slots__ = ("conn", "itt", "lun", "lun_field", "cdb", "edtl", "attr", "direction",
-                 "counted", "state", "st", "buf", "received", "want", "unsol_end", "unsol_got",
-                 "unsol_datasn", "unsol_done", "r2t_next", "r2ts", "r2tsn")
+    buf = None           # Data-Out buffer (nexus.alloc)
+    received = 0         # Data-Out bytes in buf
+    want = 0             # bytes to solicit: EDTL, or less if the CDB asks less
+    unsol_end = 0        # end of the unsolicited burst (immediate + unsolicited Data-Out)
+    unsol_got = 0
+    unsol_datasn = 0
+    unsol_done = True
+    r2t_next = 0         # next offset to ask for
+    r2ts = ()            # outstanding R2Ts: [ttt, offset, length, got, next DataSN]
+    r2tsn = 0
+    st = None
 
     def __init__(self, conn, itt, lun, lun_field, cdb, edtl, attr, direction, counted):
         self.conn = conn
@@ -53,17 +63,6 @@ class _Task:
         self.direction = direction
         self.counted = counted
         self.state = _T_DATA
-        self.st = None
-        self.buf = None
-        self.received = 0
-        self.want = edtl           # bytes to solicit: EDTL, or less if the CDB asks less
-        self.unsol_end = 0
-        self.unsol_got = 0
-        self.unsol_datasn = 0
-        self.unsol_done = True
-        self.r2t_next = 0
-        self.r2ts = []
-        self.r2tsn = 0
 
     def __call__(self, st) -> None:
         self.conn._scsi_done(self, st)
@@ -95,6 +94,14 @@ class FfpMixin:
             self._answered(counted)
             return
         cdb = bytes(buf[s + 32:s + 48])
+        if (flags & 0x60) == 0x40 and not dsl and dstart == s + 48 + self._hd:
+            # the common READ: no AHS, no data; straight to the SCSI layer
+            f4 = f[4]
+            t = _Task(self, itt, P.lun_to_int(f4), f4, cdb, edtl, flags & 7, DIR_FROM_DEV,
+                      counted)
+            self._tasks[itt] = t
+            self._execute(t)
+            return
         if _debug:
             log.debug("iscsi %s: SCSI 0x%02x ITT 0x%x EDTL %d immediate %d flags 0x%02x",
                       self.name, cdb[0], itt, edtl, dsl, flags)
@@ -161,6 +168,8 @@ class FfpMixin:
         if dsl:
             t.buf[0:dsl] = buf[dstart:dstart + dsl]
             self.stats["data_out_bytes"] += dsl
+        t.want = edtl
+        t.r2ts = []
         # solicit no more than the CDB transfers (libiscsi iSCSIResiduals: EDTL 10000
         # for a one-block WRITE is an underflow, not 10000 bytes of R2T)
         data_length = getattr(nexus, "data_length", None)
@@ -332,9 +341,10 @@ class FfpMixin:
         t.state = _T_GONE
         if self._tasks.get(t.itt) is t:
             del self._tasks[t.itt]
-        for r in t.r2ts:
-            self._ttts.pop(r[0], None)
-        t.r2ts = []
+        if t.r2ts:
+            for r in t.r2ts:
+                self._ttts.pop(r[0], None)
+            t.r2ts = ()
         self._answered(t.counted)
         t.counted = False
 
@@ -344,11 +354,52 @@ class FfpMixin:
                       self.name, t.itt)
             return
         self._inflight -= 1
-        self._free_buf(t)
+        if t.buf is not None:
+            self._free_buf(t)
         if self._sock is None or getattr(st, "aborted", False):
             self._task_gone(t)
             self._release(st)
             return
+        if t.direction == DIR_FROM_DEV and not st.status and not st.sense:
+            data = st.data_in
+            n = len(data)
+            edtl = t.edtl
+            if 0 < n <= edtl and n <= self.max_send_dsl and n <= self._max_burst:
+                # one Data-In carries data and GOOD status (phase collapse), built here
+                # without the general path's loop and calls
+                exp = getattr(st, "expected_length", None)
+                if exp is None:
+                    exp = n
+                if exp == edtl:
+                    rflags = residual = 0
+                elif exp < edtl:
+                    rflags, residual = P.RSP_UNDERFLOW, edtl - exp
+                else:
+                    rflags, residual = P.RSP_OVERFLOW, exp - edtl
+                del self._tasks[t.itt]
+                t.state = _T_GONE
+                sess = self.session
+                if t.counted:
+                    t.counted = False
+                    if sess.unanswered > 0:
+                        sess.unanswered -= 1
+                sn = self.stat_sn
+                self.stat_sn = (sn + 1) & 0xFFFFFFFF
+                exp_cmdsn = sess.exp_cmdsn
+                h = _pack(_DATA_IN, 0x81 | rflags, 0, n, t.lun_field, t.itt, _RSVD, sn,
+                          exp_cmdsn, (exp_cmdsn + sess.queue_depth - 1 - sess.unanswered)
+                          & 0xFFFFFFFF, 0, 0, residual)
+                if self._hd or self._dd or n & 3 or n < 4096:
+                    self._queue_pdu(h, data)
+                else:
+                    out = self._out
+                    out.append(h)
+                    out.append(data)
+                    self._queued += 48 + n
+                    self.stats["pdus_out"] += 1
+                self.stats["data_in_bytes"] += n
+                self._frees.append((self._queued, st))
+                return
         self._complete(t, st)
 
     def _complete(self, t, st) -> None:
