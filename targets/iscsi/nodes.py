@@ -193,29 +193,39 @@ class Registry:
         new = self.config.copy()
         C.OPS[op](new, args)
         nodes, built = self._rebuild(new, keep_dev_on_shrink=(op == "lun_removed"))
-        self._undo = (change_id, self.config, self.nodes, built)
+        self._undo = (change_id, self.config, self.nodes, built, op, args)
         self.config, self.nodes = new, nodes
 
     def commit(self, change_id: int) -> None:
         """The change was applied everywhere: close the devices it replaced or dropped."""
         if self._undo is None or self._undo[0] != change_id:
             return
-        _cid, _cfg, old_nodes, _built = self._undo
+        _cid, _cfg, old_nodes, _built, op, args = self._undo
         self._undo = None
         live = {id(n.dev) for n in self.nodes.values() if n.dev is not None}
         for node in old_nodes.values():
             if node.dev is not None and id(node.dev) not in live:
                 _close_dev(node.dev)
+        if op == "lun_removed":
+            # the device kept its object; one that can drop a LUN is told to (the LUN's
+            # commands fail already: the SCSI layer saw the bdev go)
+            node = self.find_target(args["name"])
+            remove = getattr(node.dev, "remove_lun", None) if node is not None else None
+            if callable(remove):
+                remove(args["lun_id"])
 
     def undo(self, change_id: int) -> None:
         """The change failed somewhere: back to the state before it, here too."""
         if self._undo is None or self._undo[0] != change_id:
             return
-        _cid, cfg, nodes, built = self._undo
+        _cid, cfg, nodes, built = self._undo[:4]
         self._undo = None
         for dev in built:
             _close_dev(dev)
         self.config, self.nodes = cfg, nodes
+        for node in nodes.values():
+            if node.dev is not None:
+                _reregister(node.dev)
         for node in nodes.values():          # attributes a kept node took from the change
             node.update(cfg.targets[node.name])
 
@@ -245,8 +255,25 @@ class Registry:
         except Exception:
             for dev in built:
                 _close_dev(dev)
+            for node in self.nodes.values():     # kept nodes already updated: put back
+                node.update(self.config.targets[node.name])
+                if node.dev is not None:
+                    _reregister(node.dev)
             raise
         return out, built
+
+
+def _reregister(dev) -> None:
+    """A device built under the same name as an older one replaced it in the SCSI
+    layer's per-reactor table (targets/scsi/dev.py); closing the newer one on undo must
+    give the name back to the older one."""
+    try:
+        from targets.scsi import dev as scsi_dev
+    except ImportError:
+        return
+    table = getattr(scsi_dev, "_devs", None)
+    if callable(table) and getattr(dev, "name", None) is not None:
+        table().setdefault(dev.name, dev)
 
 
 def _make_dev(name: str, luns: list):
