@@ -183,9 +183,10 @@ def test_netmasks(mask, addr, ok):
 
 
 def _reg(cfg):
+    """A replica of ``cfg`` outside any reactor (no SCSI devices: queries only)."""
     reg = nodes.Registry()
     reg.config = cfg
-    reg.nodes, _ = reg._rebuild(cfg)
+    reg.nodes = {k.lower(): nodes.TargetNode(t, None) for k, t in cfg.targets.items()}
     return reg
 
 
