@@ -133,16 +133,17 @@ def _make_connection_factory(pg_tag: int):
 
 # ---------------------------------------------------------------------- connections
 def local_connections() -> list:
-    """This reactor's iSCSI connections as SPDK's iscsi_get_connections entries."""
-    out = []
-    for c in rx.current_reactor().locals.get("iscsi.connections", ()):
-        info = getattr(c, "info", None)
-        if callable(info):
-            try:
-                out.append(info())
-            except Exception:
-                log.exception("iscsi: connection info")
-    return out
+    """This reactor's iSCSI connections as SPDK's iscsi_get_connections entries (the
+    protocol engine's list; none when the engine is absent)."""
+    try:
+        from targets.iscsi.conn import connections
+    except ImportError:
+        return []
+    try:
+        return list(connections())
+    except Exception:
+        log.exception("iscsi: listing connections")
+        return []
 
 
 @rx.remote("iscsi.glue.connections")

@@ -225,8 +225,7 @@ def _create_auth_group(request, params):
         return
 
     def fmt(err):
-        if tag in control.main_config().auth_groups or err.rc == -errno.EEXIST and \
-                "auth group" in err.message:
+        if tag in control.main_config().auth_groups:      # the tag itself is taken
             return INVALID_PARAMS, f"Could not add auth group ({tag}), {_strerror(err.rc)}"
         return INVALID_PARAMS, f"Could not add secret to auth group ({tag}), {_strerror(err.rc)}"
     control.change("create_auth_group", {"tag": tag, "secrets": secrets}, _answer(request, fmt))
