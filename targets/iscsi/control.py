@@ -189,7 +189,11 @@ def open_portals(tag: int, cfg_after: C.Config):
 
 
 def reset_all(done) -> None:
-    """App shutdown: listeners closed, watches closed, every replica dropped."""
+    """App shutdown: listeners closed, connections finished (the server stopped on every
+    reactor), watches closed, every replica dropped."""
     glue.close_all()
-    close_watches()
-    rx.broadcast(nodes._reset_step, (), lambda _rc: done())
+
+    def stopped():
+        close_watches()
+        rx.broadcast(nodes._reset_step, (), lambda _rc: done())
+    glue.stop_server(stopped)

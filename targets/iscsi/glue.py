@@ -8,6 +8,7 @@ reactor's replica (targets/iscsi/nodes.py).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 
@@ -18,32 +19,106 @@ from . import config as C
 log = logging.getLogger("ringstack.iscsi")
 
 
-class PortalGroupListeners:
-    """The listening sockets of one portal group (main reactor only)."""
+PROTOCOL = "iscsi"
 
-    def __init__(self, tag: int, socks: list, portals: list, paused: bool):
+
+def _serve():
+    """targets.serve when the serving framework is present (else None: portals then
+    listen but nothing accepts)."""
+    try:
+        import targets.serve as serve
+    except ImportError:
+        return None
+    return serve if hasattr(serve, "register_protocol") else None
+
+
+class _Context:
+    """The serving framework's per-reactor context: builds each connection's engine."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def make(self, sock, meta):
+        from targets.iscsi.conn import IscsiConnection
+        from .nodes import registry
+        meta = dict(meta or {})
+        # the framework's "peer"/"listen" are display strings; the engine reads the
+        # socket's own addresses when "peer"/"portal" are absent
+        meta.pop("peer", None)
+        meta.pop("portal", None)
+        return IscsiConnection(sock, meta, registry())
+
+
+def _register_protocol() -> None:
+    serve = _serve()
+    if serve is not None:
+        serve.register_protocol(PROTOCOL, _Context)
+
+
+_register_protocol()
+
+
+def start_server(done) -> None:
+    """Subsystem init (main reactor): the iSCSI server on every reactor, holding no
+    listener yet (portal groups add theirs).  A server that cannot start is logged:
+    the control plane still works, and portal groups then cannot be created."""
+    serve = _serve()
+    if serve is None:
+        done(0)
+        return
+
+    def started(rc, msg):
+        if rc:
+            log.error("iscsi: the server did not start on every reactor: %s", msg)
+        done(0)
+    serve.start(PROTOCOL, started)
+
+
+def stop_server(done) -> None:
+    serve = _serve()
+    if serve is None or serve.current(PROTOCOL) is None:
+        done()
+        return
+    serve.stop(PROTOCOL, lambda rc, msg: done(), reason="iSCSI target shutting down")
+
+
+class PortalGroupListeners:
+    """The listeners of one portal group (main reactor only).  Accepting ones belong to
+    the serving framework; a group created with ``wait`` holds plain listening sockets
+    (the port is taken, nothing is accepted: SPDK's paused acceptor) until started."""
+
+    def __init__(self, tag: int, portals: list):
         self.tag = tag
-        self.socks = socks
-        self.portals = portals         # [(host, port)] as configured
-        self.paused = paused
-        self.server = None             # the serving framework's listener, once started
+        self.portals = portals          # [(host, port string)] as configured
+        self.reserved: list = []        # plain sockets while paused
+        self.listeners: list = []       # the framework's Listeners once accepting
 
     def close(self) -> None:
-        if self.server is not None:
-            try:
-                self.server.close()
-            except Exception:
-                log.exception("iscsi: closing the listener of portal group %d", self.tag)
-            self.server = None
-        for s in self.socks:
+        srv = _server()
+        for lst in self.listeners:
+            if srv is not None:
+                srv.unlisten(lst)
+            else:
+                lst.close()
+        self.listeners = []
+        for s in self.reserved:
             s.close()
-        self.socks = []
+        self.reserved = []
 
 
 _groups: dict = {}     # tag -> PortalGroupListeners
 
 
-def _listen(host: str, port: str) -> socket.socket:
+def _server():
+    serve = _serve()
+    return serve.current(PROTOCOL) if serve is not None else None
+
+
+def _address(host: str, port: str) -> str:
+    return f"{host}:{C.parse_port(port)}"
+
+
+def _reserve(host: str, port: str) -> socket.socket:
     addr = C.portal_bind_host(host)
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
@@ -60,30 +135,56 @@ def _listen(host: str, port: str) -> socket.socket:
     return s
 
 
+def _accept_on(g: PortalGroupListeners) -> None:
+    """Accept on every portal of ``g`` through the framework (OSError, nothing left)."""
+    srv = _server()
+    if srv is None:
+        raise OSError(errno.ENOTCONN, "the iSCSI server is not running")
+    try:
+        for host, port in g.portals:
+            g.listeners.append(srv.listen(_address(host, port), {"pg_tag": g.tag}))
+    except ValueError as exc:
+        g.close()
+        raise OSError(errno.EINVAL, str(exc)) from None
+    except OSError:
+        g.close()
+        raise
+
+
 def open_portal_group(tag: int, portals: list, wait: bool) -> PortalGroupListeners:
     """Listen on every portal (OSError for the first that cannot, nothing left open)."""
-    socks = []
-    try:
-        for p in portals:
-            socks.append(_listen(p["host"], p["port"]))
-    except OSError:
-        for s in socks:
-            s.close()
-        raise
-    g = PortalGroupListeners(tag, socks, [(p["host"], p["port"]) for p in portals], wait)
+    g = PortalGroupListeners(tag, [(p["host"], p["port"]) for p in portals])
+    if wait or _serve() is None:
+        try:
+            for host, port in g.portals:
+                g.reserved.append(_reserve(host, port))
+        except OSError:
+            g.close()
+            raise
+        if _serve() is None:
+            log.warning("iscsi: portal group %d listens, but no serving framework is present "
+                        "to accept", tag)
+    else:
+        _accept_on(g)
     _groups[tag] = g
-    if not wait:
-        _start_serving(g)
     log.info("iscsi: portal group %d listening on %s%s", tag,
              ", ".join(f"{h}:{p}" for h, p in g.portals), " (paused)" if wait else "")
     return g
 
 
 def start_portal_group(tag: int) -> None:
+    """iscsi_start_portal_group: a paused group starts accepting (its reserved sockets
+    give way to the framework's listeners)."""
     g = _groups.get(tag)
-    if g is not None and g.paused:
-        g.paused = False
-        _start_serving(g)
+    if g is None or not g.reserved or _serve() is None:
+        return
+    for s in g.reserved:
+        s.close()
+    g.reserved = []
+    try:
+        _accept_on(g)
+    except OSError as exc:
+        log.error("iscsi: portal group %d cannot accept: %s", tag, exc)
 
 
 def close_portal_group(handle) -> None:
@@ -101,34 +202,6 @@ def close_tag(tag: int) -> None:
 def close_all() -> None:
     for tag in list(_groups):
         close_tag(tag)
-
-
-def listening(tag: int):
-    """[(host, port number)] a group's sockets are bound to (tests, diagnostics)."""
-    g = _groups.get(tag)
-    return [] if g is None else [s.getsockname()[:2] for s in g.socks]
-
-
-def _start_serving(g: PortalGroupListeners) -> None:
-    """Hand the group's sockets to the serving framework (accept on the main reactor,
-    connections passed round-robin to the reactors)."""
-    try:
-        from targets.iscsi.conn import IscsiConnection  # noqa: F401
-        from targets.serve import serve_listening   # noqa: F401
-    except ImportError:
-        log.warning("iscsi: portal group %d listens, but no connection engine is present "
-                    "to serve it", g.tag)
-        return
-    g.server = serve_listening(g.socks, _make_connection_factory(g.tag))
-
-
-def _make_connection_factory(pg_tag: int):
-    def make(sock, meta):
-        from targets.iscsi.conn import IscsiConnection
-        from .nodes import registry
-        meta = dict(meta or {}, pg_tag=pg_tag)
-        return IscsiConnection(sock, meta, registry())
-    return make
 
 
 # ---------------------------------------------------------------------- connections

@@ -625,5 +625,5 @@ def _fini(done) -> None:
 
 
 subsystem.register_subsystem(
-    "iscsi", fini=_fini, write_config=_write_config,
+    "iscsi", init=glue.start_server, fini=_fini, write_config=_write_config,
     depends=tuple(d for d in ("bdev", "scsi") if d in subsystem._registry))
