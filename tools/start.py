@@ -40,7 +40,7 @@ def run(args) -> int:
 
 def _ready(args) -> None:
     if getattr(args, "nbd", None):
-        from drivers.nbd.rpc import start_exporting_all
+        from targets.nbd.rpc import start_exporting_all
         start_exporting_all(args.nbd)
     if getattr(args, "iscsi", None):
         from targets.iscsi.rpc import start_exporting_all as iscsi_export_all
