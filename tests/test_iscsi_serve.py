@@ -98,3 +98,31 @@ def test_initiator_groups_decide_what_an_initiator_sees_and_refusals_change_noth
     # an accepted change is seen at once, from either reactor's replica
     t.cli("iscsi_initiator_group_remove_initiators", "3", "-n", f"!{INITIATOR}")
     assert len(targets_seen(port, INITIATOR)) == 2
+
+
+def test_sessions_block_add_lun_and_go_with_their_deleted_target(start, tmp_path):  # noqa: F811
+    port = free_port()
+    t = start("-c", malloc_config(tmp_path, ["Malloc0", "Malloc1"]), "--iscsi", str(port))
+    wait_nodes(t, 2)
+    perf = subprocess.Popen(["iscsi-perf", "-t", "30", f"iscsi://127.0.0.1:{port}/{NB}:Malloc0/0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not t.call("iscsi_get_connections") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conns = t.call("iscsi_get_connections")
+        assert [c["target_node_name"] for c in conns] == [f"{NB}:Malloc0"]
+        before = t.replicas()
+        code, msg = t.cli_fails("iscsi_target_node_add_lun", f"{NB}:Malloc0", "Malloc1")
+        assert code == -32602 and "active connections (count=1)" in msg
+        assert t.replicas() == before
+        # SPDK's iscsi_tgt_node_destruct: the node's connections go first
+        t.cli("iscsi_delete_target_node", f"{NB}:Malloc0")
+        deadline = time.monotonic() + 20
+        while any(c["target_node_name"] for c in t.call("iscsi_get_connections")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(c["target_node_name"] for c in t.call("iscsi_get_connections"))
+    finally:
+        perf.kill()
+        perf.wait()

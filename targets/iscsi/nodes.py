@@ -187,9 +187,10 @@ class Registry:
             key = self.config.find_target_key(args["name"]) or self.config.find_target_key(
                 C.full_target_name(args["name"], self.config.options["node_base"]))
             node = self.nodes.get(key.lower()) if key else None
-            if node is not None and node.active_conns:
+            n = _active_conns(node) if node is not None else 0
+            if n:
                 raise C.ConfigError(-errno.EBUSY, f"target {node.name} has active "
-                                    f"connections (count={node.active_conns})")
+                                    f"connections (count={n})")
         new = self.config.copy()
         C.OPS[op](new, args)
         nodes, built = self._rebuild(new, keep_dev_on_shrink=(op == "lun_removed"))
@@ -203,7 +204,10 @@ class Registry:
         _cid, _cfg, old_nodes, _built, op, args = self._undo
         self._undo = None
         live = {id(n.dev) for n in self.nodes.values() if n.dev is not None}
-        for node in old_nodes.values():
+        for key, node in old_nodes.items():
+            if key not in self.nodes:
+                # SPDK's iscsi_tgt_node_destruct: the node's connections log out first
+                _drop_sessions(node.name, "target node deleted")
             if node.dev is not None and id(node.dev) not in live:
                 _close_dev(node.dev)
         if op == "lun_removed":
@@ -261,6 +265,37 @@ class Registry:
                     _reregister(node.dev)
             raise
         return out, built
+
+
+def _engine_conns() -> list:
+    """This reactor's connection engines (targets/iscsi/conn.py), if present."""
+    try:
+        from targets.iscsi import conn
+    except ImportError:
+        return []
+    return list(getattr(conn, "LIVE", ()))
+
+
+def _conn_target(c) -> str:
+    s = getattr(c, "session", None)
+    if s is None or getattr(s, "discovery", False):
+        return ""
+    return (getattr(s, "target_name", "") or "").lower()
+
+
+def _active_conns(node) -> int:
+    """Sessions on this reactor using ``node``: the engine's own count if it keeps one,
+    else its live connections logged in to the node."""
+    return node.active_conns or sum(1 for c in _engine_conns() if _conn_target(c) == node.name.lower())
+
+
+def _drop_sessions(name: str, reason: str) -> None:
+    for c in _engine_conns():
+        if _conn_target(c) == name.lower():
+            try:
+                c.shutdown(reason)
+            except Exception:
+                log.exception("iscsi: shutting down a connection of %s", name)
 
 
 def _reregister(dev) -> None:
