@@ -106,7 +106,7 @@ def change(op: str, args: dict, cb, prepare=None, finish=None) -> None:
                 bad = next((i for i, r, _v in results if r), None)
                 if release:
                     release()
-                reply(C.ConfigError(rc, f"reactor {bad}: {why}" if bad else why))
+                reply(C.ConfigError(rc, f"reactor {bad}: {why}" if bad is not None else why))
                 return
 
             def committed(_rc):
