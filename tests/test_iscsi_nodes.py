@@ -80,6 +80,17 @@ def test_create_target_node_rules():
     assert "auth group ID" in refused(C.op_create_target_node, cfg, tnode("d2", chap_group=-1))
 
 
+def test_scsi_device_ids_are_the_lowest_free_ones():
+    cfg = base_cfg()
+    for n in ("a", "b", "c"):
+        C.op_create_target_node(cfg, tnode(n))
+    C.op_delete_target_node(cfg, {"name": "b"})
+    C.op_create_target_node(cfg, tnode("d"))
+    assert cfg.scsi_devices_info() == [{"id": 0, "device_name": f"{C.NODE_BASE}:a"},
+                                       {"id": 1, "device_name": f"{C.NODE_BASE}:d"},
+                                       {"id": 2, "device_name": f"{C.NODE_BASE}:c"}]
+
+
 def test_lun_ids_and_free_id():
     cfg = base_cfg()
     C.op_create_target_node(cfg, tnode(luns=[{"bdev_name": "A", "lun_id": 0},
@@ -247,8 +258,8 @@ def test_chap_secret_lookup_and_discovery_auth():
 class FakeDev:
     made = []
 
-    def __init__(self, name, luns):
-        self.name, self.luns, self.closed = name, luns, False
+    def __init__(self, name, luns, dev_id=0):
+        self.name, self.luns, self.dev_id, self.closed = name, luns, dev_id, False
         FakeDev.made.append(self)
 
     def close(self):
@@ -314,11 +325,11 @@ def test_a_reactor_that_refuses_leaves_every_replica_unchanged(two, monkeypatch)
 
     real = nodes._make_dev
 
-    def fails_on_reactor_1(name, luns):
+    def fails_on_reactor_1(name, luns, dev_id=0):
         import reactor as rx
         if rx.current_reactor().index == 1:
             raise C.ConfigError(-errno.ENOMEM, "no memory for the device")
-        return real(name, luns)
+        return real(name, luns, dev_id)
     monkeypatch.setattr(nodes, "_make_dev", fails_on_reactor_1)
     err = run(h, "create_target_node", tnode("disk2"))
     assert err is not None and err.rc == -errno.ENOMEM and "reactor 1" in err.message

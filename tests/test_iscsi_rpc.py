@@ -133,6 +133,7 @@ def test_iscsi_tgt_sh_lines_build_the_same_config_on_every_reactor(start):
     t.cli("iscsi_create_initiator_group", "3", "iqn.1994-05.com.redhat:a !ANY", "10.0.0.0/8")
     t.cli("iscsi_target_node_add_pg_ig_maps", f"{NB}:disk1", "1:3")
     t.cli("iscsi_initiator_group_add_initiators", "3", "-n", "iqn.x", "-m", "[fe80::]/10")
+    assert t.cli("scsi_get_devices") == [{"id": 0, "device_name": f"{NB}:disk1"}]
     rep = t.replicas()
     node = rep["target_nodes"][0]
     assert node["luns"] == [{"bdev_name": "Malloc0", "lun_id": 0}, {"bdev_name": "Malloc1", "lun_id": 3}]
@@ -147,6 +148,7 @@ def test_iscsi_tgt_sh_lines_build_the_same_config_on_every_reactor(start):
     assert not listening(port)
     rep = t.replicas()
     assert rep["target_nodes"] == [] and rep["portal_groups"] == [] and rep["devices"] == []
+    assert t.cli("scsi_get_devices") == []
     assert t.cli("iscsi_get_connections") == []
     assert t.cli("iscsi_get_stats") == {"invalid": 0, "running": 0, "exiting": 0, "exited": 0}
 

@@ -32,6 +32,7 @@ MAX_PG_IG_MAPS = 256
 MAX_LUNS_PER_REQUEST = 64
 MAX_SECRETS_PER_REQUEST = 64
 SCSI_DEV_MAX_LUN = 256
+SCSI_MAX_DEVS = 1024                 # SPDK_SCSI_MAX_DEVS: SCSI device ids 0..1023
 SCSI_DEV_MAX_PORTS = 4               # pg maps per target node (a SCSI port each)
 CHAP_MAX_LEN = 255                   # ISCSI_CHAP_MAX_USER_LEN / _SECRET_LEN
 MAX_QUEUE_DEPTH_LIMIT = 256
@@ -248,6 +249,10 @@ class Config:
     def auth_groups_info(self) -> list:
         return [{"tag": tag, "secrets": [dict(s) for s in secrets]}
                 for tag, secrets in self.auth_groups.items()]
+
+    def scsi_devices_info(self) -> list:
+        return [{"id": t["dev_id"], "device_name": t["name"]}
+                for t in sorted(self.targets.values(), key=lambda t: t["dev_id"])]
 
     def target_nodes_info(self) -> list:
         out = []
@@ -549,8 +554,13 @@ def op_create_target_node(cfg: Config, a: dict) -> None:
         qd = cfg.options["max_queue_depth"]       # SPDK: an invalid depth means the maximum
     if cfg.find_target_key(name) is not None:
         raise ConfigError(-errno.EEXIST, f"target node {name} already exists")
+    # SPDK's allocate_dev: the lowest free SCSI device id (scsi_get_devices shows it)
+    used = {t["dev_id"] for t in cfg.targets.values()}
+    dev_id = next((i for i in range(SCSI_MAX_DEVS) if i not in used), None)
+    if dev_id is None:
+        raise ConfigError(-errno.ENOSPC, f"more than {SCSI_MAX_DEVS} SCSI devices")
     cfg.targets[name] = {
-        "name": name, "alias_name": alias, "pg_maps": maps, "luns": luns, "queue_depth": qd,
+        "name": name, "dev_id": dev_id, "alias_name": alias, "pg_maps": maps, "luns": luns, "queue_depth": qd,
         "disable_chap": a["disable_chap"], "require_chap": a["require_chap"],
         "mutual_chap": a["mutual_chap"], "chap_group": a["chap_group"],
         "header_digest": a["header_digest"], "data_digest": a["data_digest"]}

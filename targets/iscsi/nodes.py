@@ -249,7 +249,7 @@ class Registry:
                     old.update(t)         # the same object: sessions hold it
                     out[key] = old
                     continue
-                dev = _make_dev(name, luns)
+                dev = _make_dev(name, luns, t["dev_id"])
                 if dev is not None:
                     built.append(dev)
                 node = TargetNode(t, dev)
@@ -311,12 +311,15 @@ def _reregister(dev) -> None:
         table().setdefault(dev.name, dev)
 
 
-def _make_dev(name: str, luns: list):
+def _make_dev(name: str, luns: list, dev_id: int = 0):
     cls = _scsi_dev_class()
     if cls is None:
         return None
     try:
-        return cls(name, [(i, b) for i, b in luns])
+        try:
+            return cls(name, [(i, b) for i, b in luns], dev_id=dev_id)
+        except TypeError:      # a ScsiDev without device ids (Contract 3 names none)
+            return cls(name, [(i, b) for i, b in luns])
     except OSError as exc:
         raise C.ConfigError(-(exc.errno or errno.EIO),
                             f"cannot build SCSI device {name}: {exc}") from None

@@ -403,6 +403,12 @@ def _get_target_nodes(request, params):
     return control.main_config().target_nodes_info()
 
 
+@rpc_method("scsi_get_devices")
+def _scsi_get_devices(request, params):
+    """SCSI devices (one per target node): [{id, device_name}] by id."""
+    return control.main_config().scsi_devices_info()
+
+
 # ====================================================================== options
 _NOT_IMPLEMENTED_ERL = "ErrorRecoveryLevel 0 only"
 
