@@ -54,17 +54,24 @@ class RingstackIscsi:
 
         with RingstackIscsi(size=64 << 20) as rs:
             rs.url        # iscsi://127.0.0.1:PORT/iqn.2016-06.io.spdk:Malloc0/0
-            rs.nbd_url    # when nbd=True: nbd+unix:///Malloc0?socket=...
+            rs.nbd_url    # when nbd=True: nbd://127.0.0.1:PORT2/Malloc0
     """
 
     def __init__(self, size: int = 64 << 20, block_size: int = 512, mask: str = "0x3",
                  mode: str = "adaptive", port: Optional[int] = None, how: str = "option",
-                 nbd: bool = False, host: str = "127.0.0.1", extra_config: Optional[list] = None):
+                 nbd: bool = False, host: str = "127.0.0.1", extra_config: Optional[list] = None,
+                 iscsi: bool = True):
+        """``iscsi=False`` (with ``nbd=True``): the same process and bdev, NBD only, for
+        when this tree has no iSCSI target."""
+        if not (iscsi or nbd):
+            raise ValueError("serve the bdev over iSCSI, NBD or both")
         if how not in ("option", "rpc"):
             raise ValueError(f"how must be 'option' or 'rpc', not {how!r}")
         self.size, self.block_size, self.mask, self.mode = size, block_size, mask, mode
         self.port, self.how, self.nbd, self.host = port, how, nbd, host
         self.extra_config = extra_config or []
+        self.iscsi = iscsi
+        self.nbd_port: Optional[int] = None
         self.iqn = f"{NODE_BASE}:{BDEV}"
         self.proc: Optional[subprocess.Popen] = None
         self.tmp: Optional[str] = None
@@ -80,17 +87,14 @@ class RingstackIscsi:
         return os.path.join(self.tmp, "rpc.sock")
 
     @property
-    def nbd_sock(self) -> str:
-        return os.path.join(self.tmp, "nbd.sock")
-
-    @property
     def nbd_url(self) -> str:
-        return f"nbd+unix:///{BDEV}?socket={self.nbd_sock}"
+        """NBD over TCP loopback, the transport the iSCSI side uses too."""
+        return f"nbd://{self.host}:{self.nbd_port}/{BDEV}"
 
     def _config(self) -> dict:
         subsystems = [{"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {
             "name": BDEV, "num_blocks": self.size // self.block_size, "block_size": self.block_size}}]}]
-        if self.how == "rpc":
+        if self.iscsi and self.how == "rpc":
             subsystems.append({"subsystem": "iscsi", "config": [
                 {"method": "iscsi_create_portal_group", "params": {
                     "tag": 1, "portals": [{"host": self.host, "port": str(self.port)}]}},
@@ -102,30 +106,36 @@ class RingstackIscsi:
                     "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}], "disable_chap": True}}]})
         if self.nbd:
             subsystems.append({"subsystem": "nbd", "config": [
-                {"method": "nbd_server_start", "params": {"listen": self.nbd_sock}},
+                {"method": "nbd_server_start", "params": {"listen": f"{self.host}:{self.nbd_port}"}},
                 {"method": "nbd_export_add", "params": {"bdev_name": BDEV}}]})
         subsystems.extend(self.extra_config)
         return {"subsystems": subsystems}
 
     def start(self, timeout: float = 60.0) -> "RingstackIscsi":
-        ok, why = available()
-        if not ok:
-            raise RuntimeError(why)
+        if self.iscsi:
+            ok, why = available()
+            if not ok:
+                raise RuntimeError(why)
         self.tmp = tempfile.mkdtemp(prefix="ringstack-iscsi.")
         try:
-            if self.port is None:
+            if self.iscsi and self.port is None:
                 self.port = free_tcp_port(self.host)
+            if self.nbd and self.nbd_port is None:
+                self.nbd_port = free_tcp_port(self.host)
             cfg = os.path.join(self.tmp, "config.json")
             with open(cfg, "w") as f:
                 json.dump(self._config(), f)
             cmd = [sys.executable, "-m", "tools.cli", "start", "-m", self.mask, "-r", self.rpc_sock,
                    "-c", cfg, "--mode", self.mode]
-            if self.how == "option":
+            if self.iscsi and self.how == "option":
                 cmd += ["--iscsi", str(self.port)]
             self._err = open(os.path.join(self.tmp, "stderr.log"), "w+")
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=self._err)
-            wait_for_tcp(self.host, self.port, timeout, self.proc, "ringstack start")
+            if self.iscsi:
+                wait_for_tcp(self.host, self.port, timeout, self.proc, "ringstack start")
+            if self.nbd:
+                self._wait_for_nbd(timeout)
             self._note_children()
         except BaseException as exc:
             text = self.stop()
@@ -133,6 +143,14 @@ class RingstackIscsi:
                 raise RuntimeError(f"{exc}; ringstack stderr:\n{text[-3000:]}") from exc
             raise
         return self
+
+    def _wait_for_nbd(self, timeout: float) -> None:
+        wait_for_tcp(self.host, self.nbd_port, timeout, self.proc, "ringstack start")
+        deadline = time.monotonic() + timeout
+        while not self.rpc("nbd_get_exports"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the NBD export never appeared")
+            time.sleep(0.05)
 
     def _note_children(self) -> None:
         """The reactor processes, so leftovers() can tell an orphan from a clean stop."""
@@ -184,8 +202,9 @@ class RingstackIscsi:
             for owner, entries in list_instance_objects().items():
                 if owner == self.proc.pid or owner in self.children:
                     found.extend("/dev/shm/" + e for e in entries)
-        if self.port is not None and _listening(self.host, self.port):
-            found.append(f"something still listens on {self.host}:{self.port}")
+        for port in (self.port, self.nbd_port):
+            if port is not None and _listening(self.host, port):
+                found.append(f"something still listens on {self.host}:{port}")
         return found
 
     def __enter__(self) -> "RingstackIscsi":

@@ -62,6 +62,21 @@ class TgtdError(RuntimeError):
     pass
 
 
+def parse_portals(shown: str) -> list:
+    """``tgtadm --mode portal --op show`` ("Portal: 127.0.0.1:3260,1" lines) -> addresses."""
+    return [line.split(":", 1)[1].strip().rsplit(",", 1)[0]
+            for line in shown.splitlines() if line.startswith("Portal:")]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 class Tgtd:
     """One tgtd exporting one disk LUN of ``size`` bytes as ``iqn`` on 127.0.0.1:``port``.
 
@@ -70,6 +85,8 @@ class Tgtd:
 
     ``cpus``: a taskset CPU list ("0,1") the daemon and all its threads run on.
     """
+
+    _instances = 0
 
     def __init__(self, port: Optional[int] = None, size: int = 64 << 20, block_size: int = 512,
                  iqn: str = DEFAULT_IQN, cpus: Optional[str] = None,
@@ -123,8 +140,12 @@ class Tgtd:
         try:
             if self.port is None:
                 self.port = free_tcp_port(self.host)
-            # Unique per process: only names the IPC files, never a TCP port.
-            self.control_port = 20000 + os.getpid() % 40000
+            elif port_in_use(self.host, self.port):
+                # Checked first: tgtd would fall back to 0.0.0.0:3260 (see _check_portal).
+                raise TgtdError(f"{self.host}:{self.port} is in use")
+            # Only names the IPC files (never a TCP port); unique per instance besides.
+            Tgtd._instances += 1
+            self.control_port = 1024 + (os.getpid() * 16 + Tgtd._instances) % 31000  # a short int
             cmd = ["tgtd", "-f", "-C", str(self.control_port),
                    "--iscsi", f"portal={self.host}:{self.port}"]
             if self.nr_iothreads:
@@ -135,6 +156,7 @@ class Tgtd:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                          stderr=subprocess.STDOUT, env=self._env())
             self._wait_for_ipc(timeout)
+            self._check_portal()
             wait_for_tcp(self.host, self.port, timeout, self.proc, "tgtd")
             self._create_lun()
         except BaseException:
@@ -150,6 +172,15 @@ class Tgtd:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tgtd's management socket never appeared: {self.log()[-2000:]}")
             time.sleep(0.05)
+
+    def _check_portal(self) -> None:
+        """Exactly our portal, or fail: when tgtd cannot bind the portal it was given
+        (port taken) it falls back to its default, 0.0.0.0:3260 and [::]:3260, which
+        would serve every interface and could meet another target on 3260."""
+        portals = parse_portals(self.tgtadm("--lld", "iscsi", "--mode", "portal", "--op", "show"))
+        if portals != [f"{self.host}:{self.port}"]:
+            raise TgtdError(f"tgtd did not take portal {self.host}:{self.port} (it serves {portals}): "
+                            f"{self.log()[-1000:]}")
 
     def _create_lun(self) -> None:
         fd, self.backing = tempfile.mkstemp(prefix="ringstack-tgtd.", suffix=".img", dir=SHM_DIR)
