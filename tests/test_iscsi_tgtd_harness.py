@@ -178,3 +178,23 @@ def test_ringstack_iscsi_helper():
         assert rs.url.endswith("/iqn.2016-06.io.spdk:Malloc0/0")
         p = subprocess.run(["iscsi-readcapacity16", rs.url], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and "Total size:8388608" in p.stdout, p.stdout + p.stderr
+
+
+# -- the bench's client parsers -----------------------------------------------------------
+
+def test_iscsi_perf_output():
+    from tools.bench_iscsi import parse_iscsi_perf
+    text = _sample("iscsi-perf.txt")
+    assert parse_iscsi_perf(text) == 35163.0                   # the final average, not a progress line
+    assert parse_iscsi_perf(text.replace("\n", "\r")) == 35163.0
+    cut_short = text[:text.index("iops average 35163")] + "\nABORTED!\n"
+    with pytest.raises(ValueError, match="did not finish"):
+        parse_iscsi_perf(cut_short)
+
+
+def test_qemu_img_bench_output():
+    from tools.bench_iscsi import parse_qemu_img_bench
+    iops, secs = parse_qemu_img_bench(_sample("qemu-img-bench.txt"), 5000)
+    assert secs == 0.115 and round(iops) == round(5000 / 0.115)
+    with pytest.raises(ValueError):
+        parse_qemu_img_bench("Sending 5000 write requests\n", 5000)

@@ -104,24 +104,40 @@ def _run_client(cmd: list, cpus: str, timeout: float) -> dict:
     out = p.stdout
     if p.returncode != 0:
         return {"error": f"rc {p.returncode}: {(p.stderr or out).strip()[-500:]}"}
-    if cmd[0] == "iscsi-perf":
-        # Progress lines end in \r; the last "iops average N" is the whole run's.
-        found = _PERF_AVG.findall(out.replace("\r", "\n"))
-        if not found:
-            return {"error": f"no 'iops average' in iscsi-perf output: {out.strip()[-300:]}"}
-        return {"iops": float(found[-1]), "seconds": wall}
     if cmd[0] == "fio":
         from drivers.nbd.harness import parse_fio_json
         job = parse_fio_json(out)["jobs"][0]
         if job.get("error"):
             return {"error": f"fio error {job['error']}"}
         return {"iops": job["read"]["iops"], "seconds": wall, "lat_us": job["read"]["lat_ns"]["mean"] / 1000.0}
+    try:
+        if cmd[0] == "iscsi-perf":
+            return {"iops": parse_iscsi_perf(out), "seconds": wall}
+        iops, secs = parse_qemu_img_bench(out, int(cmd[cmd.index("-c") + 1]))
+        return {"iops": iops, "seconds": secs}
+    except ValueError as exc:
+        return {"error": str(exc)}
+
+
+def parse_iscsi_perf(out: str) -> float:
+    """The whole run's IOPS from iscsi-perf's output; ValueError if the run did not finish.
+
+    Progress lines end in a carriage return; the last one is "iops average N (M MB/s)"
+    at the start of the line.  A run cut short (connection lost) ends in a progress line
+    instead, or says ABORTED!, and never prints "finished."."""
+    found = _PERF_AVG.findall(out.replace("\r", "\n"))
+    if not found or "finished." not in out:
+        raise ValueError(f"iscsi-perf did not finish: {out.strip()[-300:]}")
+    return float(found[-1])
+
+
+def parse_qemu_img_bench(out: str, count: int) -> tuple:
+    """``(IOPS, seconds)`` from qemu-img bench's "Run completed in S seconds."."""
     m = _QEMU_DONE.search(out)
-    if not m:
-        return {"error": f"no 'Run completed' in qemu-img output: {out.strip()[-300:]}"}
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"no 'Run completed' in qemu-img output: {out.strip()[-300:]}")
     secs = float(m.group(1))
-    count = int(cmd[cmd.index("-c") + 1])
-    return {"iops": count / secs if secs > 0 else 0.0, "seconds": secs}
+    return count / secs, secs
 
 
 def _prefill(url: str, size: int, cpus: str) -> dict:
