@@ -183,6 +183,7 @@ def run(args) -> int:
     urls: dict = {}
     results: dict = {s: {} for s in servers}
     commands: dict = {}
+    rounds: dict = {}     # server -> workload -> IOPS of every round (None: that round failed)
     prefill: dict = {}
     rs_err = ""
     try:
@@ -208,6 +209,8 @@ def run(args) -> int:
                     cmd = client_command(tool, rw, depth, urls[s], args.block_size, runtime, count, size)
                     commands.setdefault(name, {})[s] = " ".join(["taskset", "-c", client_cpus] + cmd)
                     r = _run_client(cmd, client_cpus, timeout=max(120.0, 20.0 * runtime))
+                    rounds.setdefault(s, {}).setdefault(name, []).append(
+                        round(r["iops"]) if "iops" in r else None)
                     best = results[s].get(name)
                     if best is None or "error" in best or r.get("iops", -1) > best.get("iops", -1):
                         results[s][name] = r
@@ -229,7 +232,8 @@ def run(args) -> int:
             if s in unavailable:
                 row[s] = {"unavailable": unavailable[s]}
             else:
-                row[s] = results[s].get(name) or {"error": "not run"}
+                row[s] = dict(results[s].get(name) or {"error": "not run"})
+                row[s]["rounds"] = rounds.get(s, {}).get(name, [])
         t, r = row.get("tgtd", {}), row.get("ringstack", {})
         if t.get("iops") and r.get("iops"):
             row["ratio_ringstack_tgtd"] = r["iops"] / t["iops"]
