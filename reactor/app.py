@@ -71,7 +71,7 @@ EXIT_TIMEOUT_S = 3.0
 RING_CAPACITY = _r.DEFAULT_RING_CAPACITY
 
 POLL, ADAPTIVE = "poll", "adaptive"
-_PROJECT_PACKAGES = ("reactor", "bdev", "ipc", "drivers", "tools")
+_PROJECT_PACKAGES = ("reactor", "bdev", "ipc", "drivers", "targets", "tools")
 
 
 class AppError(Exception):

@@ -1,6 +1,9 @@
 """The bdev layer's two faces (docs/bdev.md): drivers/ and tools/ reach the layer only
 through ``bdev.api`` (``import bdev`` re-exports it) and ``bdev.module``; both list their
-exports in ``__all__``; and bdev/ depends on neither drivers/ nor tools/.
+exports in ``__all__``; and bdev/ depends on neither drivers/ nor tools/.  targets/ (bdev
+*users*, docs/targets.md) reach it through ``bdev.api`` only, never ``bdev.module`` nor a
+private room, import nothing of drivers/, and their layers point down only
+(iscsi -> scsi -> serve, nbd -> serve).
 
 Imports are read with ``ast`` (every import statement, those inside functions included,
 and ``importlib.import_module("...")`` with a literal name), not by grepping text."""
@@ -102,12 +105,12 @@ def _face_aliases(tree):
     return out
 
 
-def test_drivers_and_tools_use_only_exported_names():
-    """``api.X`` / ``bm.X`` / ``bdev.X`` in drivers/ and tools/ name something the face
-    exports (``__all__``): no reaching through the package for a private room
+def test_drivers_tools_and_targets_use_only_exported_names():
+    """``api.X`` / ``bm.X`` / ``bdev.X`` in drivers/, tools/ and targets/ name something the
+    face exports (``__all__``): no reaching through the package for a private room
     (``bdev._registry``...)."""
     bad = []
-    for path, tree in _sources("drivers", "tools"):
+    for path, tree in _sources("drivers", "tools", "targets"):
         aliases = _face_aliases(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module in FACES and not node.level:
@@ -145,6 +148,65 @@ def test_bdev_package_reexports_the_user_api():
     assert list(bdev.__all__) == list(bdev.api.__all__)
     assert all(getattr(bdev, n) is getattr(bdev.api, n) for n in bdev.api.__all__)
 
+
+
+# ------------------------------------------------------------------ targets/ are bdev users
+TARGET_LAYERS = {"serve": set(), "nbd": {"serve"}, "scsi": {"serve"}, "iscsi": {"scsi", "serve"}}
+
+
+def target_import_problems(dirs=("targets",)):
+    """What a module under targets/ must not import: bdev.module or a private room of bdev
+    (only ``bdev.api``, or ``bdev`` which re-exports it), anything of drivers/, or a target
+    package above or beside its own (docs/targets.md layering)."""
+    bad = []
+    for path, tree in _sources(*dirs):
+        parts = path.relative_to(ROOT).parts
+        own = parts[1] if len(parts) > 2 else None
+        for lineno, mod in imported_modules(path, tree):
+            where = f"{path.relative_to(ROOT)}:{lineno}: imports {mod}"
+            top = mod.split(".")
+            if top[0] == "bdev" and mod not in ("bdev", "bdev.api"):
+                bad.append(where + " (targets use bdev.api only)")
+            elif top[0] == "drivers":
+                bad.append(where + " (a target is not a bdev module)")
+            elif top[0] == "targets" and len(top) > 1 and own is not None and top[1] != own \
+                    and top[1] in TARGET_LAYERS and top[1] not in TARGET_LAYERS.get(own, set()):
+                bad.append(where + f" (targets/{own} may use only {sorted(TARGET_LAYERS.get(own, ()))})")
+    return bad
+
+
+def test_targets_import_only_bdev_api_and_their_lower_layers():
+    assert (ROOT / "targets" / "serve").is_dir() and (ROOT / "targets" / "nbd").is_dir()
+    assert target_import_problems() == []
+
+
+def test_the_target_check_catches_each_violation():
+    """The checker itself, on probe files placed in the tree (removed afterwards)."""
+    cases = {("serve", "from bdev import module as bm"): "bdev.module",
+             ("serve", "import bdev._registry"): "bdev._registry",
+             ("nbd", "from drivers import malloc"): "drivers",
+             ("nbd", "def f():\n    import drivers.error"): "drivers.error",
+             ("serve", "from targets.nbd import connection"): "targets.nbd",
+             ("serve", "from ..nbd import rpc"): "targets.nbd",
+             ("nbd", "import targets.iscsi"): "targets.iscsi",
+             ("scsi", "from targets import iscsi"): "targets.iscsi"}
+    for (pkg, src), expect in cases.items():
+        probe = ROOT / "targets" / pkg / "_face_probe.py"
+        if not probe.parent.is_dir():
+            continue
+        probe.write_text(src + "\n")
+        try:
+            found = [b for b in target_import_problems() if "_face_probe" in b]
+        finally:
+            probe.unlink()
+        assert found and expect in found[0], (pkg, src, found)
+    ok = ROOT / "targets" / "nbd" / "_face_probe.py"
+    ok.write_text("import bdev.api as api\nimport bdev\nfrom bdev import api\n"
+                  "from targets.serve import bdev_handle\nfrom ..serve import bdev_handle\n")
+    try:
+        assert [b for b in target_import_problems() if "_face_probe" in b] == []
+    finally:
+        ok.unlink()
 
 
 def test_bdev_imports_neither_drivers_nor_tools():

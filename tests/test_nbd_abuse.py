@@ -8,9 +8,9 @@ import tempfile
 
 import pytest
 
-from drivers.nbd import _proto as P
-from drivers.nbd.client import NbdClient, NbdError, OptionError
-from drivers.nbd.harness import ServerProcess
+from targets.nbd import _proto as P
+from targets.nbd.client import NbdClient, NbdError, OptionError
+from targets.nbd.harness import ServerProcess
 
 MiB = 1 << 20
 

@@ -1,5 +1,5 @@
 """Real NBD clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio, nbd-client) against the
-standalone server (`python -m drivers.nbd`) in a child process.  A test is skipped only
+standalone server (`python -m targets.nbd`) in a child process.  A test is skipped only
 when its client binary is missing, with the reason."""
 import json
 import os
@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from drivers.nbd.harness import NbdkitMemory, ServerProcess, parse_fio_json, run_fio, summarize_fio
+from targets.nbd.harness import NbdkitMemory, ServerProcess, parse_fio_json, run_fio, summarize_fio
 
 MiB = 1 << 20
 

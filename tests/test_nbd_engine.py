@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from drivers.nbd import (EVENT_REMOVED, Export, ExportHandle, Listener, MemoryExport, NbdLoop,
+from targets.nbd import (EVENT_REMOVED, Export, ExportHandle, Listener, MemoryExport, NbdLoop,
                          NbdTarget, nbd_error, parse_address, recv_fd, send_fd, socket_from_fd)
-from drivers.nbd import _proto as P
-from drivers.nbd.client import NbdClient, NbdError, OptionError
-from drivers.nbd.server import EVENT_READ, EVENT_WRITE
+from targets.nbd import _proto as P
+from targets.nbd.client import NbdClient, NbdError, OptionError
+from targets.nbd.server import EVENT_READ, EVENT_WRITE
 
 MiB = 1 << 20
 
@@ -233,10 +233,10 @@ class _BadHandle(ExportHandle):
         cb(0)
         cb(0)                                   # double completion
 
-    def write(self, offset, data, fua, cb):
+    def write(self, offset, data, cb, fua=False):
         cb(0)
 
-    def flush(self, cb):
+    def flush(self, offset, length, cb):
         cb(0)
 
     def close(self):
@@ -461,7 +461,7 @@ class _RemovingHandle(ExportHandle):
 
     def read(self, offset, length, buf, cb):
         if offset == 4096:
-            self.event_cb(EVENT_REMOVED, self.export)
+            self.event_cb(EVENT_REMOVED)
         cb(errno.ENODEV if offset >= 4096 else 0)
 
     def close(self):

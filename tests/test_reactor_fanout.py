@@ -533,7 +533,7 @@ def test_idle_reactors_have_nothing_to_do_after_a_fanout():
 def _nbd_setup(h):
     """The bdev layer with one stub bdev, and an NBD server state on every reactor."""
     import bdev_stub as S
-    from drivers.nbd import reactor_glue as glue
+    from targets.nbd import reactor_glue as glue
     S.init_layer(h)
     h.set_thread(0)
     S.create("nb0")
@@ -563,7 +563,7 @@ def _exports(svcs):
 
 
 def test_nbd_export_add_is_all_or_nothing_across_reactors():
-    from drivers.nbd.bdev_export import BdevExport
+    from targets.nbd.bdev_export import BdevExport
     with Harness(2, n_reactors=2) as h:
         S, glue, svcs = _nbd_setup(h)
         try:
@@ -613,7 +613,7 @@ def test_nbd_export_add_meeting_a_dying_reactor_is_undone_on_the_survivor():
 
 
 def test_nbd_start_failing_on_a_reactor_leaves_it_as_it_was():
-    from drivers.nbd import reactor_glue as glue
+    from targets.nbd import reactor_glue as glue
     with Harness(2, n_reactors=2) as h:
         r0 = h.reactors[0]
         main = glue.ReactorNbd(r0)           # what nbd_server_start set up on the main reactor

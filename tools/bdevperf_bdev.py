@@ -36,8 +36,7 @@ def prepare_real() -> list[str]:
     from reactor import rpc
     rpc.discover()
     mods = sorted(m for m in sys.modules
-                  if (m == "bdev" or m.startswith("bdev.") or m.startswith("drivers."))
-                  and not m.startswith("drivers.nbd"))
+                  if m == "bdev" or m.startswith("bdev.") or m.startswith("drivers."))
     return mods
 
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from drivers.nbd.harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
+from targets.nbd.harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
 from tools.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

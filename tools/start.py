@@ -37,7 +37,7 @@ def run(args) -> int:
 
 def _ready(args) -> None:
     if getattr(args, "nbd", None):
-        from drivers.nbd.rpc import start_exporting_all
+        from targets.nbd.rpc import start_exporting_all
         start_exporting_all(args.nbd)
     logging.getLogger("ringstack.start").warning(
         "ringstack target ready: reactors on cores %s, RPC on %s", args.cpumask, args.rpc_socket)

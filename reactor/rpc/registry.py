@@ -199,7 +199,7 @@ def register_alias(alias: str, target: str, deprecated: bool = True) -> Method:
 # Packages whose modules may declare methods.  Every module of them is imported (each must
 # import without side effects); a module's methods are whatever its @rpc_method decorators
 # registered, so nothing is read from source text and no list of modules is kept by hand.
-_DISCOVER_PACKAGES = ("reactor", "bdev", "drivers")
+_DISCOVER_PACKAGES = ("reactor", "bdev", "drivers", "targets")
 
 
 def discover(packages: Sequence[str] = _DISCOVER_PACKAGES) -> list[tuple[str, str]]:

@@ -85,7 +85,7 @@ class _Req:
         self.done = False
         self.abandoned = False
 
-    def __call__(self, err: int = 0) -> None:
+    def __call__(self, err: int = 0, scsi=None) -> None:
         if self.done:
             c = self.conn
             log.error("nbd %s: export %r completed %s cookie=%#x twice (backend bug); ignored",
@@ -153,6 +153,7 @@ class Connection:
         self._max_payload = 0
         self._drain_limit = 0
         self._readonly = True
+        self._fua_flush = False
         self._allowed: dict[int, int] = {}         # command -> allowed flag mask
 
         self._reqs: set = set()                   # submitted to the backend, not completed
@@ -457,14 +458,13 @@ class Connection:
                 req = _Req(self, cookie, typ, flags, offset, length, None)
                 self._pending += 1
                 self._reqs.add(req)
-                fua = bool(flags & P.CMD_FLAG_FUA)
                 try:
                     if typ == _CMD_FLUSH:
-                        self._handle.flush(req)
+                        self._handle.flush(0, self._size, req)
                     elif typ == _CMD_TRIM:
-                        self._handle.trim(offset, length, fua, req)
+                        self._handle.unmap(offset, length, req)
                     else:
-                        self._handle.write_zeroes(offset, length, fua, req)
+                        self._handle.write_zeroes(offset, length, req)
                 except Exception as exc:
                     self._backend_raised(req, exc)
         self._rstart = start
@@ -494,7 +494,7 @@ class Connection:
     def _submit_write(self, req: _Req) -> None:
         self._reqs.add(req)
         try:
-            self._handle.write(req.offset, req.buf, bool(req.flags & P.CMD_FLAG_FUA), req)
+            self._handle.write(req.offset, req.buf, req, bool(req.flags & P.CMD_FLAG_FUA))
         except Exception as exc:
             self._backend_raised(req, exc)
 
@@ -513,8 +513,19 @@ class Connection:
             if self._state == _S_DEAD and not self._reqs:
                 self._finish()
             return
-        self._pending -= 1
         typ = req.typ
+        if (not err and req.flags & P.CMD_FLAG_FUA and self._fua_flush
+                and (typ == _CMD_TRIM or typ == _CMD_WZ)):
+            # FUA trim / write-zeroes on a write-cache bdev: answered after a flush
+            req.flags &= ~P.CMD_FLAG_FUA
+            req.done = False
+            self._reqs.add(req)
+            try:
+                self._handle.flush(req.offset, req.length, req)
+            except Exception as exc:
+                self._backend_raised(req, exc)
+            return
+        self._pending -= 1
         if err:
             log.warning("nbd %s: export %r %s [%d, +%d) failed: %s", self.name, self.export_name,
                         P.CMD_NAMES.get(typ), req.offset, req.length, os.strerror(abs(err)))
@@ -753,6 +764,7 @@ class Connection:
         self._max_payload = min(e.block_max, 0xFFFFFFFF)
         self._drain_limit = max(2 * self._max_payload, P.DEFAULT_MAX_PAYLOAD * 2)
         self._readonly = e.readonly
+        self._fua_flush = bool(getattr(e, "fua_needs_flush", False))
         fua = P.CMD_FLAG_FUA if e.can_fua else 0
         allowed = {_CMD_READ: fua | (P.CMD_FLAG_DF if self._structured else 0),
                    _CMD_WRITE: fua, _CMD_DISC: 0xFFFF}
@@ -766,9 +778,9 @@ class Connection:
         self._state = _S_TRANS
         log.debug("nbd %s: serving export %r (structured=%s)", self.name, e.name, self._structured)
 
-    def _on_export_event(self, event: str, export: Export) -> None:
+    def _on_export_event(self, event: str) -> None:
         if event == EVENT_REMOVED:
-            log.info("nbd %s: export %r removed; closing the connection", self.name, export.name)
+            log.info("nbd %s: export %r removed; closing the connection", self.name, self.export_name)
             self.detach("export removed")
 
     # ------------------------------------------------------------------ teardown

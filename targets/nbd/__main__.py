@@ -1,6 +1,6 @@
-"""python -m drivers.nbd: serve memory-backed exports (a test fixture and debugging aid).
+"""python -m targets.nbd: serve memory-backed exports (a test fixture and debugging aid).
 
-  python -m drivers.nbd --listen /tmp/nbd.sock --export disk0:64M [--export ro:1M:ro]
+  python -m targets.nbd --listen /tmp/nbd.sock --export disk0:64M [--export ro:1M:ro]
       [--block-min 512] [--async] [--reorder]
 
 Prints one line "READY <uri> ..." on stdout once every listener is bound, then serves
@@ -38,7 +38,7 @@ def parse_export(spec: str, args) -> MemoryExport:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m drivers.nbd", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m targets.nbd", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", action="append", required=True,
                     help="socket path or host:port (repeatable); TCP binds 127.0.0.1 unless a host is given")
     ap.add_argument("--export", action="append", required=True, metavar="NAME:SIZE[:ro]")

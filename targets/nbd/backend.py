@@ -4,10 +4,12 @@ bytearray-backed `MemoryExport` for tests and debugging.
 Two audiences: the NBD server only *calls* `Export.open()` and the `ExportHandle` methods;
 a backend author subclasses `Export` and `ExportHandle`.
 
-Contract for every I/O method of `ExportHandle` (read/write/flush/trim/write_zeroes):
+Contract for every I/O method of `ExportHandle` (read/write/flush/unmap/write_zeroes: the
+shape of targets/serve's `BdevHandle`, docs/targets.md Contract 2, which `BdevExport`
+hands out as is):
 
-* `cb(err)` is called **exactly once**, with 0 on success or an errno (positive, or
-  SPDK-style negative) on failure.  It may be called later (from a later poll of the
+* `cb(err, scsi=None)` is called **exactly once**, with 0 on success or an errno
+  (SPDK-style negative, or positive) on failure; NBD ignores `scsi`.  It may be called later (from a later poll of the
   owner's loop) or synchronously inside the submit call; the server handles both (a
   completion only queues a reply, it never re-enters request parsing).
 * The submit call itself does not raise for I/O errors; it reports them through `cb`.
@@ -33,8 +35,8 @@ from . import _proto as P
 
 log = logging.getLogger("ringstack.nbd")
 
-Completion = Callable[[int], None]
-EventCallback = Callable[[str, "Export"], None]
+Completion = Callable[..., None]          # cb(err, scsi=None)
+EventCallback = Callable[[str], None]     # event_cb("removed")
 
 EVENT_REMOVED = "removed"
 
@@ -99,7 +101,7 @@ class Export:
         return f
 
     def open(self, event_cb: EventCallback) -> "ExportHandle":
-        """Open a per-connection handle.  `event_cb(event, export)` is called on the opener's
+        """Open a per-connection handle.  `event_cb(event)` is called on the opener's
         thread when the backend changes under the handle (`"removed"`).  Raises OSError
         (e.g. ENODEV) if the export cannot be opened."""
         raise NotImplementedError
@@ -121,16 +123,16 @@ class ExportHandle:
     def read(self, offset: int, length: int, buf: memoryview, cb: Completion) -> None:
         raise NotImplementedError
 
-    def write(self, offset: int, data: memoryview, fua: bool, cb: Completion) -> None:
+    def write(self, offset: int, data: memoryview, cb: Completion, fua: bool = False) -> None:
         raise NotImplementedError
 
-    def flush(self, cb: Completion) -> None:
+    def flush(self, offset: int, length: int, cb: Completion) -> None:
         raise NotImplementedError
 
-    def trim(self, offset: int, length: int, fua: bool, cb: Completion) -> None:
+    def unmap(self, offset: int, length: int, cb: Completion) -> None:
         raise NotImplementedError
 
-    def write_zeroes(self, offset: int, length: int, fua: bool, cb: Completion) -> None:
+    def write_zeroes(self, offset: int, length: int, cb: Completion) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -211,7 +213,7 @@ class MemoryExport(Export):
             return
         self.removed = True
         for h in list(self.handles):
-            h._event_cb(EVENT_REMOVED, self)
+            h._event_cb(EVENT_REMOVED)
 
     def poll(self) -> int:
         """Complete the operations submitted before this call.  Returns how many."""
@@ -293,23 +295,23 @@ class MemoryHandle(ExportHandle):
         e = self._export
         e._submit("read", e._do_read, (offset, length, buf), cb)
 
-    def write(self, offset, data, fua, cb):
+    def write(self, offset, data, cb, fua=False):
         self._check(offset, len(data))
         e = self._export
         if fua:
             e.stats["fua"] += 1
         e._submit("write", e._do_write, (offset, data), cb)
 
-    def flush(self, cb):
+    def flush(self, offset, length, cb):
         assert not self.closed
         self._export._submit("flush", lambda: 0, (), cb)
 
-    def trim(self, offset, length, fua, cb):
+    def unmap(self, offset, length, cb):
         self._check(offset, length)
         e = self._export
         e._submit("trim", e._do_zero, (offset, length), cb)
 
-    def write_zeroes(self, offset, length, fua, cb):
+    def write_zeroes(self, offset, length, cb):
         self._check(offset, length)
         e = self._export
         e._submit("write_zeroes", e._do_zero, (offset, length), cb)

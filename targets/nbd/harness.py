@@ -1,6 +1,6 @@
 """Launch helpers shared by the real-client tests and (later) `ringstack bench nbd`:
 fio against an NBD URI (with JSON parsing), `nbdkit memory` on a Unix socket, and the
-standalone `python -m drivers.nbd` server.  Every wait is bounded; every process started
+standalone `python -m targets.nbd` server.  Every wait is bounded; every process started
 here is stopped by the context manager that started it.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class ServerProcess:
-    """`python -m drivers.nbd` in a child process.
+    """`python -m targets.nbd` in a child process.
 
     with ServerProcess("/tmp/s.sock", ["disk0:64M"]) as srv: srv.uri("disk0")
     """
@@ -69,7 +69,7 @@ class ServerProcess:
     def __init__(self, listen: str, exports: Sequence[str], extra: Sequence[str] = (),
                  python: str = sys.executable, ready_timeout: float = 20.0):
         self.listen = listen
-        self.cmd = [python, "-m", "drivers.nbd", "--listen", listen]
+        self.cmd = [python, "-m", "targets.nbd", "--listen", listen]
         for e in exports:
             self.cmd += ["--export", e]
         self.cmd += list(extra)

@@ -1,6 +1,6 @@
 """`NbdTarget` (the connections one reactor serves) and `NbdLoop` (a standalone
 selectors/epoll loop driving listeners + a target, used by the tests and `python -m
-drivers.nbd`; no reactor dependency).
+targets.nbd`; no reactor dependency).
 
 Reactor integration contract (what a reactor poller does with a target):
 
