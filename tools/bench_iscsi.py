@@ -105,7 +105,7 @@ def _run_client(cmd: list, cpus: str, timeout: float) -> dict:
     if p.returncode != 0:
         return {"error": f"rc {p.returncode}: {(p.stderr or out).strip()[-500:]}"}
     if cmd[0] == "fio":
-        from drivers.nbd.harness import parse_fio_json
+        from targets.nbd.harness import parse_fio_json
         job = parse_fio_json(out)["jobs"][0]
         if job.get("error"):
             return {"error": f"fio error {job['error']}"}

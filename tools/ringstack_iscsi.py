@@ -145,7 +145,7 @@ class RingstackIscsi:
         return self
 
     def _wait_for_nbd(self, timeout: float) -> None:
-        from drivers.nbd.harness import wait_for_unix_socket
+        from targets.nbd.harness import wait_for_unix_socket
         wait_for_tcp(self.host, self.nbd_port, timeout, self.proc, "ringstack start")
         # The config (and with it the NBD listener) can be up before the RPC server.
         wait_for_unix_socket(self.rpc_sock, timeout, self.proc)
