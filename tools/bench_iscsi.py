@@ -105,8 +105,10 @@ def _run_client(cmd: list, cpus: str, timeout: float) -> dict:
     if p.returncode != 0:
         return {"error": f"rc {p.returncode}: {(p.stderr or out).strip()[-500:]}"}
     if cmd[0] == "fio":
-        from targets.nbd.harness import parse_fio_json
-        job = parse_fio_json(out)["jobs"][0]
+        try:
+            job = _fio_json(out)["jobs"][0]
+        except (ValueError, KeyError, IndexError) as exc:
+            return {"error": f"fio report unreadable: {exc}"}
         if job.get("error"):
             return {"error": f"fio error {job['error']}"}
         return {"iops": job["read"]["iops"], "seconds": wall, "lat_us": job["read"]["lat_ns"]["mean"] / 1000.0}
@@ -117,6 +119,14 @@ def _run_client(cmd: list, cpus: str, timeout: float) -> dict:
         return {"iops": iops, "seconds": secs}
     except ValueError as exc:
         return {"error": str(exc)}
+
+
+def _fio_json(out: str) -> dict:
+    """fio's --output-format=json report (fio may print notes before the JSON)."""
+    start = out.find("{")
+    if start < 0:
+        raise ValueError(f"no JSON in fio output: {out.strip()[-300:]}")
+    return json.loads(out[start:])
 
 
 def parse_iscsi_perf(out: str) -> float:

@@ -94,8 +94,6 @@ class Ringstack:
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err)
         try:
             wait_for_unix_socket(self.nbd_sock, 60, self.proc)
-            # The config (and with it the NBD listener) can be up before the RPC server.
-            wait_for_unix_socket(self.rpc_sock, 60, self.proc)
             from reactor.rpc import RpcClient
             self.rpc = RpcClient(self.rpc_sock, timeout=30)
             deadline = time.monotonic() + 30

@@ -145,11 +145,13 @@ class RingstackIscsi:
         return self
 
     def _wait_for_nbd(self, timeout: float) -> None:
-        from targets.nbd.harness import wait_for_unix_socket
         wait_for_tcp(self.host, self.nbd_port, timeout, self.proc, "ringstack start")
         # The config (and with it the NBD listener) can be up before the RPC server.
-        wait_for_unix_socket(self.rpc_sock, timeout, self.proc)
         deadline = time.monotonic() + timeout
+        while not os.path.exists(self.rpc_sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"the RPC socket {self.rpc_sock} never appeared")
+            time.sleep(0.05)
         while not self.rpc("nbd_get_exports"):
             if time.monotonic() > deadline:
                 raise TimeoutError("the NBD export never appeared")
