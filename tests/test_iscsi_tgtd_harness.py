@@ -43,6 +43,16 @@ def test_scsi_family_report_of_tgtd():
     assert len(by_name["Reserve6.Logout"].messages) == 4
 
 
+def test_verdict_at_column_0_followed_by_teardown_output():
+    """From a work-in-progress ringstack (captured): the test printed [FAILED] without
+    asserting, CUnit passed it, and the teardown's message follows "passed" on its line."""
+    r = parse_cunit(_sample("ringstack-wip-SCSI.Reserve6.txt"))
+    t = {t.name: t for t in r.tests}["LUNReset"]
+    assert t.status == "passed" and t.trailing and "PRIN command" in t.trailing[0]
+    assert "Reserve6.LUNReset" in r.passed_with_failure_messages
+    assert r.counts()["tests"] == r.summary["tests"]["ran"]
+
+
 def test_iscsi_family_report_of_tgtd():
     r = parse_cunit(_sample("tgtd-iSCSI.txt"))
     assert r.counts() == {"tests": 15, "passed": 14, "failed": 1, "skipped": 0}
