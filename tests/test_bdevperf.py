@@ -305,7 +305,7 @@ SPDK_LINES = {
 
 def test_output_is_spdks_byte_for_byte():
     p = subprocess.run([sys.executable, "-m", "tools.cli", "bdevperf", "-q", "16", "-o", "4096",
-                        "-w", "randread", "-t", "2"], cwd=ROOT, capture_output=True, timeout=60)
+                        "-w", "randread", "-t", "3"], cwd=ROOT, capture_output=True, timeout=60)
     out = p.stdout.decode()
     assert p.returncode == 0, out + p.stderr.decode()
     for name, rx_ in SPDK_LINES.items():
