@@ -299,7 +299,7 @@ SPDK_LINES = {
     "row": r"\n\t Malloc0             :" + _NUM * 5 + r" +\d+\.\d\d" * 3 + r"\n",
     "rule": r"\r =={57}=+\n",
     "total": r"\r Total                       :            " + _NUM * 7 + r"\n",
-    "progress": r"\n {0,3}\d+\.\d\d IOPS, +\d+\.\d\d MiB/s\r",
+    "progress": r"\n *\d+\.\d\d IOPS, +\d+\.\d\d MiB/s\r",   # right-aligned: fewer IOPS digits, more spaces
 }
 
 
