@@ -94,3 +94,7 @@ def bdev_invariants(request, monkeypatch):
     yield tracker
     problems = tracker.finish(request.node.get_closest_marker("bdev_io_may_be_lost") is not None)
     assert not problems, "bdev invariants broken:\n  " + "\n  ".join(problems)
+
+
+# The session's Ceph cluster (tests/ceph_cluster.py), for the rbd tests.
+from ceph_cluster import ceph_cluster  # noqa: E402,F401  (fixture)

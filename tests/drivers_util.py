@@ -8,7 +8,7 @@ import time
 import bdev_stub
 
 from bdev import api
-from drivers import aio, delay, error, malloc, null, passthru, raid, split
+from drivers import aio, delay, error, malloc, null, passthru, raid, rbd, split
 
 
 def run_until(h, pred, timeout=10.0):
@@ -48,7 +48,7 @@ def rm(h, name):
     assert b is not None, name
     mod = {"malloc": malloc.delete, "null": null.delete, "aio": aio.delete,
            "passthru": passthru.delete, "error": error.delete, "delay": delay.delete,
-           "raid": raid.delete}
+           "raid": raid.delete, "rbd": rbd.delete}
     out = []
     if b.module.name == "split":
         split.delete(b.ctxt.base.base_name, lambda rc: out.append(rc))

@@ -10,7 +10,7 @@ import pytest
 import bdev_stub
 from bdev import api
 from reactor.testing import Harness
-from drivers import aio, delay, error, passthru, raid, split
+from drivers import aio, delay, error, passthru, raid, rbd, split
 from drivers_util import Io, mk_malloc, mk_null, pattern, rm, run_until
 
 BS = 512
@@ -45,6 +45,18 @@ def s_aio(h, tmp):
     aio.create("A0", str(path), _cb(out), block_size=BS)
     assert _wait(h, out) == 0
     return "A0", ["A0"], True
+
+
+def s_rbd(h, cluster):
+    """A 128 KiB image of the session's Ceph cluster (tests/ceph_cluster.py); each reactor
+    opens it with its own librados client."""
+    img = cluster.new_image(size="128K")
+    out = []
+    h.set_thread(0)
+    rbd.create("Rbd0", "rbd", img, BS, _cb(out), config={"mon_host": cluster.mon_host(),
+                                                          "auth_client_required": "none"})
+    assert _wait(h, out) == 0
+    return "Rbd0", ["Rbd0"], True
 
 
 def _over_malloc(create):
@@ -87,14 +99,16 @@ def _raid(level, strip):
 
 STACKS = {"malloc": s_malloc, "null": s_null, "aio": s_aio, "passthru": s_passthru,
           "split": s_split, "error": s_error, "delay": s_delay,
-          "raid0": _raid("raid0", 4), "raid1": _raid("raid1", 0), "concat": _raid("concat", 4)}
+          "raid0": _raid("raid0", 4), "raid1": _raid("raid1", 0), "concat": _raid("concat", 4),
+          "rbd": s_rbd}
 
 
 @pytest.fixture(params=sorted(STACKS))
 def stack(request, tmp_path):
     with Harness(n_threads=2, n_reactors=2) as h:
         bdev_stub.init_layer(h)
-        name, bottom, data = STACKS[request.param](h, tmp_path)
+        where = request.getfixturevalue("ceph_cluster") if request.param == "rbd" else tmp_path
+        name, bottom, data = STACKS[request.param](h, where)
         h.kind = request.param
         yield h, name, bottom, data
         h.set_thread(0)
@@ -210,6 +224,7 @@ def rm_async(h, name):
     h.set_thread(0)
     box = [[]]
     b = api.get_by_name(name)
-    fn = {"malloc": malloc.delete, "null": null.delete, "aio": aio.delete}[b.module.name]
+    fn = {"malloc": malloc.delete, "null": null.delete, "aio": aio.delete,
+          "rbd": rbd.delete}[b.module.name]
     fn(name, lambda rc: box[0].append(rc))
     return box

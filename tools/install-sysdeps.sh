@@ -13,6 +13,11 @@ command -v nbd-client >/dev/null 2>&1 || need="$need nbd-client"
 command -v iscsi-test-cu >/dev/null 2>&1 || need="$need libiscsi-bin"
 command -v tgtd     >/dev/null 2>&1 || need="$need tgt"
 ls /usr/lib/*/qemu/block-iscsi.so >/dev/null 2>&1 || need="$need qemu-block-extra"
+# Ceph: a one-monitor one-OSD dev cluster (tools/ceph-dev-cluster.sh) and the client
+# libraries the rbd bdev binds (librbd1, librados2 come with ceph-common).
+command -v ceph-mon >/dev/null 2>&1 || need="$need ceph-mon"
+command -v ceph-osd >/dev/null 2>&1 || need="$need ceph-osd"
+command -v rbd      >/dev/null 2>&1 || need="$need ceph-common"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "install-sysdeps: not root; please install:$need" >&2

@@ -1,0 +1,534 @@
+"""The Ceph RBD bdev (SPDK's module/bdev/rbd): an RBD image of a real Ceph cluster as a bdev,
+through librbd's C API (drivers/rbd_lib.py).
+
+How I/O flows:
+
+* Every reactor's replica of the bdev connects its own librados client (or uses its
+  reactor's client of a registered cluster) and opens the image itself: nothing crosses
+  processes, and no reactor funnels I/O to another (docs/drivers.md, "rbd", says why and
+  what that means for RBD's exclusive lock).
+* A channel owns one image handle (the replica's own handle for the replica's thread, a
+  further one for any other thread) and one fd-driven poller on the eventfd registered with
+  ``rbd_set_image_notification``.  ``submit_request`` starts an ``rbd_aio_*`` call with a
+  completion that has no callback; librbd signals the eventfd when it finishes, the
+  poller collects with ``rbd_poll_io_events`` and completes each bdev_io on its thread.
+  No Python runs in librbd's threads; a sleeping reactor is woken by the eventfd.
+* READ/WRITE are ``rbd_aio_readv``/``writev`` straight from the bdev_io's buffers, FLUSH
+  ``rbd_aio_flush``, UNMAP ``rbd_aio_discard``, WRITE_ZEROES ``rbd_aio_write_zeroes``
+  (librbd >= Octopus; not offered with an older librbd), RESET completes once the channel
+  has nothing in flight.
+* Bounded failure: every client gets ``rados_osd_op_timeout``, ``rados_mon_op_timeout``
+  and ``client_mount_timeout`` (``TIMEOUTS``; the caller's config overrides them), so a
+  cluster that stops answering fails I/O and blocks create/delete for at most that long.
+  The connect and open at create are synchronous on the main reactor (as SPDK's are on
+  its app thread), bounded by the same timeouts.
+
+Python API (main thread): ``register_cluster``, ``unregister_cluster``, ``clusters_info``,
+``create``, ``delete``, ``resize``; each answers through ``cb``.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import uuid as _uuid
+import ctypes
+
+import reactor as rx
+from bdev import api
+from bdev import module as bm
+
+from . import _vbdev, rbd_lib
+
+log = logging.getLogger("ringstack.rbd")
+
+#: Seconds a librados call may wait for the cluster before failing (-ETIMEDOUT); set on
+#: every client before the caller's options, which win.
+TIMEOUTS = {"rados_osd_op_timeout": 30, "rados_mon_op_timeout": 30, "client_mount_timeout": 30}
+
+
+def _config_json(out: list) -> None:
+    # Registered clusters come before the bdevs that use them (SPDK's bdev_rbd_config_json).
+    for name, info in sorted(_clusters().items()):
+        out.append({"method": "bdev_rbd_register_cluster", "params": info.params()})
+
+
+rbd_module = bm.register_module(bm.BdevModule("rbd", config_json=_config_json))
+
+
+def _clusters() -> dict:
+    return _vbdev.state("rbd.clusters")
+
+
+class ClusterInfo:
+    """A registered cluster on one reactor: its parameters, and this reactor's client
+    (connected on first use, shared by every rbd bdev replica here that names it)."""
+
+    def __init__(self, name, user_id, config_param, config_file, key_file, core_mask):
+        self.name = name
+        self.user_id = user_id
+        self.config_param = config_param
+        self.config_file = config_file
+        self.key_file = key_file
+        self.core_mask = core_mask
+        self.client = None
+        self.ref = 0
+
+    def params(self) -> dict:
+        p = {"name": self.name}
+        for k in ("user_id", "config_param", "config_file", "key_file", "core_mask"):
+            if getattr(self, k) is not None:
+                p[k] = getattr(self, k)
+        return p
+
+    def info(self) -> dict:
+        return {"cluster_name": self.name,
+                **{k: v for k, v in self.params().items() if k != "name"}}
+
+    def get(self):
+        if self.client is None:
+            self.client = rbd_lib.Client(self.user_id, self.config_param, self.config_file,
+                                         self.key_file, defaults=TIMEOUTS)
+        self.ref += 1
+        return self.client
+
+    def put(self):
+        self.ref -= 1
+
+    def shutdown(self):
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class RbdDisk:
+    """One replica of one rbd bdev; also its io_device key (local)."""
+
+    __slots__ = ("name", "pool_name", "rbd_name", "user_id", "config", "cluster_name",
+                 "read_only", "client", "cluster", "image", "image_used", "thread",
+                 "bdev", "uuid", "features", "__weakref__")
+
+    def __init__(self, name, pool_name, rbd_name, user_id, config, cluster_name, read_only):
+        self.name = name
+        self.pool_name = pool_name
+        self.rbd_name = rbd_name
+        self.user_id = user_id
+        self.config = config
+        self.cluster_name = cluster_name
+        self.read_only = read_only
+        self.client = None        # this replica's own client (None with a cluster)
+        self.cluster = None       # or the registered cluster's entry
+        self.image = None
+        self.image_used = False   # the replica's handle belongs to a channel
+        self.thread = None
+        self.bdev = None
+        self.uuid = None
+        self.features = 0
+
+    def connect(self) -> None:
+        if self.cluster_name is not None:
+            info = _clusters().get(self.cluster_name)
+            if info is None:
+                raise rbd_lib.RbdError(errno.ENOENT, f"no cluster {self.cluster_name}")
+            client = info.get()
+            self.cluster = info
+        else:
+            client = self.client = rbd_lib.Client(self.user_id, self.config, None, None,
+                                                  defaults=TIMEOUTS)
+        try:
+            self.image = rbd_lib.Image(client, self.pool_name, self.rbd_name, self.read_only)
+        except BaseException:
+            self.disconnect()
+            raise
+
+    def open_image(self):
+        return rbd_lib.Image(self.client or self.cluster.client, self.pool_name,
+                             self.rbd_name, self.read_only)
+
+    def disconnect(self) -> None:
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.cluster is not None:
+            self.cluster.put()
+            self.cluster = None
+
+
+class RbdChannel:
+    __slots__ = ("disk", "image", "own", "inflight", "resets", "poller", "_tags")
+
+    def __init__(self, disk: RbdDisk):
+        self.disk = disk
+        if not disk.image_used and rx.get_thread() is disk.thread:
+            self.image, self.own = disk.image, False
+            disk.image_used = True
+        else:
+            self.image, self.own = disk.open_image(), True
+        self.inflight = {}        # tag -> (bdev_io, what keeps its buffers pinned)
+        self.resets = []
+        self._tags = itertools.count(1)
+        self.poller = rx.poller_register(self._poll, None, 0, f"rbd_{disk.name}",
+                                         fd=self.image.efd)
+
+    def start(self, io, call, *args, keep=None) -> None:
+        tag = next(self._tags)
+        c = self.image.completion(tag)
+        rc = call(self.image.handle, *args, c)
+        if rc < 0:
+            self.image.release(c)
+            rx.send_msg(rx.get_thread(), _done, io, rc)
+            return
+        self.inflight[tag] = (io, keep)
+
+    def _poll(self, _arg) -> int:
+        done = self.image.poll()
+        for tag, ret in done:
+            io, _keep = self.inflight.pop(tag, (None, None))
+            if io is not None:
+                _done(io, ret)
+        n = len(done)
+        if self.resets and not self.inflight:
+            resets, self.resets = self.resets, []
+            for io in resets:
+                io.complete(bm.IO_STATUS_SUCCESS)
+            n += 1
+        return n
+
+    def close(self) -> None:
+        rx.poller_unregister(self.poller)
+        if self.own:
+            self.image.close()      # rbd_close waits for librbd's in-flight I/O
+        else:
+            self.disk.image_used = False
+        # After close librbd will not touch the buffers; what was in flight fails.
+        for io, _keep in self.inflight.values():
+            io.complete(bm.IO_STATUS_FAILED)
+        self.inflight.clear()
+
+
+def _channel_create(disk):
+    return RbdChannel(disk)
+
+
+def _channel_destroy(disk, ch):
+    ch.close()
+
+
+def _iovec(io, writable):
+    """(ctypes iovec array, count, pins) over the bdev_io's buffers."""
+    iovs = io.iovs if len(io.iovs) == io.iovcnt else io.iovs[:io.iovcnt]
+    arr = (rbd_lib.Iovec * len(iovs))()
+    pins = [arr]
+    for i, v in enumerate(iovs):
+        try:
+            c = (ctypes.c_char * len(v)).from_buffer(v)
+        except TypeError:
+            if writable:
+                raise
+            c = ctypes.create_string_buffer(bytes(v), len(v))   # a read-only write source
+        pins.append(c)
+        arr[i].base = ctypes.addressof(c)
+        arr[i].len = len(v)
+    return arr, len(iovs), pins
+
+
+class RbdFnTable(bm.FnTable):
+    def submit_request(self, ch, io) -> None:
+        _vbdev.with_buf(io, lambda io: _submit(ch.ctx, io))
+
+    def io_type_supported(self, disk, io_type) -> bool:
+        if io_type in (bm.IO_TYPE_READ, bm.IO_TYPE_RESET):
+            return True
+        if disk.read_only:
+            return False
+        if io_type in (bm.IO_TYPE_WRITE, bm.IO_TYPE_FLUSH, bm.IO_TYPE_UNMAP):
+            return True
+        if io_type == bm.IO_TYPE_WRITE_ZEROES:
+            return rbd_lib.has_write_zeroes()
+        return False
+
+    def get_io_channel(self, disk):
+        return rx.get_io_channel(disk)
+
+    def destruct(self, disk) -> int:
+        rx.io_device_unregister(disk)
+        disk.disconnect()
+        st = _vbdev.state("rbd")
+        if st.get(disk.name) is disk:
+            del st[disk.name]
+        return 0
+
+    def dump_info_json(self, disk, w: dict) -> int:
+        info = {"pool_name": disk.pool_name, "rbd_name": disk.rbd_name}
+        if disk.cluster_name is not None:
+            c = _clusters().get(disk.cluster_name)
+            if c is not None:
+                # SPDK dumps the cluster's entry in place of user_id/config.
+                info.update({k: v for k, v in c.params().items()
+                             if k not in ("name", "core_mask")})
+        else:
+            if disk.user_id is not None:
+                info["user_id"] = disk.user_id
+            if disk.config is not None:
+                info["config"] = dict(disk.config)
+        w["rbd"] = info
+        return 0
+
+    def write_config_json(self, bdev, out: list) -> None:
+        d = bdev.ctxt
+        p = {"name": bdev.name, "pool_name": d.pool_name, "rbd_name": d.rbd_name,
+             "block_size": bdev.blocklen}
+        if d.user_id is not None:
+            p["user_id"] = d.user_id
+        if d.config is not None:
+            p["config"] = dict(d.config)
+        if d.cluster_name is not None:
+            p["cluster_name"] = d.cluster_name
+        if d.read_only:
+            p["read_only"] = True
+        p["uuid"] = d.uuid
+        out.append({"method": "bdev_rbd_create", "params": p})
+
+
+_fn_table = RbdFnTable()
+
+
+def _submit(ch: RbdChannel, io) -> None:
+    disk = ch.disk
+    t = io.type
+    bs = io.bdev.blocklen
+    off, length = io.offset_blocks * bs, io.num_blocks * bs
+    lib = rbd_lib.load()[1]
+    if t == bm.IO_TYPE_READ or t == bm.IO_TYPE_WRITE:
+        arr, n, pins = _iovec(io, t == bm.IO_TYPE_READ)
+        call = lib.rbd_aio_readv if t == bm.IO_TYPE_READ else lib.rbd_aio_writev
+        ch.start(io, call, arr, n, off, keep=pins)
+    elif t == bm.IO_TYPE_FLUSH:
+        ch.start(io, lib.rbd_aio_flush)
+    elif t == bm.IO_TYPE_UNMAP:
+        ch.start(io, lib.rbd_aio_discard, off, length)
+    elif t == bm.IO_TYPE_WRITE_ZEROES and rbd_lib.has_write_zeroes():
+        ch.start(io, lambda h, o, n, c: lib.rbd_aio_write_zeroes(h, o, n, c, 0, 0), off, length)
+    elif t == bm.IO_TYPE_RESET:
+        ch.resets.append(io)    # completes when nothing is in flight on this channel
+        if not ch.inflight:
+            rx.send_msg(rx.get_thread(), _finish_resets, ch)
+    else:
+        io.complete(bm.IO_STATUS_FAILED)
+    del disk
+
+
+def _finish_resets(ch) -> None:
+    if ch.resets and not ch.inflight:
+        resets, ch.resets = ch.resets, []
+        for io in resets:
+            io.complete(bm.IO_STATUS_SUCCESS)
+
+
+def _done(io, ret) -> None:
+    if ret < 0:
+        log.error("rbd %s: %s of %d blocks at %d failed: %s", io.bdev.name,
+                  bm.IO_TYPE_NAMES.get(io.type, io.type), io.num_blocks, io.offset_blocks,
+                  os.strerror(-ret))
+    io.complete(bm.IO_STATUS_FAILED if ret < 0 else bm.IO_STATUS_SUCCESS)
+
+
+def _build(name, pool_name, rbd_name, block_size, user_id, config, cluster_name, uuid,
+           read_only) -> int:
+    if api.get_by_name(name) is not None:
+        return -errno.EEXIST
+    err = rbd_lib.available()
+    if err:
+        log.error("rbd %s: %s", name, err)
+        return -errno.ENOTSUP
+    disk = RbdDisk(name, pool_name, rbd_name, user_id, config, cluster_name, read_only)
+    try:
+        disk.connect()
+        size = disk.image.size()
+        disk.features = disk.image.features()
+    except OSError as exc:
+        log.error("rbd %s: %s", name, exc)
+        disk.disconnect()
+        return -(exc.errno or errno.EIO)
+    if size < block_size:
+        log.error("rbd %s: image %s/%s is smaller than one block", name, pool_name, rbd_name)
+        disk.disconnect()
+        return -errno.EINVAL
+    if disk.features & rbd_lib.RBD_FEATURE_EXCLUSIVE_LOCK and not read_only \
+            and bm.on_main_thread():
+        log.warning("rbd %s: image %s/%s has exclusive-lock; writes from several reactors "
+                    "pass the lock between their clients (docs/drivers.md)", name,
+                    pool_name, rbd_name)
+    disk.uuid = uuid
+    disk.thread = rx.get_thread()
+    bdev = bm.Bdev(name, blocklen=block_size, blockcnt=size // block_size, module=rbd_module,
+                   fn_table=_fn_table, ctxt=disk, product_name="Ceph Rbd Disk",
+                   write_cache=False, uuid=uuid)
+    disk.bdev = bdev
+    rx.io_device_register(disk, _channel_create, _channel_destroy, name=f"rbd.{name}")
+    rc = bm.bdev_register(bdev)
+    if rc:
+        rx.io_device_unregister(disk)
+        disk.disconnect()
+        return rc
+    _vbdev.state("rbd")[name] = disk
+    return 0
+
+
+@rx.remote("drivers.rbd.create_replica")
+def _create_replica(done, *args):
+    done(_build(*args))
+
+
+def _next_name() -> str:
+    n = 0
+    while api.get_by_name(f"Ceph{n}") is not None:
+        n += 1
+    return f"Ceph{n}"
+
+
+def create(name, pool_name, rbd_name, block_size, cb, user_id=None, config=None,
+           cluster_name=None, uuid=None, read_only=False) -> None:
+    """Create rbd bdev ``name`` (default CephN) on every reactor (main thread);
+    ``cb(rc, name)``: -EINVAL (block size), -EEXIST, -ENOENT (pool, image or cluster
+    missing), -ETIMEDOUT/-EIO (cluster unreachable)."""
+    if block_size <= 0 or block_size % 512:
+        rx.send_msg(rx.get_thread(), cb, -errno.EINVAL, name)
+        return
+    if cluster_name is not None and cluster_name not in _clusters():
+        log.error("rbd: no registered cluster %s", cluster_name)
+        rx.send_msg(rx.get_thread(), cb, -errno.ENOENT, name)
+        return
+    name = name or _next_name()
+    uuid = uuid or str(_uuid.uuid4())
+    args = (name, pool_name, rbd_name, block_size, user_id,
+            dict(config) if config is not None else None, cluster_name, uuid, bool(read_only))
+    _vbdev.replicated_create(_build, _create_replica, args, lambda rc: cb(rc, name))
+
+
+def delete(name, cb) -> None:
+    _vbdev.unregister_by_name(name, rbd_module, cb)
+
+
+# ---- resize (grow only, as SPDK): the main replica resizes the image, every replica
+# takes the new block count.
+
+@rx.remote("drivers.rbd.resize_replica")
+def _resize_replica(done, name, blocks):
+    b = api.get_by_name(name)
+    done(bm.notify_blockcnt_change(b, blocks) if b is not None else -errno.ENODEV)
+
+
+def resize(name, new_size_mib, cb) -> None:
+    """Grow the image behind ``name`` to ``new_size_mib`` MiB; ``cb(rc)``: -ENODEV (no such
+    bdev), -EINVAL (not rbd, or smaller than now)."""
+    t = rx.get_thread()
+    b = api.get_by_name(name)
+    if b is None:
+        return rx.send_msg(t, cb, -errno.ENODEV)
+    if b.module is not rbd_module:
+        return rx.send_msg(t, cb, -errno.EINVAL)
+    if b.blocklen * b.blockcnt // (1 << 20) > new_size_mib or new_size_mib >= 1 << 44:
+        log.error("rbd %s: the new size must be larger than the current one", name)
+        return rx.send_msg(t, cb, -errno.EINVAL)
+    nbytes = new_size_mib << 20
+    try:
+        b.ctxt.image.resize(nbytes)
+    except OSError as exc:
+        log.error("rbd %s: %s", name, exc)
+        return rx.send_msg(t, cb, -(exc.errno or errno.EIO))
+    blocks = nbytes // b.blocklen
+    rc = bm.notify_blockcnt_change(b, blocks)
+    if rc:
+        return rx.send_msg(t, cb, rc)
+    bm.broadcast(_resize_replica, [name, blocks], cb, include_self=False)
+
+
+# ---- registered clusters: parameters on every reactor, a client per reactor
+
+def _add_cluster(name, user_id, config_param, config_file, key_file, core_mask) -> int:
+    if name in _clusters():
+        return -errno.EEXIST
+    _clusters()[name] = ClusterInfo(name, user_id, config_param, config_file, key_file,
+                                    core_mask)
+    return 0
+
+
+@rx.remote("drivers.rbd.add_cluster")
+def _add_cluster_replica(done, *args):
+    done(_add_cluster(*args))
+
+
+@rx.remote("drivers.rbd.drop_cluster")
+def _drop_cluster_replica(done, name):
+    info = _clusters().pop(name, None)
+    if info is not None:
+        info.shutdown()
+    done(0)
+
+
+def register_cluster(name, cb, user_id=None, config_param=None, config_file=None,
+                     key_file=None, core_mask=None) -> None:
+    """SPDK's bdev_rbd_register_cluster: connect once here (so a wrong configuration is an
+    error now, as in SPDK), then record it on every reactor; ``cb(rc)``."""
+    t = rx.get_thread()
+    if name in _clusters():
+        log.error("rbd: cluster %s already exists", name)
+        return rx.send_msg(t, cb, -errno.EEXIST)
+    err = rbd_lib.available()
+    if err:
+        log.error("rbd: %s", err)
+        return rx.send_msg(t, cb, -errno.ENOTSUP)
+    args = [name, user_id, dict(config_param) if config_param is not None else None,
+            config_file, key_file, core_mask]
+    rc = bm.replicable(_add_cluster_replica, args)
+    if rc:
+        return rx.send_msg(t, cb, rc)
+    _add_cluster(*args)
+    info = _clusters()[name]
+    try:
+        info.get()
+        info.put()
+    except OSError as exc:
+        log.error("rbd: cluster %s: %s", name, exc)
+        del _clusters()[name]
+        info.shutdown()
+        return rx.send_msg(t, cb, -(exc.errno or errno.EIO))
+
+    def after(rc):
+        if rc:
+            _clusters().pop(name, None)
+            info.shutdown()
+        cb(rc)
+    bm.broadcast(_add_cluster_replica, args, after, include_self=False,
+                 undo=_drop_cluster_replica)
+
+
+def unregister_cluster(name, cb) -> None:
+    """Forget a registered cluster everywhere; -1 (EPERM, as SPDK's bare -1) when it is
+    unknown or a bdev still uses it."""
+    t = rx.get_thread()
+    info = _clusters().get(name)
+    users = [d for d in _vbdev.state("rbd").values() if d.cluster_name == name]
+    if info is None or users:
+        log.error("rbd: cluster %s %s", name, "is still used" if users else "is not registered")
+        return rx.send_msg(t, cb, -errno.EPERM)
+    del _clusters()[name]
+    info.shutdown()
+    bm.broadcast(_drop_cluster_replica, [name], cb, include_self=False)
+
+
+def clusters_info(name=None):
+    """(rc, result): one cluster's entry, or the list of all; -ENOENT as SPDK (none
+    registered, or no such name)."""
+    cs = _clusters()
+    if not cs:
+        return -errno.ENOENT, None
+    if name is not None:
+        c = cs.get(name)
+        return (0, c.info()) if c is not None else (-errno.ENOENT, None)
+    return 0, [c.info() for _n, c in sorted(cs.items())]
