@@ -1,6 +1,7 @@
 """JSON-RPC methods of the Ceph RBD bdev (SPDK's bdev_rbd_* in module/bdev/rbd/bdev_rbd_rpc.c)
 over drivers/rbd.py."""
 from reactor.rpc import ANY, U32, U64, Param, ParamError, rpc_method
+from reactor.rpc.dispatch import ERROR_MESSAGES, INVALID_PARAMS
 
 from . import rbd
 from ._rpcutil import answer, answer_value
@@ -16,6 +17,11 @@ def _config(params, key):
         raise ParamError(f"parameter '{key}' must be an object of string values "
                          "(librados option: value)", key)
     return v
+
+
+def _invalid(request, exc) -> None:
+    """The schema's own answer for a bad parameter (-32602), for the check it cannot make."""
+    request.error(INVALID_PARAMS, f"{ERROR_MESSAGES[INVALID_PARAMS]}: {exc}")
 
 
 def _cfg_param(name, help):
@@ -35,7 +41,10 @@ def _cfg_param(name, help):
 ])
 def bdev_rbd_register_cluster(request, params):
     """Register a Rados cluster (connects once, here) that rbd bdevs can share."""
-    cfg = _config(params, "config_param")
+    try:
+        cfg = _config(params, "config_param")
+    except ParamError as exc:
+        return _invalid(request, exc)
     rbd.register_cluster(params["name"], answer(request, params["name"]),
                          user_id=params["user_id"], config_param=cfg,
                          config_file=params["config_file"], key_file=params["key_file"],
@@ -74,7 +83,10 @@ def bdev_rbd_get_clusters_info(request, params):
 ])
 def bdev_rbd_create(request, params):
     """Create a bdev on a Ceph RBD image (each reactor opens the image itself)."""
-    cfg = _config(params, "config")
+    try:
+        cfg = _config(params, "config")
+    except ParamError as exc:
+        return _invalid(request, exc)
     rbd.create(params["name"], params["pool_name"], params["rbd_name"], params["block_size"],
                answer_value(request), user_id=params["user_id"], config=cfg,
                cluster_name=params["cluster_name"], uuid=params["uuid"],
