@@ -31,9 +31,10 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-import os
-import uuid as _uuid
 import ctypes
+import os
+import time
+import uuid as _uuid
 
 import reactor as rx
 from bdev import api
@@ -417,10 +418,29 @@ def delete(name, cb) -> None:
 # ---- resize (grow only, as SPDK): the main replica resizes the image, every replica
 # takes the new block count.
 
+#: How long a replica waits for its image handle to see a resize done through another.
+RESIZE_SEEN_S = 5.0
+
+
 @rx.remote("drivers.rbd.resize_replica")
 def _resize_replica(done, name, blocks):
     b = api.get_by_name(name)
-    done(bm.notify_blockcnt_change(b, blocks) if b is not None else -errno.ENODEV)
+    if b is None:
+        return done(-errno.ENODEV)
+    # The main replica resized the image through its own client; this replica's handle
+    # learns of it from the header watch (milliseconds later) and refuses I/O past its old
+    # size until then.  rbd_get_size refreshes the handle once the notification is in.
+    want = blocks * b.blocklen
+    deadline = time.monotonic() + RESIZE_SEEN_S
+    try:
+        while b.ctxt.image.size() < want:
+            if time.monotonic() > deadline:
+                log.error("rbd %s: this reactor's image handle did not see the resize", name)
+                return done(-errno.ETIMEDOUT)
+            time.sleep(0.002)
+    except OSError as exc:
+        return done(-(exc.errno or errno.EIO))
+    done(bm.notify_blockcnt_change(b, blocks))
 
 
 def resize(name, new_size_mib, cb) -> None:
