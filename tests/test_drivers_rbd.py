@@ -226,4 +226,15 @@ def test_dev_cluster_script_stops_by_pid_and_leaves_nothing():
         assert c.rbd("ls", "rbd") == ""
         assert c.rbd("pool", "stats", "rbd")
     for p in pids:
-        assert not os.path.exists(f"/proc/{p}")
+        assert not _running(p), p
+
+
+def _running(pid) -> bool:
+    """Alive and not a zombie (the daemons are reparented to init, which reaps them in its
+    own time)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(ln for ln in f if ln.startswith("State:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return state != "Z"

@@ -24,6 +24,13 @@ pids_of() {
     return 0
 }
 
+# Running (not gone, not a zombie waiting for this machine's init to reap it).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
 stop() {
     [ -d "$dir/run" ] || return 0
     pids=$(pids_of)
@@ -33,7 +40,7 @@ stop() {
     # does not need: whatever still runs 1 s after SIGTERM gets SIGKILL.
     n=0
     for p in $pids; do
-        while kill -0 "$p" 2>/dev/null; do
+        while alive "$p"; do
             n=$((n + 1))
             if [ $n -gt 10 ]; then kill -KILL "$p" 2>/dev/null || true; fi
             sleep 0.1
