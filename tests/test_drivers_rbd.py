@@ -292,3 +292,45 @@ def test_raid1_over_malloc_and_rbd_survives_losing_the_rbd_leg(ceph_cluster, tmp
     # the rbd leg really was a mirror: the image holds what was written before it went
     c.rbd("export", f"rbd/{img}", str(tmp_path / "leg.img"))
     assert (tmp_path / "leg.img").read_bytes()[10 * BS:26 * BS] == before
+
+
+def test_nbd_export_of_an_rbd_bdev_passes_fio_verify(ceph_cluster, tmp_path):
+    """ringstack start -m 0x3 with an rbd bdev exported over NBD; fio's nbd engine writes
+    with crc32c and verifies, two jobs on two connections (so both reactors serve I/O)."""
+    import shutil
+    from tools.nbd_harness import parse_fio_json, summarize_fio
+    from test_nbd_target import Target as NbdTarget, uri
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed (tools/install-sysdeps.sh)")
+    c = ceph_cluster
+    img = c.new_image(size="16M")
+    nbd_sock = str(tmp_path / "nbd.sock")
+    t = NbdTarget(tmp_path, config={"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_rbd_register_cluster", "params": {"name": "c0",
+                                                               "config_file": c.conf}},
+            {"method": "bdev_rbd_create", "params": {"name": "Rbd0", "pool_name": "rbd",
+                                                     "rbd_name": img, "block_size": 512,
+                                                     "cluster_name": "c0"}}]},
+        {"subsystem": "nbd", "config": [
+            {"method": "nbd_server_start", "params": {"listen": nbd_sock}},
+            {"method": "nbd_export_add", "params": {"bdev_name": "Rbd0"}}]}]})
+    try:
+        deadline = time.monotonic() + 20
+        while not t.call("nbd_get_exports"):
+            assert time.monotonic() < deadline, t.stderr()
+            time.sleep(0.05)
+        p = subprocess.run(["fio", "--name=v", "--ioengine=nbd", f"--uri={uri(nbd_sock, 'Rbd0')}",
+                            "--rw=randwrite", "--bs=4k", "--size=4M", "--numjobs=2",
+                            "--offset_increment=8M", "--iodepth=16", "--verify=crc32c",
+                            "--do_verify=1", "--verify_fatal=1", "--output-format=json"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        res = parse_fio_json(p.stdout)
+        assert [j["error"] for j in res["jobs"]] == [0, 0]
+        assert summarize_fio(res)["errors"] == 0
+        assert all(j["read"]["io_bytes"] == 4 << 20 for j in res["jobs"])   # the verify pass
+    finally:
+        rc = t.stop()
+    assert rc == 0, t.stderr()
+    assert "Traceback" not in t.stderr()
