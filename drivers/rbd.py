@@ -33,6 +33,7 @@ import itertools
 import logging
 import ctypes
 import os
+import select
 import time
 import uuid as _uuid
 
@@ -90,7 +91,7 @@ class ClusterInfo:
     def get(self):
         if self.client is None:
             self.client = rbd_lib.Client(self.user_id, self.config_param, self.config_file,
-                                         self.key_file, defaults=TIMEOUTS)
+                                         self.key_file, defaults=TIMEOUTS, registered=True)
         self.ref += 1
         return self.client
 
@@ -204,8 +205,17 @@ class RbdChannel:
         if self.own:
             self.image.close()      # rbd_close waits for librbd's in-flight I/O
         else:
+            # The replica's handle stays open: librbd may still write into the buffers of
+            # what is in flight, so wait for it (the layer destroys channels when idle;
+            # this is the exception, bounded by the op timeout).
+            deadline = time.monotonic() + TIMEOUTS["rados_osd_op_timeout"] + 5
+            while self.inflight and time.monotonic() < deadline:
+                select.select([self.image.efd], [], [], 0.1)
+                for tag, ret in self.image.poll():
+                    io, _keep = self.inflight.pop(tag, (None, None))
+                    if io is not None:
+                        _done(io, ret)
             self.disk.image_used = False
-        # After close librbd will not touch the buffers; what was in flight fails.
         for io, _keep in self.inflight.values():
             io.complete(bm.IO_STATUS_FAILED)
         self.inflight.clear()
@@ -299,7 +309,6 @@ _fn_table = RbdFnTable()
 
 
 def _submit(ch: RbdChannel, io) -> None:
-    disk = ch.disk
     t = io.type
     bs = io.bdev.blocklen
     off, length = io.offset_blocks * bs, io.num_blocks * bs
@@ -320,7 +329,6 @@ def _submit(ch: RbdChannel, io) -> None:
             rx.send_msg(rx.get_thread(), _finish_resets, ch)
     else:
         io.complete(bm.IO_STATUS_FAILED)
-    del disk
 
 
 def _finish_resets(ch) -> None:

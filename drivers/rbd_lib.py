@@ -118,10 +118,12 @@ class Client:
     """One librados client connected to a cluster (rados_t)."""
 
     def __init__(self, user_id=None, config=None, config_file=None, key_file=None,
-                 defaults=None):
-        """``config``: a dict of librados options (SPDK's ``config``/``config_param``); with
-        none and no ``config_file`` the default search path is read, as SPDK does.
-        ``defaults`` are set first (the bdev's timeouts) so the caller's options win."""
+                 defaults=None, registered=False):
+        """``config``: a dict of librados options (SPDK's ``config``/``config_param``).
+        As SPDK: a bdev's own client (``registered`` False) reads the default ceph.conf only
+        when it has no ``config``; a registered cluster reads ``config_file``, or tries the
+        default location without failing, then applies ``config``.  ``defaults`` are set
+        first (the bdev's timeouts) so the caller's options win."""
         rados, _ = load()
         self._rados = rados
         self.handle = _c_void_p()
@@ -130,9 +132,13 @@ class Client:
             for k, v in (defaults or {}).items():
                 _check(rados.rados_conf_set(self.handle, k.encode(), str(v).encode()),
                        f"rados_conf_set {k}")
-            if config_file is not None or not config:
-                _check(rados.rados_conf_read_file(self.handle, _s(config_file)),
-                       f"rados_conf_read_file {config_file or '(default)'}")
+            if registered:
+                rc = rados.rados_conf_read_file(self.handle, _s(config_file))
+                if config_file is not None:
+                    _check(rc, f"rados_conf_read_file {config_file}")
+            elif not config:
+                _check(rados.rados_conf_read_file(self.handle, None),
+                       "rados_conf_read_file (default)")
             for k, v in (config or {}).items():
                 _check(rados.rados_conf_set(self.handle, k.encode(), str(v).encode()),
                        f"rados_conf_set {k}")

@@ -48,6 +48,12 @@ def test_rpcs_shapes_io_on_both_reactors_and_errors(ceph_cluster, target, tmp_pa
     t = target()
     # no cluster registered yet: SPDK answers ENOENT
     assert _err(t, "bdev_rbd_get_clusters_info")[0] == -ENOENT
+    # a configuration librados cannot read or connect with is an error now, not at create
+    assert _err(t, "bdev_rbd_register_cluster", name="bad",
+                config_file=str(tmp_path / "missing.conf"))[0] == -ENOENT
+    assert _err(t, "bdev_rbd_register_cluster", name="bad", config_file=c.conf,
+                config_param={"no_such_option": "1"})[0] == -ENOENT
+    assert _err(t, "bdev_rbd_get_clusters_info")[0] == -ENOENT
     assert t.call("bdev_rbd_register_cluster", name="ceph0", config_file=c.conf,
                   config_param={"rados_osd_op_timeout": "20"}) == "ceph0"
     assert _err(t, "bdev_rbd_register_cluster", name="ceph0", config_file=c.conf)[0] == -EEXIST
