@@ -387,3 +387,10 @@ def test_max_sessions_refuses_the_next_login(target):
             assert b.closed_by_target()
         assert srv.call(lambda: len(S.SESSIONS.by_tsih)) == 1
         a.ping()
+
+
+def test_tsih_names_its_reactor():
+    t = S.SessionTable(index=3)
+    tsih = t.alloc_tsih()
+    assert S.reactor_of_tsih(tsih) == 3
+    assert S.reactor_of_tsih(S.SessionTable(index=0).alloc_tsih()) == 0
