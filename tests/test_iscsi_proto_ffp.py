@@ -385,3 +385,23 @@ def test_shutdown_finishes_inflight_then_closes_and_abort_is_immediate(target):
         assert not srv.call(lambda: conn.done)          # a task is still in the SCSI layer
         srv.call(lambda: [n.release_held() for n in dev.nexuses])
         assert F.wait_for(lambda: srv.call(lambda: conn.done))
+
+
+def test_max_r2t_per_connection_queues_the_next_write(target):
+    srv, reg, dev = target
+    reg.options["max_r2t_per_connection"] = 1
+    with _login(srv) as c:
+        i1 = c.scsi(write10(0, 1), write=b"", edtl=512)
+        i2 = c.scsi(write10(1, 1), write=b"", edtl=512)
+        r1 = c.recv()
+        assert r1.op == P.OP_R2T and r1.itt == i1
+        assert c.silent()                          # i2 waits for i1's R2T to finish
+        c.data_out(i1, r1.ttt, 0, 0, b"1" * 512)
+        got = {}
+        for _ in range(2):
+            p = c.recv()
+            got[p.op] = p
+        assert got[P.OP_SCSI_RSP].itt == i1 and got[P.OP_R2T].itt == i2
+        c.data_out(i2, got[P.OP_R2T].ttt, 0, 0, b"2" * 512)
+        assert c.recv().itt == i2
+        assert bytes(dev.luns[0].data[:1024]) == b"1" * 512 + b"2" * 512
