@@ -190,9 +190,12 @@ def test_spdk_saved_shape_loads(start, tmp_path):
     iobuf = next(s for s in saved["subsystems"] if s["subsystem"] == "iobuf")["config"]
     assert iobuf[0]["params"]["small_pool_count"] == 4096
     assert iobuf[0]["params"]["large_pool_count"] == 512
+    iscsi = next(s for s in saved["subsystems"] if s["subsystem"] == "iscsi")["config"]
+    assert iscsi[0]["method"] == "iscsi_set_options"        # ringstack has iscsi now
     err = stop(p, c)
-    for sub in ("sock", "accel", "nvmf", "iscsi"):
+    for sub in ("sock", "accel", "nvmf"):
         assert f"skipping subsystem '{sub}'" in err
+    assert "skipping subsystem 'iscsi'" not in err
 
 
 @pytest.mark.parametrize("method, params, needle", [

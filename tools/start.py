@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                    help="adaptive: sleep when idle (default); poll: always spin")
     p.add_argument("--nbd", metavar="SOCK",
                    help="serve every bdev over NBD on SOCK (Unix path or host:port) once started")
+    p.add_argument("--iscsi", metavar="[HOST:]PORT",
+                   help="serve every bdev over iSCSI on HOST:PORT (default host 127.0.0.1), "
+                        "each as LUN 0 of target <node_base>:<bdev name>")
     p.add_argument("--log-level", default="WARNING",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level")
     p.set_defaults(func=run)
@@ -39,5 +42,8 @@ def _ready(args) -> None:
     if getattr(args, "nbd", None):
         from targets.nbd.rpc import start_exporting_all
         start_exporting_all(args.nbd)
+    if getattr(args, "iscsi", None):
+        from targets.iscsi.rpc import start_exporting_all as iscsi_export_all
+        iscsi_export_all(args.iscsi)
     logging.getLogger("ringstack.start").warning(
         "ringstack target ready: reactors on cores %s, RPC on %s", args.cpumask, args.rpc_socket)
