@@ -5,12 +5,14 @@ PDU in it (BHS, AHS, optional header/data CRC32C), dispatches it, and sends ever
 PDU with as few `sendmsg` calls as possible (headers and Data-In payloads as separate
 iovecs, so read data is never copied).  SCSI completions only queue PDUs.
 
-Error policy, ErrorRecoveryLevel 0 (RFC 7143 7.x): a PDU that can be answered gets a
-Reject and the connection goes on (unknown opcode, Data-Out for an unknown task, a
+Error policy, ErrorRecoveryLevel 0 (RFC 7143 7.x, SPDK's choices): a PDU that can be
+answered gets a Reject and the connection goes on (unknown opcode, SNACK, Login in full
+feature phase, Data-Out for an unknown task or out of DataSN order, bad immediate data, a
 field that makes no sense); a PDU that breaks the framing or the data sequence (length
-over MaxRecvDataSegmentLength, header digest error, data digest error, wrong DataSN or
-BufferOffset) gets a Reject where possible and this connection is closed; its session's
-other connections are unaffected.  Commands outside the CmdSN window are dropped silently.
+over MaxRecvDataSegmentLength, header digest error, data digest error, wrong BufferOffset,
+data past an R2T, a misplaced F bit) gets a Reject where possible and this connection is
+closed; its session's other connections are unaffected.  Commands outside the CmdSN
+window are dropped silently (RFC 3720 3.2.2.1, libiscsi iSCSICmdSnTooHigh/TooLow).
 
 Split: login.py (login phase), ffp.py (SCSI commands, data transfer, task management);
 this module has the framing, I/O, NOP, Text, Logout, Reject and the contract.
