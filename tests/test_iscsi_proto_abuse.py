@@ -244,3 +244,14 @@ def test_protocol_error_on_one_connection_of_a_session_spares_the_other(target):
     assert srv.call(lambda: len(S.SESSIONS.by_tsih[a.tsih].conns)) == 1
     a.close()
     b.close()
+
+
+def test_a_connection_that_never_logs_in_is_closed(target, monkeypatch):
+    from targets.iscsi import conn as C
+    monkeypatch.setattr(C, "LOGIN_TIMEOUT_S", 0.3)
+    srv, reg, dev = target
+    with Client(srv.port) as c:
+        assert c.closed_by_target(timeout=3)
+    assert F.wait_for(lambda: srv.call(lambda: bool(srv.finished)))
+    assert "login" in srv.call(lambda: srv.finished[-1].close_reason)
+    _other_connection_works(srv)

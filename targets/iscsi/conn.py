@@ -45,6 +45,8 @@ _ROOM_MIN = 80 * 1024           # compact when less than this is left at the end
 _RECVS_PER_POLL = 8
 _TARGET_MAX_RECV_DSL = 8192     # SPDK's target-side MaxRecvDataSegmentLength default
 _MAX_TEXT_REQUEST = 64 * 1024
+#: SPDK's ISCSI_LOGIN_TIMEOUT: a connection that has not logged in by then is closed
+LOGIN_TIMEOUT_S = 30.0
 
 _P_LOGIN, _P_FFP, _P_LOGOUT, _P_CLOSING, _P_DEAD, _P_DONE = range(6)
 _PHASE_NAMES = ("login", "full_feature", "logout", "closing", "dead", "done")
@@ -139,6 +141,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._nop_ttt = 0
         self._nop_sent_at = 0.0
         self._last_rx = time.monotonic()
+        self._login_deadline = self._last_rx + LOGIN_TIMEOUT_S
         self._logout_itt = None
         self._inflight = 0
         self.stats = {"requests": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
@@ -192,7 +195,10 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._close_socket()
 
     def deadline(self):
-        """Monotonic time (s) by which poll() must run for the NOP-In timers, or None."""
+        """Monotonic time (s) by which poll() must run for the login timeout or the NOP-In
+        timers, or None."""
+        if self._phase == _P_LOGIN:
+            return self._login_deadline
         if self._phase != _P_FFP or self._nop_interval <= 0:
             return None
         if self._nop_sent_at:
@@ -232,6 +238,9 @@ class IscsiConnection(LoginMixin, FfpMixin):
                 work += self._receive()
         if self._phase == _P_FFP and self._nop_interval > 0:
             self._nop_timer()
+        elif self._phase == _P_LOGIN and time.monotonic() > self._login_deadline:
+            self._fatal(f"no login within {LOGIN_TIMEOUT_S:g}s")
+            return work + 1
         if self._out and self._sock is not None:
             work += self._flush()
         ph = self._phase
