@@ -5,12 +5,14 @@ PDU in it (BHS, AHS, optional header/data CRC32C), dispatches it, and sends ever
 PDU with as few `sendmsg` calls as possible (headers and Data-In payloads as separate
 iovecs, so read data is never copied).  SCSI completions only queue PDUs.
 
-Error policy, ErrorRecoveryLevel 0 (RFC 7143 7.x): a PDU that can be answered gets a
-Reject and the connection goes on (unknown opcode, Data-Out for an unknown task, a
+Error policy, ErrorRecoveryLevel 0 (RFC 7143 7.x, SPDK's choices): a PDU that can be
+answered gets a Reject and the connection goes on (unknown opcode, SNACK, Login in full
+feature phase, Data-Out for an unknown task or out of DataSN order, bad immediate data, a
 field that makes no sense); a PDU that breaks the framing or the data sequence (length
-over MaxRecvDataSegmentLength, header digest error, data digest error, wrong DataSN or
-BufferOffset) gets a Reject where possible and this connection is closed; its session's
-other connections are unaffected.  Commands outside the CmdSN window are dropped silently.
+over MaxRecvDataSegmentLength, header digest error, data digest error, wrong BufferOffset,
+data past an R2T, a misplaced F bit) gets a Reject where possible and this connection is
+closed; its session's other connections are unaffected.  Commands outside the CmdSN
+window are dropped silently (RFC 3720 3.2.2.1, libiscsi iSCSICmdSnTooHigh/TooLow).
 
 Split: login.py (login phase), ffp.py (SCSI commands, data transfer, task management);
 this module has the framing, I/O, NOP, Text, Logout, Reject and the contract.
@@ -43,6 +45,8 @@ _ROOM_MIN = 80 * 1024           # compact when less than this is left at the end
 _RECVS_PER_POLL = 8
 _TARGET_MAX_RECV_DSL = 8192     # SPDK's target-side MaxRecvDataSegmentLength default
 _MAX_TEXT_REQUEST = 64 * 1024
+#: SPDK's ISCSI_LOGIN_TIMEOUT: a connection that has not logged in by then is closed
+LOGIN_TIMEOUT_S = 30.0
 
 _P_LOGIN, _P_FFP, _P_LOGOUT, _P_CLOSING, _P_DEAD, _P_DONE = range(6)
 _PHASE_NAMES = ("login", "full_feature", "logout", "closing", "dead", "done")
@@ -137,6 +141,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._nop_ttt = 0
         self._nop_sent_at = 0.0
         self._last_rx = time.monotonic()
+        self._login_deadline = self._last_rx + LOGIN_TIMEOUT_S
         self._logout_itt = None
         self._inflight = 0
         self.stats = {"requests": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
@@ -190,7 +195,10 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._close_socket()
 
     def deadline(self):
-        """Monotonic time (s) by which poll() must run for the NOP-In timers, or None."""
+        """Monotonic time (s) by which poll() must run for the login timeout or the NOP-In
+        timers, or None."""
+        if self._phase == _P_LOGIN:
+            return self._login_deadline
         if self._phase != _P_FFP or self._nop_interval <= 0:
             return None
         if self._nop_sent_at:
@@ -230,6 +238,9 @@ class IscsiConnection(LoginMixin, FfpMixin):
                 work += self._receive()
         if self._phase == _P_FFP and self._nop_interval > 0:
             self._nop_timer()
+        elif self._phase == _P_LOGIN and time.monotonic() > self._login_deadline:
+            self._fatal(f"no login within {LOGIN_TIMEOUT_S:g}s")
+            return work + 1
         if self._out and self._sock is not None:
             work += self._flush()
         ph = self._phase

@@ -9,6 +9,7 @@ session's I_T nexus; its completion only queues PDUs.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from . import pdu as P
 
@@ -80,6 +81,10 @@ class FfpMixin:
         self._max_burst = 262144
         self._max_r2t = 1
         self._tmf_pending = 0
+        self._pending_r2t = 0         # R2Ts outstanding on this connection
+        self._r2t_waiting = deque()   # write tasks waiting for max_r2t_per_connection
+        opts = getattr(self.reg, "options", {}) or {}
+        self._max_r2t_conn = max(1, int(opts.get("max_r2t_per_connection", 4)))
 
     def _pending_responses(self) -> bool:
         return self._tmf_pending > 0
@@ -208,9 +213,17 @@ class FfpMixin:
         self._task_gone(t)
 
     def _send_r2ts(self, t) -> None:
+        """R2Ts for what t still needs: at most MaxOutstandingR2T for the task and
+        max_r2t_per_connection on the connection (SPDK); a task over the connection's
+        limit waits in line for an R2T of another task to finish."""
         limit = self._max_r2t
         sess = self.session
         while len(t.r2ts) < limit and t.r2t_next < t.want:
+            if self._pending_r2t >= self._max_r2t_conn:
+                if t not in self._r2t_waiting:
+                    self._r2t_waiting.append(t)
+                return
+            self._pending_r2t += 1
             length = min(self._max_burst, t.want - t.r2t_next)
             self._next_ttt = (self._next_ttt + 1) & 0x7FFFFFFF
             ttt = self._next_ttt
@@ -279,12 +292,22 @@ class FfpMixin:
             if final:
                 t.r2ts.remove(r2t)
                 del self._ttts[ttt]
+                self._pending_r2t -= 1
         t.received += dsl
         self.stats["data_out_bytes"] += dsl
         if t.received >= t.want and not t.r2ts and t.unsol_done:
             self._execute(t)
         elif final and ttt != _RSVD:
             self._send_r2ts(t)
+        if final and ttt != _RSVD and self._r2t_waiting:
+            self._serve_r2t_waiting()
+
+    def _serve_r2t_waiting(self) -> None:
+        waiting = self._r2t_waiting
+        while waiting and self._pending_r2t < self._max_r2t_conn:
+            t = waiting.popleft()
+            if t.state == _T_DATA:
+                self._send_r2ts(t)
 
     def _header_of(self, f) -> bytes:
         return _pack(*f)
@@ -344,7 +367,10 @@ class FfpMixin:
         if t.r2ts:
             for r in t.r2ts:
                 self._ttts.pop(r[0], None)
+            self._pending_r2t -= len(t.r2ts)
             t.r2ts = ()
+            if self._r2t_waiting:
+                self._serve_r2t_waiting()
         self._answered(t.counted)
         t.counted = False
 
@@ -488,6 +514,7 @@ class FfpMixin:
 
     def _drop_waiting_tasks(self) -> None:
         """Tasks still collecting Data-Out can never finish once input stops."""
+        self._r2t_waiting.clear()
         for t in [t for t in self._tasks.values() if t.state == _T_DATA]:
             self._free_buf(t)
             self._task_gone(t)

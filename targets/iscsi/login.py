@@ -56,7 +56,7 @@ class LoginMixin:
         self.stat_sn = P.sn_add(stat_sn, 1)
         sess = self.session
         exp = sess.exp_cmdsn if sess is not None else self._lg_cmdsn
-        maxc = sess.max_cmdsn if sess is not None else P.sn_add(self._lg_cmdsn, 0)
+        maxc = sess.max_cmdsn if sess is not None else self._lg_cmdsn   # window of one
         isid_tsih = (self._lg_isid << 16) | (tsih & 0xFFFF)
         hdr = P.bhs_pack(P.OP_LOGIN_RSP, flags, 0, len(data), isid_tsih, self._lg_itt,
                          0, stat_sn, exp, maxc, status << 16, 0, 0)
@@ -292,8 +292,7 @@ class LoginMixin:
                         c.abort("session reinstated")
                     old.close()
             if SESSIONS.count() >= int(opts.get("max_sessions", 128)):
-                raise_status = P.LOGIN_OUT_OF_RESOURCES
-                self._login_fail(raise_status, "max_sessions reached")
+                self._login_fail(P.LOGIN_OUT_OF_RESOURCES, "max_sessions reached")
                 return
             params = {k: neg.value(k) for k in (
                 "MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength",

@@ -158,6 +158,14 @@ class Session:
             self.nexus = None
 
 
+def reactor_of_tsih(tsih: int) -> int:
+    """The reactor index whose table owns `tsih`.  A connection joining a session
+    (Login with TSIH != 0) must be served on that reactor: a listener can read the first
+    Login PDU's TSIH (BHS bytes 14-15) and pass the fd there (SPDK moves such connections
+    to the session's lcore the same way)."""
+    return tsih // _TSIH_PER_REACTOR
+
+
 class SessionTable:
     def __init__(self, index: Optional[int] = None):
         self._index = index
