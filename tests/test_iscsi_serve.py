@@ -112,6 +112,7 @@ def test_sessions_block_add_lun_and_go_with_their_deleted_target(start, tmp_path
             time.sleep(0.05)
         conns = t.call("iscsi_get_connections")
         assert [c["target_node_name"] for c in conns] == [f"{NB}:Malloc0"]
+        assert t.call("iscsi_get_stats") == {"invalid": 0, "running": 1, "exiting": 0, "exited": 0}
         before = t.replicas()
         code, msg = t.cli_fails("iscsi_target_node_add_lun", f"{NB}:Malloc0", "Malloc1")
         assert code == -32602 and "active connections (count=1)" in msg
