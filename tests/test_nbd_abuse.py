@@ -9,8 +9,8 @@ import tempfile
 import pytest
 
 from targets.nbd import _proto as P
-from targets.nbd.client import NbdClient, NbdError, OptionError
-from targets.nbd.harness import ServerProcess
+from nbd_client import NbdClient, NbdError, OptionError
+from nbd_standalone import ServerProcess
 
 MiB = 1 << 20
 

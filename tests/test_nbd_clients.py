@@ -1,5 +1,5 @@
 """Real NBD clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio, nbd-client) against the
-standalone server (`python -m targets.nbd`) in a child process.  A test is skipped only
+standalone server (tests/nbd_standalone.py) in a child process.  A test is skipped only
 when its client binary is missing, with the reason."""
 import json
 import os
@@ -9,7 +9,8 @@ import tempfile
 
 import pytest
 
-from targets.nbd.harness import NbdkitMemory, ServerProcess, parse_fio_json, run_fio, summarize_fio
+from nbd_standalone import ServerProcess
+from tools.nbd_harness import NbdkitMemory, parse_fio_json, run_fio, summarize_fio
 
 MiB = 1 << 20
 

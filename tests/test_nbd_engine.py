@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from targets.nbd import (EVENT_REMOVED, Export, ExportHandle, Listener, MemoryExport, NbdLoop,
-                         NbdTarget, nbd_error, parse_address, recv_fd, send_fd, socket_from_fd)
+from nbd_client import NbdClient, NbdError, OptionError
+from nbd_memory import MemoryExport
+from nbd_standalone import EVENT_READ, EVENT_WRITE, NbdLoop, NbdTarget, listener_uri
+from targets.nbd import EVENT_REMOVED, Export, ExportHandle, nbd_error
 from targets.nbd import _proto as P
-from targets.nbd.client import NbdClient, NbdError, OptionError
-from targets.nbd.server import EVENT_READ, EVENT_WRITE
+from targets.serve.listener import Listener, parse_address, recv_fd, send_fd, socket_from_fd
 
 MiB = 1 << 20
 
@@ -374,7 +375,7 @@ def test_listener_tcp_binds_loopback_by_default():
     lst = Listener(":0", lambda s, p: s.close())
     try:
         assert lst.host == "127.0.0.1" and lst.port > 0
-        assert lst.uri == f"nbd://127.0.0.1:{lst.port}/"
+        assert listener_uri(lst) == f"nbd://127.0.0.1:{lst.port}/"
     finally:
         lst.close()
 
@@ -488,3 +489,75 @@ def test_removed_event_inside_submit_stops_parsing():
     assert set(results) <= set(cookies) and cookies[4] not in results      # not parsed after removal
     rig.pump()
     assert exp.handle.closed and not rig.target.connections
+
+
+class _CacheHandle(ExportHandle):
+    """Records every backend call; completions wait for `finish()` (a write-cache bdev's
+    handle: FUA trim / write-zeroes must be followed by a flush of their range)."""
+
+    def __init__(self):
+        self.log, self.waiting, self.fail = [], [], set()
+
+    def _op(self, what, cb):
+        self.log.append(what)
+        self.waiting.append((what, cb))
+
+    def unmap(self, offset, length, cb):
+        self._op(("unmap", offset, length), cb)
+
+    def write_zeroes(self, offset, length, cb):
+        self._op(("write_zeroes", offset, length), cb)
+
+    def flush(self, offset, length, cb):
+        self._op(("flush", offset, length), cb)
+
+    def write(self, offset, data, cb, fua=False):
+        self._op(("write", offset, len(data), fua), cb)
+
+    def finish(self):
+        w, self.waiting = self.waiting, []
+        for what, cb in w:
+            cb(-errno.EIO if what[0] in self.fail else 0, None)
+        return len(w)
+
+    def close(self):
+        pass
+
+
+class _CacheExport(Export):
+    fua_needs_flush = True
+
+    def open(self, event_cb):
+        self.handle = _CacheHandle()
+        return self.handle
+
+
+def test_fua_trim_and_write_zeroes_on_a_write_cache_export_are_answered_after_a_flush():
+    exp = _CacheExport("c", MiB)
+    rig = Rig(exports=[exp])
+    c = rig.client(export="c")
+    hd = exp.handle
+    ck = c.request(P.CMD_TRIM, 4096, 8192, flags=P.CMD_FLAG_FUA)
+    rig.pump()
+    assert hd.log == [("unmap", 4096, 8192)]
+    hd.finish()
+    rig.pump()
+    assert hd.log[-1] == ("flush", 4096, 8192)          # no answer before the flush
+    hd.finish()
+    assert c.reply() == (ck, 0, b"")
+    # without FUA: no flush; a FUA write passes fua to the handle (which flushes itself)
+    ck = c.request(P.CMD_WRITE_ZEROES, 0, 512)
+    ck2 = c.request(P.CMD_WRITE, 512, 512, flags=P.CMD_FLAG_FUA, payload=bytes(512))
+    rig.pump()
+    assert hd.log[-2:] == [("write_zeroes", 0, 512), ("write", 512, 512, True)]
+    hd.finish()
+    assert sorted([c.reply()[:2], c.reply()[:2]]) == sorted([(ck, 0), (ck2, 0)])
+    # a failed FUA write-zeroes is answered with its error, and not flushed
+    hd.fail.add("write_zeroes")
+    ck = c.request(P.CMD_WRITE_ZEROES, 0, 512, flags=P.CMD_FLAG_FUA)
+    rig.pump()
+    n = len(hd.log)
+    hd.finish()
+    got = c.reply()
+    assert got[0] == ck and got[1] == P.NBD_EIO and len(hd.log) == n
+    c.disconnect()

@@ -45,8 +45,8 @@ if __name__ in ("__main__", "__mp_main__"):
 import pytest  # noqa: E402
 
 from targets.nbd import _proto as P  # noqa: E402
-from targets.nbd.client import NbdClient, NbdError  # noqa: E402
-from targets.nbd.harness import parse_fio_json, summarize_fio  # noqa: E402
+from nbd_client import NbdClient, NbdError  # noqa: E402
+from tools.nbd_harness import parse_fio_json, summarize_fio  # noqa: E402
 from proc_util import wait_for_socket  # noqa: E402
 from reactor.rpc import RpcClient, RpcError  # noqa: E402
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from targets.nbd.harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
+from tools.nbd_harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
 from tools.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--only", choices=("ringstack", "nbdkit"), help="run one server only")
     p.add_argument("--workloads", help="comma-separated subset, e.g. 'randread 4k qd32'")
     p.add_argument("--quick", action="store_true", help="1 s per workload (smoke run)")
+    p.add_argument("--compare", metavar="TREE",
+                   help="also run ringstack from another checkout (e.g. the code before a change) "
+                        "as server 'baseline', alternating with the others in the same run")
 
 
 def _size_bytes(s: str) -> int:
@@ -69,16 +72,18 @@ def _cores(mask: str) -> list:
 class Ringstack:
     """`ringstack start` with one malloc bdev exported on a Unix socket."""
 
-    def __init__(self, tmp: str, size: int, mask: str, mode: str):
-        self.rpc_sock = os.path.join(tmp, "rpc.sock")
-        self.nbd_sock = os.path.join(tmp, "ringstack-nbd.sock")
+    def __init__(self, tmp: str, size: int, mask: str, mode: str, tree: str | None = None,
+                 tag: str = "ringstack"):
+        self.tree = os.path.abspath(tree) if tree else ROOT
+        self.rpc_sock = os.path.join(tmp, f"{tag}-rpc.sock")
+        self.nbd_sock = os.path.join(tmp, f"{tag}-nbd.sock")
         cfg = {"subsystems": [
             {"subsystem": "bdev", "config": [{"method": "bdev_malloc_create", "params": {
                 "name": "Malloc0", "num_blocks": size // 512, "block_size": 512}}]},
             {"subsystem": "nbd", "config": [
                 {"method": "nbd_server_start", "params": {"listen": self.nbd_sock}},
                 {"method": "nbd_export_add", "params": {"bdev_name": "Malloc0"}}]}]}
-        self.cfg = os.path.join(tmp, "ringstack.json")
+        self.cfg = os.path.join(tmp, f"{tag}.json")
         with open(self.cfg, "w") as f:
             json.dump(cfg, f)
         self.cmd = [sys.executable, "-m", "tools.cli", "start", "-m", mask, "-r", self.rpc_sock,
@@ -91,9 +96,15 @@ class Ringstack:
         return unix_uri(self.nbd_sock, "Malloc0")
 
     def start(self) -> "Ringstack":
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err)
+        env = dict(os.environ)
+        if self.tree != ROOT:       # that checkout's code wins over this one's
+            env["PYTHONPATH"] = self.tree + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(self.cmd, cwd=self.tree, stdout=subprocess.DEVNULL,
+                                     stderr=self.err, env=env)
         try:
             wait_for_unix_socket(self.nbd_sock, 60, self.proc)
+            # the config (hence the NBD socket) may be up before the RPC server binds
+            wait_for_unix_socket(self.rpc_sock, 30, self.proc)
             from reactor.rpc import RpcClient
             self.rpc = RpcClient(self.rpc_sock, timeout=30)
             deadline = time.monotonic() + 30
@@ -161,8 +172,10 @@ def run(args) -> int:
             print(f"ringstack bench nbd: no workload matches {args.workloads!r}", file=sys.stderr)
             return 1
     servers = ("ringstack", "nbdkit") if args.only is None else (args.only,)
+    if args.compare:
+        servers = ("baseline",) + servers
     tmp = tempfile.mkdtemp(prefix="ringstack-bench-nbd.")
-    rs = nk = None
+    rs = nk = base = None
     results: dict = {s: {} for s in servers}
     placement = {}
     try:
@@ -181,6 +194,13 @@ def run(args) -> int:
             if pin:
                 serve_core = after[busy]["lcore"]
                 fio_cpu = next(c for c in cores if c != serve_core)
+        if "baseline" in servers:
+            base = Ringstack(tmp, size, args.cpumask, args.mode, args.compare, "baseline").start()
+            uris["baseline"] = base.uri
+            before = base.stats()
+            _fio(uris["baseline"], "write", "1M", 8, 0, size, None)
+            after = base.stats()
+            placement["baseline prefill"] = max(after, key=lambda i: after[i]["requests"] - before[i]["requests"])
         if "nbdkit" in servers:
             nk = NbdkitMemory(os.path.join(tmp, "nbdkit.sock"), size=str(size))
             if serve_core is not None:
@@ -192,12 +212,13 @@ def run(args) -> int:
         for rep in range(args.repeat):
             for name, rw, bs, depth in workloads:
                 for s in servers:
-                    before = rs.stats() if s == "ringstack" else None
+                    target = {"ringstack": rs, "baseline": base}.get(s)
+                    before = target.stats() if target is not None else None
                     r = _fio(uris[s], rw, bs, depth, runtime, size, fio_cpu)
                     if before is not None:
-                        after = rs.stats()
-                        placement[name] = [i for i in after
-                                           if after[i]["requests"] - before[i]["requests"] > 100]
+                        after = target.stats()
+                        placement[name if s == "ringstack" else f"{s} {name}"] = [
+                            i for i in after if after[i]["requests"] - before[i]["requests"] > 100]
                     best = results[s].get(name)
                     if best is None or r["iops"] > best["iops"]:
                         results[s][name] = r
@@ -205,6 +226,8 @@ def run(args) -> int:
                           file=sys.stderr, flush=True)
     finally:
         rs_err = rs.stop() if rs is not None else ""
+        if base is not None:
+            base.stop()
         if nk is not None:
             nk.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -217,11 +240,16 @@ def run(args) -> int:
         for s in servers:
             r = results[s].get(name, {})
             row[s] = r
-        if len(servers) == 2 and results["nbdkit"].get(name, {}).get("iops"):
+        if "ringstack" in servers and results.get("nbdkit", {}).get(name, {}).get("iops"):
             row["ratio_iops"] = results["ringstack"][name]["iops"] / results["nbdkit"][name]["iops"]
             row["ratio_lat"] = results["ringstack"][name]["lat_us"] / results["nbdkit"][name]["lat_us"]
+            if "baseline" in servers:
+                row["baseline_ratio_iops"] = (results["baseline"][name]["iops"]
+                                              / results["nbdkit"][name]["iops"])
         if name in placement:
             row["ringstack_reactors"] = placement[name]
+        if f"baseline {name}" in placement:
+            row["baseline_reactors"] = placement[f"baseline {name}"]
         rows.append(row)
 
     meta = {"date": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -229,6 +257,7 @@ def run(args) -> int:
             "loadavg_after": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(), "cpu": cpu_model(),
             "cpumask": args.cpumask, "mode": args.mode, "pinned": pin, "fio_core": fio_cpu,
             "server_core": serve_core, "size": size, "runtime_s": runtime, "repeat": args.repeat,
+            "baseline_tree": os.path.abspath(args.compare) if args.compare else None,
             "command": "ringstack bench nbd " + " ".join(sys.argv[sys.argv.index("nbd") + 1:])
             if "nbd" in sys.argv else "ringstack bench nbd"}
     _print_table(rows, servers, meta)
@@ -245,11 +274,15 @@ def _print_table(rows, servers, meta) -> None:
           f"{meta['runtime_s']:g} s per run; "
           + (f"fio on core {meta['fio_core']}, server on core {meta['server_core']}" if meta["pinned"]
              else "unpinned"))
+    if meta.get("baseline_tree"):
+        print(f"# baseline: ringstack from {meta['baseline_tree']}")
     head = f"{'workload':18s}"
     for s in servers:
         head += f" | {s + ' IOPS':>15s} {'lat us':>8s}"
-    if len(servers) == 2:
+    if "ringstack" in servers and "nbdkit" in servers:
         head += f" | {'ratio IOPS':>10s}"
+    if "baseline" in servers and "nbdkit" in servers:
+        head += f" | {'baseline ratio':>14s}"
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -259,4 +292,6 @@ def _print_table(rows, servers, meta) -> None:
             line += f" | {r.get('iops', 0):15.0f} {r.get('lat_us', 0):8.1f}"
         if "ratio_iops" in row:
             line += f" | {row['ratio_iops']:9.2f}x"
+        if "baseline_ratio_iops" in row:
+            line += f" | {row['baseline_ratio_iops']:13.2f}x"
         print(line)

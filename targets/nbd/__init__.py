@@ -1,21 +1,15 @@
-"""NBD export server (a "target", like SPDK's nbd/nvmf): serves `Export`s over the NBD
+"""NBD export server (a "target", like SPDK's lib/nbd): serves bdevs over the NBD
 protocol (fixed newstyle) to nbdinfo, nbdcopy, qemu-img/qemu-io, fio's nbd engine and
-nbd-client.  Poll-driven, no threads, no asyncio: see docs/nbd.md.
+nbd-client, on targets/serve (docs/nbd.md, docs/targets.md).
 
-Public names:
-  backend side  Export, ExportHandle, ExportTable, MemoryExport, EVENT_REMOVED
-  server side   Connection, NbdTarget, Listener, NbdLoop
-  fd passing    send_fd, recv_fd, socket_from_fd
-  errors        nbd_error (the one errno -> NBD error mapping)
+  handshake.py     option haggling        transmission.py  requests and replies
+  backend.py       Export / ExportHandle / ExportTable (what a connection serves)
+  bdev_export.py   BdevExport: an export over a bdev (targets.serve.BdevHandle per connection)
+  service.py       the "nbd" protocol on targets/serve, export_add/remove fanouts
+  rpc.py           nbd_* JSON-RPC methods, the "nbd" subsystem, --nbd
 """
 from ._proto import nbd_error
-from .backend import EVENT_REMOVED, Export, ExportHandle, ExportTable, MemoryExport
-from .connection import Connection
-from .listener import Listener, parse_address, recv_fd, send_fd, socket_from_fd
-from .server import NbdLoop, NbdTarget
+from .backend import EVENT_REMOVED, Export, ExportHandle, ExportTable
+from .transmission import Connection
 
-__all__ = [
-    "EVENT_REMOVED", "Export", "ExportHandle", "ExportTable", "MemoryExport",
-    "Connection", "NbdTarget", "NbdLoop", "Listener", "parse_address",
-    "send_fd", "recv_fd", "socket_from_fd", "nbd_error",
-]
+__all__ = ["EVENT_REMOVED", "Export", "ExportHandle", "ExportTable", "Connection", "nbd_error"]

@@ -31,14 +31,16 @@ import reactor as rx
 from reactor import subsystem
 from reactor.rpc import Param, rpc_method
 
-from . import reactor_glue as glue
-from .listener import parse_address
+from .. import serve
+from ..serve.listener import parse_address
+from . import service
+from .service import NAME
 
 log = logging.getLogger("ringstack.nbd")
 
 #: Upper bound on a whole stop (the per-reactor drain plus the walk), used at app shutdown
 #: so that a dead reactor cannot hold the shutdown forever.
-FINI_TIMEOUT_S = glue.STOP_DRAIN_S + 3.0
+FINI_TIMEOUT_S = serve.STOP_DRAIN_S + 3.0
 
 
 class _Server:
@@ -105,33 +107,30 @@ def server_start(listen: str, cb, conn_opts: dict | None = None) -> None:
         except ValueError as exc:
             _fail(reply, -errno.EINVAL, str(exc))
             return
-        r = rx.current_reactor()
-        if r.locals.get("nbd") is not None:
+        if serve.current(NAME) is not None:
             _fail(reply, -errno.EBUSY, "a previous NBD server is still stopping")
             return
-        svc = glue.ReactorNbd(r, conn_opts=conn_opts)
-        try:
-            svc.listen(listen)
-        except (OSError, ValueError) as exc:
-            svc.stop(lambda: None)
-            code = getattr(exc, "errno", None) or errno.EINVAL
-            _fail(reply, -code, f"cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}")
-            return
-        r.locals["nbd"] = svc
         _server = _Server(listen)
 
-        def started(rc, outs, msg):
-            svc.accept_peers()
+        def started(rc, msg):
             if rc:
                 log.error("nbd_server_start: %s", msg)
-                glue.run_on_all_reactors("stop", {}, lambda *_: reply(rc, msg, None))
                 _reset()
+                reply(rc, msg, None)
                 return
-            log.info("nbd: serving on %s (reactors %s)", svc.listener.uri, svc.rr)
+            srv = serve.current(NAME)
+            log.info("nbd: serving on %s (reactors %s)", nbd_uri(srv.listeners[0]), srv.rr)
             reply(0, None, True)
-        glue.run_on_all_reactors("start", {"ctl": svc.ctl_name, "main_pid": os.getpid(),
-                                           "conn_opts": conn_opts}, started)
+        serve.start(NAME, started, opts={"conn_opts": conn_opts} if conn_opts else None,
+                    listen=[(listen, {})])
     _serial(op)
+
+
+def nbd_uri(listener) -> str:
+    """The NBD URI of a listener (nbd+unix:///?socket=PATH or nbd://HOST:PORT/)."""
+    if listener.path is not None:
+        return f"nbd+unix:///?socket={listener.path}"
+    return f"nbd://{listener.display}/"
 
 
 def _reset() -> None:
@@ -154,10 +153,10 @@ def server_stop(cb) -> None:
             return
         _reset()
 
-        def stopped(rc, outs, msg):
+        def stopped(rc, msg):
             done()
             cb(0, None, True)
-        glue.run_on_all_reactors("stop", {}, stopped)
+        serve.stop(NAME, stopped)
     _serial(op)
 
 
@@ -196,15 +195,15 @@ def export_add(bdev_name: str, export_name: str | None, readonly: bool, cb) -> N
         def added(rc, outs, msg):
             if rc:
                 api.close(watch)
-                glue.run_on_all_reactors("export_remove", {"export_name": name},
-                                         lambda *_: reply(rc, msg, None))
+                serve.run_on_all_reactors(NAME, "export_remove", {"export_name": name},
+                                          lambda *_: reply(rc, msg, None))
                 return
             s.exports[name] = {"bdev_name": api.get_name(api.desc_get_bdev(watch)),
                                "readonly": bool(readonly)}
             s.watch[name] = watch
             reply(0, None, name)
-        glue.run_on_all_reactors("export_add", {"bdev_name": bdev_name, "export_name": name,
-                                                "readonly": bool(readonly)}, added)
+        serve.run_on_all_reactors(NAME, "export_add", {"bdev_name": bdev_name, "export_name": name,
+                                                       "readonly": bool(readonly)}, added)
     _serial(op)
 
 
@@ -223,7 +222,7 @@ def export_remove(export_name: str, cb) -> None:
         def removed(rc, outs, msg):
             done()
             cb(0, None, True)
-        glue.run_on_all_reactors("export_remove", {"export_name": export_name}, removed)
+        serve.run_on_all_reactors(NAME, "export_remove", {"export_name": export_name}, removed)
     _serial(op)
 
 
@@ -254,10 +253,10 @@ def get_info(cb) -> None:
             cb(0, None, [])
             return
 
-        def got(rc, outs, msg):
+        def got(rc, msg, infos):
             done()
-            cb(rc, msg, outs)
-        glue.run_on_all_reactors("info", {}, got)
+            cb(rc, msg, infos)
+        serve.get_connections(NAME, got)
     _serial(op)
 
 
@@ -265,7 +264,7 @@ def _exports_result(infos) -> list:
     s = _server
     if s is None:
         return []
-    svc = glue.current()
+    svc = service.current()
     out = []
     for name, cfg in s.exports.items():
         e = None
@@ -281,8 +280,13 @@ def _exports_result(infos) -> list:
             if not info:
                 continue
             for c in info["connections"]:
-                if c["export_name"] == name:
-                    entry["connections"].append(dict(c, reactor=info["reactor"], lcore=info["lcore"]))
+                if c.get("export_name") == name:
+                    cs = c["stats"]
+                    entry["connections"].append({
+                        "name": c["name"], "export_name": name, "state": c["state"],
+                        "inflight": c["inflight"], "requests": cs["requests"],
+                        "bytes_read": cs["bytes_read"], "bytes_written": cs["bytes_written"],
+                        "reactor": info["reactor"], "lcore": info["lcore"]})
         out.append(entry)
     return out
 
@@ -402,6 +406,11 @@ def _nbd_get_exports(request, params):
              request.result(_exports_result(infos)))
 
 
+#: the counters every reactor reports, before any connection added to them
+_ZERO_STATS = {"connections_accepted": 0, "connections_open": 0, "requests": 0, "errors": 0,
+               "bytes_read": 0, "bytes_written": 0}
+
+
 @rpc_method("nbd_get_stats")
 def _nbd_get_stats(request, params):
     """Per-reactor NBD counters: connections accepted/open, requests, errors, bytes."""
@@ -410,11 +419,11 @@ def _nbd_get_stats(request, params):
             request.error(rc, msg)
             return
         s = _server
-        svc = glue.current()
-        uri = svc.listener.uri if svc is not None and svc.listener is not None else None
+        srv = serve.current(NAME)
+        uri = nbd_uri(srv.listeners[0]) if srv is not None and srv.listeners else None
         request.result({"listen": s.listen if s else None, "uri": uri,
-                        "reactors": [dict(i["stats"], reactor=i["reactor"], lcore=i["lcore"])
-                                     for i in infos if i]})
+                        "reactors": [dict(_ZERO_STATS, **i["stats"], reactor=i["reactor"],
+                                          lcore=i["lcore"]) for i in infos if i]})
     get_info(got)
 
 
@@ -516,7 +525,7 @@ def _write_config() -> list:
 def _fini(done) -> None:
     """App shutdown: stop the server on every reactor (bounded: a reactor that died cannot
     hold the shutdown), before the bdev layer finishes."""
-    if _server is None and glue.current() is None:
+    if _server is None and serve.current(NAME) is None:
         done()
         return
     fired = []
@@ -528,10 +537,10 @@ def _fini(done) -> None:
         fired.append(1)
         if timer:
             rx.poller_unregister(timer[0])
-        svc = glue.current()
-        if svc is not None:        # the walk never came back: close what is local at least
-            svc.stop(lambda: None)
-            svc._finish_stop()
+        srv = serve.current(NAME)
+        if srv is not None:        # the walk never came back: close what is local at least
+            srv.stop(lambda: None)
+            srv._finish_stop()
         done()
 
     def expired(_arg):
@@ -540,7 +549,7 @@ def _fini(done) -> None:
         return 1
     timer.append(rx.poller_register(expired, None, int(FINI_TIMEOUT_S * 1e6), "nbd_fini_timeout"))
     if _server is None:
-        glue.run_on_all_reactors("stop", {}, finish)
+        serve.stop(NAME, finish)
     else:
         server_stop(finish)
 

@@ -1,23 +1,20 @@
-"""Launch helpers shared by the real-client tests and (later) `ringstack bench nbd`:
-fio against an NBD URI (with JSON parsing), `nbdkit memory` on a Unix socket, and the
-standalone `python -m targets.nbd` server.  Every wait is bounded; every process started
-here is stopped by the context manager that started it.
+"""Launch helpers shared by `ringstack bench nbd` and the real-client tests: fio against
+an NBD URI (with JSON parsing) and `nbdkit memory` on a Unix socket (the standalone test
+server is tests/nbd_standalone.py).  Every wait is bounded; every process started here
+is stopped by the context manager that started it.
 """
 from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from typing import Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def which(binary: str) -> Optional[str]:
@@ -58,79 +55,6 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     for f in (proc.stdout, proc.stderr, proc.stdin):
         if f is not None:
             f.close()
-
-
-class ServerProcess:
-    """`python -m targets.nbd` in a child process.
-
-    with ServerProcess("/tmp/s.sock", ["disk0:64M"]) as srv: srv.uri("disk0")
-    """
-
-    def __init__(self, listen: str, exports: Sequence[str], extra: Sequence[str] = (),
-                 python: str = sys.executable, ready_timeout: float = 20.0):
-        self.listen = listen
-        self.cmd = [python, "-m", "targets.nbd", "--listen", listen]
-        for e in exports:
-            self.cmd += ["--export", e]
-        self.cmd += list(extra)
-        self.ready_timeout = ready_timeout
-        self.proc: Optional[subprocess.Popen] = None
-        self.uris: list[str] = []
-
-    def start(self) -> "ServerProcess":
-        # stderr goes to a file: a pipe nobody drains would block a chatty server.
-        self._errfile = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=self._errfile, text=True)
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + self.ready_timeout
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"server not ready after {self.ready_timeout}s: {self.cmd}")
-                if sel.select(left):
-                    line = self.proc.stdout.readline()
-                    if not line:
-                        raise RuntimeError(f"server exited ({self.proc.wait(5)}): {self._read_err()}")
-                    if line.startswith("READY "):
-                        self.uris = line.split()[1:]
-                        return self
-        except BaseException:
-            self.stop()
-            raise
-        finally:
-            sel.close()
-
-    def uri(self, export: str = "") -> str:
-        if "/" in self.listen or self.listen.startswith("unix:"):
-            return unix_uri(os.path.abspath(self.listen.removeprefix("unix:")), export)
-        return self.uris[0] + export
-
-    def _read_err(self) -> str:
-        f = getattr(self, "_errfile", None)
-        if f is None:
-            return ""
-        f.seek(0)
-        return f.read()
-
-    def stop(self) -> str:
-        """Stop (SIGTERM, bounded) and return what the server wrote on stderr."""
-        if self.proc is None:
-            return ""
-        _stop(self.proc, timeout=15)
-        self.proc = None
-        err = self._read_err()
-        self._errfile.close()
-        self._errfile = None
-        return err
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class NbdkitMemory:

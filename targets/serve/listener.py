@@ -20,7 +20,7 @@ import stat
 import tempfile
 from typing import Callable, Optional
 
-log = logging.getLogger("ringstack.nbd")
+log = logging.getLogger("ringstack.serve")
 
 PlacementCallback = Callable[[socket.socket, object], None]
 
@@ -82,11 +82,14 @@ def _claim_unix_path(path: str) -> None:
 
 class Listener:
     """A non-blocking listening socket.  `poll()` accepts up to `accepts_per_poll` clients
-    and calls `on_accept(sock, peer)` for each (the socket is non-blocking)."""
+    and calls `on_accept(sock, peer)` for each (the socket is non-blocking).  `meta` is
+    the protocol's dict for this listener (e.g. iSCSI's portal group tag), handed to every
+    connection it accepts; `display` is "host:port" (IPv6 in brackets) or the path."""
 
     def __init__(self, address: str, on_accept: PlacementCallback, *, backlog: int = 128,
-                 accepts_per_poll: int = 16):
+                 accepts_per_poll: int = 16, meta: Optional[dict] = None):
         self.address = address
+        self.meta = dict(meta or {})
         self.on_accept = on_accept
         self._accepts_per_poll = accepts_per_poll
         self._unlink: Optional[tuple] = None
@@ -98,7 +101,7 @@ class Listener:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             # Bind inside a private 0700 directory, chmod 0600, then rename into place:
             # nobody can connect before the mode is right, and no process-wide umask games.
-            tmpdir = tempfile.mkdtemp(prefix=".nbd-", dir=os.path.dirname(self.path))
+            tmpdir = tempfile.mkdtemp(prefix=".serve-", dir=os.path.dirname(self.path))
             tmp = os.path.join(tmpdir, "s")
             try:
                 sock.bind(tmp)
@@ -116,7 +119,7 @@ class Listener:
                 os.rmdir(tmpdir)
             st = os.lstat(self.path)
             self._unlink = (self.path, st.st_dev, st.st_ino)
-            self.uri = f"nbd+unix:///?socket={self.path}"
+            self.display = self.path
         else:
             _, host, port = kind
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -130,7 +133,7 @@ class Listener:
             self.path = None
             self.host, self.port = sock.getsockname()[:2]
             h = f"[{self.host}]" if fam == socket.AF_INET6 else self.host
-            self.uri = f"nbd://{h}:{self.port}/"
+            self.display = f"{h}:{self.port}"
             sock.listen(backlog)
         sock.setblocking(False)
         self._sock: Optional[socket.socket] = sock
@@ -152,7 +155,7 @@ class Listener:
                 break
             except OSError as exc:
                 # EMFILE/ENFILE/ECONNABORTED: log, keep listening, try again next poll.
-                log.warning("nbd listener %s: accept failed: %s", self.address, exc)
+                log.warning("listener %s: accept failed: %s", self.address, exc)
                 break
             conn.setblocking(False)
             n += 1
@@ -160,7 +163,7 @@ class Listener:
             try:
                 self.on_accept(conn, peer)
             except Exception:
-                log.exception("nbd listener %s: placement callback failed; dropping client", self.address)
+                log.exception("listener %s: placement callback failed; dropping client", self.address)
                 conn.close()
         return n
 

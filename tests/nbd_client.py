@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Callable, Optional
 
-from . import _proto as P
+from targets.nbd import _proto as P
 
 
 class NbdError(Exception):
