@@ -197,3 +197,30 @@ def test_registration_errors():
         h.poll_threads()
         assert got == [(-errno.ENODEV, "reactor 0: NBD server not running")]
         assert rx.current_reactor().locals.get("serve.nbd") is None
+
+
+def test_start_listen_info_and_stop_on_one_reactor(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with Harness(1, n_reactors=1) as h:
+        h.set_thread(0)
+        got = []
+        serve.start("nbd", lambda rc, msg: got.append((rc, msg)), listen=[(path, {"tag": 7})])
+        h.poll_threads()
+        assert got == [(0, None)]
+        srv = serve.current("nbd")
+        assert srv is not None and os.path.exists(path) and srv.ctl is None   # no channel needed
+        serve.start("nbd", lambda rc, msg: got.append((rc, msg)))
+        assert got[-1][0] == -errno.EBUSY
+        lst = srv.listen("127.0.0.1:0", {"tag": 8})
+        infos = []
+        serve.get_connections("nbd", lambda rc, msg, outs: infos.append(outs))
+        h.poll_threads()
+        assert [x["meta"] for x in infos[0][0]["listeners"]] == [{"tag": 7}, {"tag": 8}]
+        srv.unlisten(lst)
+        assert len(srv.listeners) == 1
+        serve.stop("nbd", lambda rc, msg: got.append(("stopped", rc)))
+        h.poll_threads()
+        assert got[-1] == ("stopped", 0) and serve.current("nbd") is None
+        assert not os.path.exists(path)
+        with pytest.raises(OSError):
+            srv.listen(path, {})                           # a stopped server takes no listener

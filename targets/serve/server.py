@@ -137,6 +137,7 @@ class Server:
         self.started_here = False   # set up by the "start" step (not by its caller)
         self.stopped = False
         self._deadline = 0
+        self._reason = "server shutting down"
         self.stop_poller = None
         self.poller = rx.poller_register(self._poll, None, 0, f"serve_{name}", fd=self.ep.fileno())
         self.ctx = None
