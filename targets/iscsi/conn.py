@@ -661,7 +661,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
             value = value or sess.target_name
         try:
             targets = self.reg.send_targets(self.initiator_name, self.peer_host,
-                                            self.pg_tag, value)
+                                            self.pg_tag, value, target_addr=str(self.portal[0]))
         except Exception:
             log.exception("iscsi %s: send_targets failed", self.name)
             targets = []
