@@ -152,6 +152,14 @@ class Nexus:
         if h is not None:
             self.give_back(h, buf)
 
+    def data_length(self, lun_id: int, cdb) -> int | None:
+        """Bytes the CDB transfers, None if none or unknown (Contract 3, optional): a
+        transport solicits no more Data-Out than this."""
+        v = self.views.get(lun_id)
+        if v is None or not cdb:
+            return None
+        return sbc.data_length(bytes(cdb), v.block_size)
+
     # ------------------------------------------------------------------ execute
     def execute(self, task, cb) -> None:
         task._nexus = self
