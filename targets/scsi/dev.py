@@ -158,6 +158,15 @@ class ScsiDev:
         from .nexus import Nexus
         return Nexus(self, initiator_port, target_port)
 
+    def remove_lun(self, lun_id: int) -> None:
+        """Drop a LUN (its bdev went away): every nexus of this replica stops reaching it
+        and closes its handle once the buffers it lent are back."""
+        lun = self.luns.pop(int(lun_id), None)
+        if lun is None:
+            return
+        for n in list(self.nexuses):
+            n.drop_lun(lun.id)
+
     def destruct(self) -> None:
         """Forget this replica (its open nexuses should be closed first)."""
         for n in list(self.nexuses):

@@ -94,12 +94,16 @@ class Nexus:
                 return
             if event == "removed":
                 # commands from now on see no LUN; outstanding ones still complete
-                del self.views[lun_id]
-                self._retire(v.h)
+                self.drop_lun(lun_id)
             elif event == "resized":
                 v.refresh()
                 self.add_unit_attention(lun_id, S.CAPACITY_DATA_HAS_CHANGED)
         return cb
+
+    def drop_lun(self, lun_id: int) -> None:
+        v = self.views.pop(lun_id, None)
+        if v is not None:
+            self._retire(v.h)
 
     def run_on_thread(self, fn, *args) -> None:
         if rx.get_thread() is self.thread:
@@ -254,12 +258,11 @@ class Nexus:
     def _abort(self, task) -> None:
         task.aborted = True
         if task._parked is not None:
-            self.views_lun(task.lun).unpark(task._parked)
+            lun = self.dev.luns.get(task.lun)
+            if lun is not None:
+                lun.unpark(task._parked)
             task._parked = None
         self.finish(task)
-
-    def views_lun(self, lun_id):
-        return self.dev.luns[lun_id]
 
     def abort_task(self, lun_id: int, tag: int) -> bool:
         for t in list(self.tasks):
