@@ -284,3 +284,12 @@ def test_pr_out_answers_only_after_every_replica_applied(env):
     assert seen == [[EA, EA]]                           # both had it at answer time
     assert replicas[1].auth is None                     # only main holds the authority
     assert replicas[0].auth.rtype == EA
+
+
+def test_pr_out_bad_parameter_list_lengths(env):
+    a = env.nexus(1)
+    for plen, data in ((0, b""), (23, bytes(23)), (1 << 20, bytes(1 << 20)), (24, bytes(10))):
+        cdb = bytes([0x5F, REG_IGNORE, 0, 0, 0]) + plen.to_bytes(4, "big") + b"\0"
+        check(run(env, a, cdb, data_out=data, tl=len(data)), S.ILLEGAL_REQUEST,
+              S.PARAMETER_LIST_LENGTH_ERROR)
+    assert read_keys(env, a)[1] == []

@@ -341,7 +341,8 @@ def unlock_range(nexus, lun_id, lid, cb=None) -> None:
 def _lun_reset_all(done, dev_name, lun_id, i_port, t_port):
     """Every nexus on this reactor: its tasks on the LUN are aborted (the one that asked
     aborted its own already) and it gets BUS DEVICE RESET FUNCTION OCCURRED -- every I_T
-    nexus, the resetting one included (SAM-5 LOGICAL UNIT RESET; iscsi-test-cu MultipathIO.Reset)."""
+    nexus, the resetting one included (SAM-5 LOGICAL UNIT RESET; iscsi-test-cu
+    MultipathIO.Reset)."""
     lun = _find_lun(dev_name, lun_id)
     if lun is not None:
         for n in list(lun.dev.nexuses):

@@ -430,6 +430,10 @@ def _pr_in(nx, task, view, cdb):
 
 def _pr_out(nx, task, view, cdb):
     plen = _alloc32(cdb, 5)
+    # without SPEC_I_PT (refused) the list is exactly 24 bytes: checked here so a bogus
+    # length never travels to the main reactor
+    if plen != 24:
+        raise S.illegal(S.PARAMETER_LIST_LENGTH_ERROR)
     data = bytes(task.data_out[:plen]) if task.data_out is not None else b""
     if len(data) < plen:
         raise S.illegal(S.PARAMETER_LIST_LENGTH_ERROR)
