@@ -45,14 +45,17 @@ def _is_leak(proc) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """Fail a test that leaves a ringstack segment in /dev/shm or a live child process."""
+    """Fail a test that leaves a ringstack segment in /dev/shm or a live child process.
+    What a module- or session-scoped fixture started before the test (a target that
+    several tests share) is that fixture's to stop and check, not the test's."""
     before = _our_segments()
     me = psutil.Process()
+    shared = {c.pid for c in me.children(recursive=True)}
     seen_children: set = set()
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        kids = me.children(recursive=True)
+        kids = [c for c in me.children(recursive=True) if c.pid not in shared]
         seen_children.update(c.pid for c in kids)
         leaked = {e for e in _our_segments() - before if _ours(e, seen_children)}
         children = [c for c in kids if _is_leak(c)]

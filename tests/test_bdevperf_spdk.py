@@ -209,14 +209,21 @@ def test_E_shares_one_thread_per_core(target, tmp_path, share):
     """SPDK: a thread per job (named after it); -E: one lcore_N thread per core for all."""
     cfg = tmp_path / "conf.json"
     shutil.copy(os.path.join(ART, "conf.json"), cfg)
-    t = target("-q", "4", "-o", "4096", "-w", "randread", "-t", "3", "--json", str(cfg),
+    t = target("-q", "4", "-o", "4096", "-w", "randread", "-t", "6", "--json", str(cfg),
                *(["-E"] if share else []))
-    time.sleep(1.5)                               # the test runs now
-    names = _thread_names(t)
+    # The run starts once the framework is up; ask until its job threads exist (a loaded
+    # machine may take a while), well inside the 6 s run.
+    deadline = time.monotonic() + 4
+    while True:
+        names = _thread_names(t)
+        if any(n in names for n in ("lcore_0", "Malloc0")) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if share:
         assert "lcore_0" in names and "Malloc0" not in names and "Malloc1" not in names
     else:
         assert "Malloc0" in names and "Malloc1" in names and "lcore_0" not in names
+    t.proc.wait(timeout=60)                       # the run ends by itself
     assert t.stop() == 0, t.out + t.err
     assert "Job: Malloc1" in t.out
 
