@@ -293,3 +293,21 @@ def test_pr_out_bad_parameter_list_lengths(env):
         check(run(env, a, cdb, data_out=data, tl=len(data)), S.ILLEGAL_REQUEST,
               S.PARAMETER_LIST_LENGTH_ERROR)
     assert read_keys(env, a)[1] == []
+
+
+def test_registrations_beyond_one_message_are_refused_unchanged(env):
+    a = env.nexus(0)
+    keys = []
+    rc = S.GOOD
+    for i in range(400):             # huge port names: the state outgrows one ring record
+        nx = env.nexus(i % 2, ini=f"iqn.2016-06.io.spdk:{'x' * 8000}{i},i,0x{i:012x}")
+        t = pr_out(env, nx, REG_IGNORE, sa_rkey=i + 1)
+        if t.status != S.GOOD:
+            check(t, S.ILLEGAL_REQUEST, (0x55, 0x04))
+            rc = t.status
+            break
+        keys.append(i + 1)
+    assert rc == S.CHECK_CONDITION, "never outgrew a message"
+    assert read_keys(env, a)[1] == keys                  # the refused one left no trace
+    for i in (0, 1):
+        assert env.dev(i).luns[0].shared.regs == env.dev(0).luns[0].auth.regs

@@ -237,16 +237,25 @@ def _main_op(done, dev_name, lun_id, op, args):
         return
     new = out.state if out.state is not None else auth.copy()
     new.version = auth.version + 1
-    lun.auth = new
     uas = [[k[0], k[1], code[0], code[1]] for k, code in out.uas]
     aborts = [list(k) for k in out.abort]
+    msg = [dev_name, lun_id, new.to_wire(), uas, aborts]
+    try:
+        fanout.check(_apply_state, msg)
+    except fanout.FanoutError:
+        # the state no longer fits one message (very many registrants): refuse the
+        # change rather than decide something the replicas cannot learn
+        log.error("LUN %s/%d: state too large to replicate; %s refused", dev_name, lun_id, op)
+        done([S.CHECK_CONDITION, S.ILLEGAL_REQUEST, *S.INSUFFICIENT_REGISTRATION_RESOURCES])
+        return
+    lun.auth = new
 
     def applied(rc):
         if rc:
             log.error("LUN %s/%d: a replica failed to apply state v%d (%d)", dev_name,
                       lun_id, new.version, rc)
         done(None)
-    fanout.broadcast(_apply_state, [dev_name, lun_id, new.to_wire(), uas, aborts], applied)
+    fanout.broadcast(_apply_state, msg, applied)
 
 
 @rx.remote("targets.scsi.apply_state")
