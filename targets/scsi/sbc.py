@@ -33,6 +33,41 @@ def _lba_len(cdb: bytes):
     return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
 
 
+_BLOCK_CMDS = frozenset((C.READ_6, C.WRITE_6, C.READ_10, C.WRITE_10, C.READ_12, C.WRITE_12,
+                         C.READ_16, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12,
+                         C.WRITE_AND_VERIFY_16))
+_VERIFY_CMDS = frozenset((C.VERIFY_10, C.VERIFY_12, C.VERIFY_16))
+
+
+def data_length(cdb: bytes, block_size: int):
+    """Bytes of data the CDB transfers (either direction), or None when it moves none or
+    the layer does not know: what a transport solicits at most (Contract 3, optional)."""
+    cmd = C.lookup(cdb)
+    if cmd is None or len(cdb) < len(cmd.usage):
+        return None
+    op = cdb[0]
+    try:
+        if op in _BLOCK_CMDS:
+            return _lba_len(cdb)[1] * block_size
+        if op in _VERIFY_CMDS:
+            b = (cdb[1] >> 1) & 0x03
+            n = _lba_len(cdb)[1]
+            return None if b in (0, 2) or not n else (block_size if b == 3 else n * block_size)
+        if op in (C.WRITE_SAME_10, C.WRITE_SAME_16):
+            return 0 if op == C.WRITE_SAME_16 and cdb[1] & 0x01 else block_size
+        if op == C.COMPARE_AND_WRITE:
+            return 2 * cdb[13] * block_size
+        if op in (C.UNMAP, C.MODE_SELECT_10):
+            return int.from_bytes(cdb[7:9], "big")
+        if op == C.MODE_SELECT_6:
+            return cdb[4]
+        if op == C.PR_OUT:
+            return int.from_bytes(cdb[5:9], "big")
+    except IndexError:
+        return None
+    return None
+
+
 def _check_range(view, lba: int, n: int) -> None:
     if lba + n > view.num_blocks:
         raise S.illegal(S.LBA_OUT_OF_RANGE)
