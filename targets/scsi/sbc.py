@@ -154,11 +154,10 @@ def _alloc(task, h, n: int):
     return buf
 
 
-def _write(nx, task, view, lba, n, data, fua, nxt) -> None:
-    """Write ``data`` at block ``lba`` (n blocks) once no foreign range lock holds it."""
+def _guarded(nx, task, view, lba, n, submit, nxt) -> None:
+    """Run ``submit(op)`` (one write-kind bdev call over blocks lba..lba+n) once no
+    foreign range lock holds the range; ``op`` completes the step and ends the write."""
     lun = view.lun
-    h = view.h
-    bs = view.block_size
 
     def go(token):
         if task.aborted or task._finished:
@@ -166,24 +165,20 @@ def _write(nx, task, view, lba, n, data, fua, nxt) -> None:
             return
         op = _Op(nx, task, nxt, lun)
         op.token = token
-        h.write(lba * bs, data, op, fua=fua)
+        submit(op)
     lun.begin_write(lba, n, task.lock_id, go, task)
+
+
+def _write(nx, task, view, lba, n, data, fua, nxt) -> None:
+    """Write ``data`` at block ``lba`` (n blocks) once no foreign range lock holds it."""
+    _guarded(nx, task, view, lba, n,
+             lambda op: view.h.write(lba * view.block_size, data, op, fua=fua), nxt)
 
 
 def _write_kind(nx, task, view, lba, n, kind, nxt) -> None:
     """unmap / write_zeroes over a block range, under the range-lock rules."""
-    lun = view.lun
-    h = view.h
     bs = view.block_size
-
-    def go(token):
-        if task.aborted or task._finished:
-            lun.end_write(token)
-            return
-        op = _Op(nx, task, nxt, lun)
-        op.token = token
-        getattr(h, kind)(lba * bs, n * bs, op)
-    lun.begin_write(lba, n, task.lock_id, go, task)
+    _guarded(nx, task, view, lba, n, lambda op: getattr(view.h, kind)(lba * bs, n * bs, op), nxt)
 
 
 def _fua(view, cdb_fua: bool) -> bool:
