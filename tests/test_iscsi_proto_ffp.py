@@ -237,6 +237,35 @@ def test_abort_task_and_task_set(target):
         assert r.itt == itt and r.max_cmdsn == P.sn_add(r.exp_cmdsn, 7)
 
 
+def test_abort_of_a_task_the_scsi_layer_just_finished_sends_no_response(target):
+    """The SCSI layer finished the task but its completion has not reached the
+    connection when ABORT TASK arrives (abort_task finds nothing): FUNCTION COMPLETE,
+    and the late completion then answers nothing (libiscsi AbortTaskSimpleAsync: an
+    aborted write must not also be reported GOOD)."""
+    srv, reg, dev = target
+    with _login(srv) as c:
+        dev.hold_all = True
+        itt = c.scsi(read10(0, 1), read=512)
+        c.ping()
+        finished = []
+
+        def finish_in_scsi():        # out of the layer, its callback not yet run
+            for nx in dev.nexuses:
+                finished.extend(nx.executing.values())
+                nx.executing.clear()
+        srv.call(finish_in_scsi)
+        assert len(finished) == 1
+        t = c.tmf(P.TMF_ABORT_TASK, rtt=itt, refcmdsn=c.cmdsn - 1)
+        r = c.recv()
+        assert r.op == P.OP_TMF_RSP and r.itt == t and r.f[2] >> 8 == P.TMF_RSP_COMPLETE
+        srv.call(lambda: [cb(task) for task, cb in finished])
+        assert c.silent()                     # no SCSI Response, no Data-In
+        dev.hold_all = False
+        tur = c.scsi(TUR)
+        r = c.recv()
+        assert r.itt == tur and r.max_cmdsn == P.sn_add(r.exp_cmdsn, 7)
+
+
 def test_lun_reset_warm_reset_and_unsupported(target):
     srv, reg, dev = target
     with _login(srv) as c:

@@ -52,6 +52,7 @@ class _Task:
     r2ts = ()            # outstanding R2Ts: [ttt, offset, length, got, next DataSN]
     r2tsn = 0
     st = None
+    abort_answered = False   # ABORT TASK said FUNCTION COMPLETE: its response must never go
 
     def __init__(self, conn, itt, lun, lun_field, cdb, edtl, attr, direction, counted):
         self.conn = conn
@@ -382,7 +383,7 @@ class FfpMixin:
         self._inflight -= 1
         if t.buf is not None:
             self._free_buf(t)
-        if self._sock is None or getattr(st, "aborted", False):
+        if self._sock is None or t.abort_answered or getattr(st, "aborted", False):
             self._task_gone(t)
             self._release(st)
             return
@@ -595,6 +596,10 @@ class FfpMixin:
             self._discard_add(t.itt)
             self._task_gone(t)
         elif t.state == _T_EXEC:
+            # The SCSI layer may have finished the task already, its completion still on
+            # the way to us (abort_task then finds nothing): whatever it says, the task is
+            # answered as aborted -- no SCSI Response after a FUNCTION COMPLETE.
+            t.abort_answered = True
             try:
                 self.session.nexus.abort_task(t.lun, t.itt)
             except Exception:
