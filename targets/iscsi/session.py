@@ -235,6 +235,7 @@ class SessionDirectory:
 
     def __init__(self):
         self.entries: dict[int, list] = {}
+        self.watching = False       # main reactor: forget_reactor is a death watcher
 
     def live(self) -> int:
         return sum(1 for e in self.entries.values() if not e[5])
@@ -302,9 +303,13 @@ def _reinstate_here(tsih: int) -> None:
 @rx.remote("iscsi.session.open")
 def _directory_open(done, reactor_index, initiator, isid, target, session_type,
                     max_sessions, reinstate):
+    r = rx.current_reactor()
+    if not DIRECTORY.watching:
+        # a reactor that dies takes its sessions with it: their TSIHs and places go back
+        DIRECTORY.watching = True
+        rx.watch_reactor_death(DIRECTORY.forget_reactor)
     tsih, why, close = DIRECTORY.open(reactor_index, initiator, isid, target, session_type,
                                       max_sessions, reinstate)
-    r = rx.current_reactor()
     for index, old in close:
         if index == r.index:
             close_local(old)
