@@ -202,3 +202,28 @@ def test_nop_in_after_the_interval_and_drop_when_unanswered(start, tmp_path):  #
     assert all(u < 20 for u in usage), usage    # the timers do not keep the reactors awake
     quiet.close()
     polite.close()
+
+
+def test_directory_decisions():
+    """The main reactor's SessionDirectory: TSIH ranges per reactor, reinstatement, the
+    max_sessions count over reactors, and a refusal that changes nothing."""
+    from targets.iscsi.session import SESSION_DISCOVERY, SESSION_NORMAL, SessionDirectory
+    d = SessionDirectory()
+    a = d.open(0, "ini", 1, "tgt", SESSION_NORMAL, 2, True)
+    b = d.open(1, "ini", 2, "tgt", SESSION_NORMAL, 2, True)
+    assert a == (1, "", []) and b == (1024, "", [])
+    # full: refused, and the session it would have reinstated stays
+    before = {k: list(v) for k, v in d.entries.items()}
+    assert d.open(0, "ini", 3, "tgt", SESSION_DISCOVERY, 2, True) == (0, "max_sessions reached", [])
+    assert d.entries == before
+    # same initiator/ISID/target from the other reactor: the old one is closed on reactor 0,
+    # and its TSIH is kept until reactor 0 reports it closed
+    tsih, why, close = d.open(1, "ini", 1, "tgt", SESSION_NORMAL, 2, True)
+    assert (tsih, close) == (1025, [(0, 1)]) and d.live() == 2
+    assert d.open(0, "x", 9, "tgt", SESSION_NORMAL, 3, True)[0] == 2     # not 1: closing
+    d.closed(1)
+    assert d.open(0, "y", 9, "tgt", SESSION_NORMAL, 9, True)[0] == 1
+    # allow_duplicated_isid: no reinstatement
+    assert d.open(1, "ini", 1, "tgt", SESSION_NORMAL, 9, False)[2] == []
+    d.forget_reactor(1)
+    assert all(e[0] == 0 for e in d.entries.values())
