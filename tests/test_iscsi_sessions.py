@@ -216,6 +216,8 @@ def test_directory_decisions():
     before = {k: list(v) for k, v in d.entries.items()}
     assert d.open(0, "ini", 3, "tgt", SESSION_DISCOVERY, 2, True) == (0, "max_sessions reached", [])
     assert d.entries == before
+    assert d.open(0, "ini", 2, "tgt", SESSION_NORMAL, 1, True) == (0, "max_sessions reached", [])
+    assert d.entries == before               # the session it would have reinstated stays
     # same initiator/ISID/target from the other reactor: the old one is closed on reactor 0,
     # and its TSIH is kept until reactor 0 reports it closed
     tsih, why, close = d.open(1, "ini", 1, "tgt", SESSION_NORMAL, 2, True)
