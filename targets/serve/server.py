@@ -35,6 +35,15 @@ its own reactor processes, a reactor only its launcher.  If a reactor's channel 
 or gone, the connection is served on the main reactor instead (never dropped, never a
 blocking send).
 
+Hand-over (`hand_over`): an engine may move its socket to another reactor (iSCSI: a
+login joining a session that lives there); the fd, its meta and the bytes already read
+travel over the same channels (which are two-way), another reactor's through the main
+reactor, and the receiving reactor's ``ctx.make`` continues with them.
+
+Deadlines: a connection's optional ``deadline()`` (Contract 1) is read after each of its
+polls; one timed poller per server is armed to the earliest, so idle timers (iSCSI's
+login timeout and NOP-In) fire while the reactor sleeps in between.
+
 Stop (`stop(finish)`): listeners and channels close, every connection gets
 ``shutdown(reason)`` (read nothing more, finish in-flight, close), and those still open
 after STOP_DRAIN_S get ``abort(reason)``; then the poller goes, the context's
