@@ -223,12 +223,10 @@ def _read(nx, task, view, cdb):
     view.h.read(lba * view.block_size, nbytes, buf, _Op(nx, task, done))
 
 
-def _write_cmd(nx, task, view, cdb):
-    op = cdb[0]
-    if op != C.WRITE_6 and cdb[1] & 0xE0:         # WRPROTECT
-        raise S.illegal()
-    if cdb[0] not in (C.READ_6, C.WRITE_6):
-        _check_dpofua(view, cdb)
+def _accept_write(nx, task, view, cdb):
+    """The checks every WRITE-kind command makes before it moves data (range, maximum
+    transfer, writable LUN), then ``(lba, n, data)``: the blocks the Data-Out really
+    carries.  ``n == 0`` means the task is already finished (nothing to write)."""
     lba, n = _lba_len(cdb)
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
@@ -237,8 +235,19 @@ def _write_cmd(nx, task, view, cdb):
     n = _write_blocks_available(task, view, n)
     if n == 0:
         nx.finish(task)
+        return lba, 0, None
+    return lba, n, _data_out(task, n * view.block_size)
+
+
+def _write_cmd(nx, task, view, cdb):
+    op = cdb[0]
+    if op != C.WRITE_6 and cdb[1] & 0xE0:         # WRPROTECT
+        raise S.illegal()
+    if cdb[0] not in (C.READ_6, C.WRITE_6):
+        _check_dpofua(view, cdb)
+    lba, n, data = _accept_write(nx, task, view, cdb)
+    if not n:
         return
-    data = _data_out(task, n * view.block_size)
     fua = _fua(view, op != C.WRITE_6 and bool(cdb[1] & 0x08))
     _write(nx, task, view, lba, n, data, fua, lambda: nx.finish(task))
 
@@ -296,16 +305,9 @@ def _write_verify(nx, task, view, cdb):
     bytchk = _bytchk(cdb)
     if bytchk == 0x03:
         raise S.illegal()
-    lba, n = _lba_len(cdb)
-    _check_range(view, lba, n)
-    _check_max_transfer(view, n)
-    _check_writable(view)
-    task.expected_length = n * view.block_size
-    n = _write_blocks_available(task, view, n)
-    if n == 0:
-        nx.finish(task)
+    lba, n, data = _accept_write(nx, task, view, cdb)
+    if not n:
         return
-    data = _data_out(task, n * view.block_size)
 
     def written():
         if bytchk:
