@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 
+# Contract 3; tests may install a stand-in for ScsiTask (tests/iscsi_fakes.py)
+from ..scsi import DIR_FROM_DEV, DIR_NONE, DIR_TO_DEV, ScsiTask
+from ..scsi import sense as _sense
 from . import pdu as P
-
-try:    # Contract 3; tests may install a stand-in (tests/iscsi_fakes.py)
-    from targets.scsi import DIR_FROM_DEV, DIR_NONE, DIR_TO_DEV, ScsiTask
-except ImportError:   # pragma: no cover - the SCSI layer is not on this branch yet
-    ScsiTask = None
-    DIR_NONE, DIR_TO_DEV, DIR_FROM_DEV = 0, 1, 2
 
 log = logging.getLogger("ringstack.iscsi")
 _debug = log.isEnabledFor(logging.DEBUG)
@@ -26,9 +23,8 @@ _pack = P.bhs_pack
 _RSVD = P.RESERVED_TAG
 _DATA_IN = P.OP_DATA_IN
 _SCSI_RSP = P.OP_SCSI_RSP
-_ILLEGAL_REQUEST_INVALID_CDB = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0,
-                                      0, 0, 0, 0])
-_MAX_DISCARD = 1024
+_ILLEGAL_REQUEST_INVALID_CDB = _sense.fixed_sense(_sense.ILLEGAL_REQUEST,
+                                                 *_sense.INVALID_FIELD_IN_CDB)
 
 # task states
 _T_DATA = 1        # collecting Data-Out
