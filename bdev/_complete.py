@@ -57,7 +57,29 @@ def _run_deferred(mgmt) -> None:
         # Each completion is isolated: a callback that raises must not lose the rest of
         # the batch (try costs nothing in 3.11 when nothing raises).
         try:
-            _io_complete(io)
+            # The common case, _io_complete inlined (one call less per I/O: malloc
+            # completes every read and write inside submit, so they all come this way):
+            # a successful read or write, out of submit, on its own thread, no proxy.
+            t = io.type
+            if (io.status != IO_STATUS_SUCCESS or io.in_submit_request or io.proxy
+                    or io.io_submit_ch is not None or (t != IO_TYPE_WRITE and t != IO_TYPE_READ)):
+                _io_complete(io)
+                continue
+            ch = io.ch
+            st = ch.stat
+            lat = ch.clock() - io.submit_tsc
+            if t == IO_TYPE_WRITE:
+                st.bytes_written += io.num_blocks * io.bdev.blocklen
+                st.num_write_ops += 1
+                st.write_latency_ticks += lat
+            else:
+                st.bytes_read += io.num_blocks * io.bdev.blocklen
+                st.num_read_ops += 1
+                st.read_latency_ticks += lat
+            h = ch.histogram
+            if h is not None:
+                h[lat.bit_length() if lat < U64 else 64] += 1
+            io.cb(io, True, io.caller_ctx)
         except Exception:
             callback_raised(io)
 
@@ -184,6 +206,15 @@ def io_complete(io, status) -> None:
         return
     if sr.nomem_io:
         _sr_retry_io(sr)
+    if io.in_submit_request and io.io_submit_ch is None:
+        # Completed inside its submit (malloc, null: every I/O): the thread's next
+        # deferred batch completes it (_io_complete's first branch, inlined).
+        mgmt = ch.mgmt
+        mgmt.deferred.append(io)
+        if not mgmt.deferred_scheduled:
+            mgmt.deferred_scheduled = True
+            rx.send_msg(mgmt.thread, _run_deferred, mgmt)
+        return
     if io.in_submit_request or io.io_submit_ch is not None or io.proxy:
         _io_complete(io)
         return

@@ -28,6 +28,12 @@ from . import _vbdev
 log = logging.getLogger("ringstack.malloc")
 
 _seq = itertools.count()
+# the per-I/O constants and the module's completion call, bound once (not looked up
+# through bm on every I/O)
+_READ = bm.IO_TYPE_READ
+_WRITE = bm.IO_TYPE_WRITE
+_SUCCESS = bm.IO_STATUS_SUCCESS
+_complete = bm.io_complete
 _SUPPORTED = {bm.IO_TYPE_READ, bm.IO_TYPE_WRITE, bm.IO_TYPE_FLUSH, bm.IO_TYPE_RESET,
               bm.IO_TYPE_UNMAP, bm.IO_TYPE_WRITE_ZEROES}
 
@@ -73,19 +79,24 @@ class MallocDisk(bm.FnTable):
 
     def submit_request(self, ch, io):
         t = io.type
-        if t == bm.IO_TYPE_READ:
+        if t == _WRITE:
+            off = io.offset_blocks * self.blocklen
+            buf = self.buf
+            iovs = io.iovs
+            if len(iovs) == 1:          # the common write: one buffer, one slice copy
+                v = iovs[0]
+                buf[off:off + len(v)] = v
+            else:
+                for v in iovs:
+                    n = len(v)
+                    buf[off:off + n] = v
+                    off += n
+            _complete(io, _SUCCESS)
+        elif t == _READ:
             if io.iovs[0] is None:
                 io.get_buf(_read_after_buf, io.num_blocks * self.blocklen)
                 return
             self._read(io)
-        elif t == bm.IO_TYPE_WRITE:
-            off = io.offset_blocks * self.blocklen
-            buf = self.buf
-            for v in io.iovs:
-                n = len(v)
-                buf[off:off + n] = v
-                off += n
-            io.complete(bm.IO_STATUS_SUCCESS)
         elif t == bm.IO_TYPE_UNMAP or t == bm.IO_TYPE_WRITE_ZEROES:
             off = io.offset_blocks * self.blocklen
             n = io.num_blocks * self.blocklen
@@ -99,11 +110,16 @@ class MallocDisk(bm.FnTable):
     def _read(self, io):
         off = io.offset_blocks * self.blocklen
         buf = self.buf
-        for v in io.iovs:
-            n = len(v)
-            v[:] = buf[off:off + n]
-            off += n
-        io.complete(bm.IO_STATUS_SUCCESS)
+        iovs = io.iovs
+        if len(iovs) == 1:
+            v = iovs[0]
+            v[:] = buf[off:off + len(v)]
+        else:
+            for v in iovs:
+                n = len(v)
+                v[:] = buf[off:off + n]
+                off += n
+        _complete(io, _SUCCESS)
 
     def destruct(self, ctxt):
         if rx.io_device_is_registered(self):

@@ -258,7 +258,7 @@ class FakeRegistry:
     def access_allowed(self, node, initiator_name, initiator_addr, pg_tag):
         return "ANY" in node.allowed or initiator_name in node.allowed
 
-    def send_targets(self, initiator_name, initiator_addr, pg_tag, value):
+    def send_targets(self, initiator_name, initiator_addr, pg_tag, value, target_addr=None):
         out = []
         for n in self.nodes.values():
             if value not in ("All", n.name):

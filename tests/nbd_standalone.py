@@ -32,6 +32,7 @@ from nbd_memory import MemoryExport  # noqa: E402
 from targets.nbd.backend import Export, ExportTable  # noqa: E402
 from targets.nbd.transmission import Connection  # noqa: E402
 from targets.serve.listener import Listener  # noqa: E402
+from tools.bdevperf import UsageError, parse_size  # noqa: E402
 from tools.nbd_harness import ROOT, _stop, unix_uri  # noqa: E402
 
 log = logging.getLogger("ringstack.nbd")
@@ -219,21 +220,16 @@ class NbdLoop:
 
 
 # ---------------------------------------------------------------- the command line
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().upper().rstrip("B").rstrip("I")
-    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
-    return int(t[:-1] if unit else t) * _UNITS[unit]
-
-
 def parse_export(spec: str, args) -> MemoryExport:
     """NAME:SIZE[:ro]"""
     parts = spec.split(":")
     if len(parts) < 2 or parts[2:] not in ([], ["ro"]):
         raise argparse.ArgumentTypeError(f"bad --export {spec!r}: expected NAME:SIZE[:ro]")
-    return MemoryExport(parts[0], parse_size(parts[1]), readonly=parts[2:] == ["ro"],
+    try:
+        size = parse_size(parts[1], "export size")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return MemoryExport(parts[0], size, readonly=parts[2:] == ["ro"],
                         description=f"memory export {parts[0]}",
                         block_min=args.block_min, block_preferred=max(args.block_min, 4096),
                         async_completion=args.async_completion or args.reorder,

@@ -9,6 +9,7 @@ import pytest
 from reactor.testing import Harness
 from targets.iscsi import config as C
 from targets.iscsi import control, nodes
+from targets.serve import OneAtATime
 
 
 def tnode(name="disk1", luns=None, maps=None, **kw):
@@ -271,11 +272,10 @@ class FakeDev:
 def two(monkeypatch):
     FakeDev.made = []
     monkeypatch.setattr(nodes, "_scsi_dev_class", lambda: FakeDev)
+    monkeypatch.setattr(control, "_ops", OneAtATime("iscsi"))   # a queue of this test's own
     with Harness(n_reactors=2) as h:
         h.set_thread(0)
         yield h
-        control._queue.clear()
-        control._busy = False
 
 
 def run(h, op, args):

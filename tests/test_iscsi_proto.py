@@ -373,3 +373,24 @@ def test_send_targets_in_a_normal_session(target):
         t = c.recv().text
         assert t == {"SendTargets": "Reject", "Foo": "NotUnderstood", "InitialR2T": "Reject"}
         c.ping()
+
+
+def test_max_sessions_refuses_the_next_login(target):
+    srv, reg, dev = target
+    reg.options["max_sessions"] = 1
+    with Client(srv.port) as a:
+        a.login(DISK1)
+        with Client(srv.port) as b:
+            b.isid = 0x80_00_00_00_00_02
+            r = b.login(DISK1, expect_ok=False)
+            assert r.status_class == P.LOGIN_OUT_OF_RESOURCES
+            assert b.closed_by_target()
+        assert srv.call(lambda: len(S.SESSIONS.by_tsih)) == 1
+        a.ping()
+
+
+def test_tsih_names_its_reactor():
+    t = S.SessionTable(index=3)
+    tsih = t.alloc_tsih()
+    assert S.reactor_of_tsih(tsih) == 3
+    assert S.reactor_of_tsih(S.SessionTable(index=0).alloc_tsih()) == 0

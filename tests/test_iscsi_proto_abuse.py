@@ -8,6 +8,7 @@ import iscsi_fakes as F
 from conftest_iscsi import DISK1, target  # noqa: F401  (fixture)
 from iscsi_client import TUR, Client, read10, write10
 from targets.iscsi import pdu as P
+from targets.iscsi import session as S
 
 
 def _login(srv, **kw):
@@ -225,3 +226,32 @@ def test_nexus_outlives_the_connection_until_its_tasks_return(target):
     srv.call(lambda: [n.release_held() for n in dev.nexuses])
     assert F.wait_for(lambda: srv.call(lambda: dev.nexus_closed != []))
     assert F.wait_for(lambda: srv.call(lambda: not srv.conns))
+
+
+def test_protocol_error_on_one_connection_of_a_session_spares_the_other(target):
+    srv, reg, dev = target
+    a = _login(srv, extra=[("MaxConnections", "2")])
+    b = Client(srv.port)
+    b.tsih, b.cid, b.isid = a.tsih, 1, a.isid
+    b.login(DISK1)
+    b.cmdsn = a.cmdsn
+    b.send_raw(b"\xff" * 48)
+    assert b.closed_by_target()
+    a.cmdsn = b.cmdsn
+    itt = a.scsi(read10(0, 1), read=512)
+    data, _, _ = a.read_all(itt)
+    assert len(data) == 512
+    assert srv.call(lambda: len(S.SESSIONS.by_tsih[a.tsih].conns)) == 1
+    a.close()
+    b.close()
+
+
+def test_a_connection_that_never_logs_in_is_closed(target, monkeypatch):
+    from targets.iscsi import conn as C
+    monkeypatch.setattr(C, "LOGIN_TIMEOUT_S", 0.3)
+    srv, reg, dev = target
+    with Client(srv.port) as c:
+        assert c.closed_by_target(timeout=3)
+    assert F.wait_for(lambda: srv.call(lambda: bool(srv.finished)))
+    assert "login" in srv.call(lambda: srv.finished[-1].close_reason)
+    _other_connection_works(srv)

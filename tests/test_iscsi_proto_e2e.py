@@ -12,8 +12,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("targets.scsi")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 DISK1 = "iqn.2016-06.io.spdk:disk1"
 

@@ -237,6 +237,35 @@ def test_abort_task_and_task_set(target):
         assert r.itt == itt and r.max_cmdsn == P.sn_add(r.exp_cmdsn, 7)
 
 
+def test_abort_of_a_task_the_scsi_layer_just_finished_sends_no_response(target):
+    """The SCSI layer finished the task but its completion has not reached the
+    connection when ABORT TASK arrives (abort_task finds nothing): FUNCTION COMPLETE,
+    and the late completion then answers nothing (libiscsi AbortTaskSimpleAsync: an
+    aborted write must not also be reported GOOD)."""
+    srv, reg, dev = target
+    with _login(srv) as c:
+        dev.hold_all = True
+        itt = c.scsi(read10(0, 1), read=512)
+        c.ping()
+        finished = []
+
+        def finish_in_scsi():        # out of the layer, its callback not yet run
+            for nx in dev.nexuses:
+                finished.extend(nx.executing.values())
+                nx.executing.clear()
+        srv.call(finish_in_scsi)
+        assert len(finished) == 1
+        t = c.tmf(P.TMF_ABORT_TASK, rtt=itt, refcmdsn=c.cmdsn - 1)
+        r = c.recv()
+        assert r.op == P.OP_TMF_RSP and r.itt == t and r.f[2] >> 8 == P.TMF_RSP_COMPLETE
+        srv.call(lambda: [cb(task) for task, cb in finished])
+        assert c.silent()                     # no SCSI Response, no Data-In
+        dev.hold_all = False
+        tur = c.scsi(TUR)
+        r = c.recv()
+        assert r.itt == tur and r.max_cmdsn == P.sn_add(r.exp_cmdsn, 7)
+
+
 def test_lun_reset_warm_reset_and_unsupported(target):
     srv, reg, dev = target
     with _login(srv) as c:
@@ -347,3 +376,61 @@ def test_read_underflow_from_the_data_length_alone(target):
         data, last, _ = c.read_all(itt)
         assert len(data) == 512
         assert last.flags & P.DATAIN_UNDERFLOW and last.f[12] == 1536
+
+
+def test_unanswered_nop_in_times_the_connection_out(target):
+    srv, reg, dev = target
+    reg.options["nop_in_interval"] = 0.1
+    reg.options["nop_timeout"] = 0.3
+    with _login(srv) as c:
+        r = c.recv()
+        assert r.op == P.OP_NOP_IN and r.ttt != P.RESERVED_TAG
+        assert c.closed_by_target(timeout=3)       # never answered
+    assert F.wait_for(lambda: srv.call(lambda: bool(srv.finished)))
+    assert "NOP-Out" in srv.call(lambda: srv.finished[-1].close_reason)
+
+
+def test_shutdown_finishes_inflight_then_closes_and_abort_is_immediate(target):
+    srv, reg, dev = target
+    dev.hold_all = True
+    with _login(srv) as c:
+        itt = c.scsi(TUR)
+        c.ping()
+        srv.call(lambda: srv.conns[0].shutdown("test"))
+        assert not srv.call(lambda: srv.conns[0].wants_read())
+        assert c.silent()
+        srv.call(lambda: [n.release_held() for n in dev.nexuses])
+        r = c.recv()
+        assert r.op == P.OP_SCSI_RSP and r.itt == itt     # answered before the close
+        assert c.closed_by_target()
+    assert F.wait_for(lambda: srv.call(lambda: not srv.conns))
+    with _login(srv) as c:
+        c.scsi(TUR)
+        c.ping()
+        conn = srv.call(lambda: srv.conns[0])
+        srv.call(lambda: conn.abort("test abort"))
+        assert c.closed_by_target()
+        assert srv.call(lambda: conn.fileno()) == -1
+        assert not srv.call(lambda: conn.done)          # a task is still in the SCSI layer
+        srv.call(lambda: [n.release_held() for n in dev.nexuses])
+        assert F.wait_for(lambda: srv.call(lambda: conn.done))
+
+
+def test_max_r2t_per_connection_queues_the_next_write(target):
+    srv, reg, dev = target
+    reg.options["max_r2t_per_connection"] = 1
+    with _login(srv) as c:
+        i1 = c.scsi(write10(0, 1), write=b"", edtl=512)
+        i2 = c.scsi(write10(1, 1), write=b"", edtl=512)
+        r1 = c.recv()
+        assert r1.op == P.OP_R2T and r1.itt == i1
+        assert c.silent()                          # i2 waits for i1's R2T to finish
+        c.data_out(i1, r1.ttt, 0, 0, b"1" * 512)
+        got = {}
+        for _ in range(2):
+            p = c.recv()
+            got[p.op] = p
+        assert got[P.OP_SCSI_RSP].itt == i1 and got[P.OP_R2T].itt == i2
+        c.data_out(i2, got[P.OP_R2T].ttt, 0, 0, b"2" * 512)
+        assert c.recv().itt == i2
+        assert bytes(dev.luns[0].data[:1024]) == b"1" * 512 + b"2" * 512

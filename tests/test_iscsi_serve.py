@@ -13,12 +13,8 @@ import pytest
 
 from test_iscsi_rpc import NB, free_port, start  # noqa: F401  (the fixture)
 
-pytest.importorskip("targets.iscsi.conn")
-serve = pytest.importorskip("targets.serve")
-pytestmark = [
-    pytest.mark.skipif(not hasattr(serve, "register_protocol"), reason="no serving framework"),
-    pytest.mark.skipif(shutil.which("iscsi-ls") is None, reason="libiscsi-bin not installed"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("iscsi-ls") is None,
+                                reason="libiscsi-bin not installed (`make sysdeps`)")
 
 INITIATOR = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test"
 
@@ -112,6 +108,7 @@ def test_sessions_block_add_lun_and_go_with_their_deleted_target(start, tmp_path
             time.sleep(0.05)
         conns = t.call("iscsi_get_connections")
         assert [c["target_node_name"] for c in conns] == [f"{NB}:Malloc0"]
+        assert t.call("iscsi_get_stats") == {"invalid": 0, "running": 1, "exiting": 0, "exited": 0}
         before = t.replicas()
         code, msg = t.cli_fails("iscsi_target_node_add_lun", f"{NB}:Malloc0", "Malloc1")
         assert code == -32602 and "active connections (count=1)" in msg
@@ -126,3 +123,11 @@ def test_sessions_block_add_lun_and_go_with_their_deleted_target(start, tmp_path
     finally:
         perf.kill()
         perf.wait()
+
+
+def test_a_wildcard_portal_is_reported_as_the_address_the_initiator_reached(start, tmp_path):  # noqa: F811,E501
+    port = free_port()
+    t = start("-c", malloc_config(tmp_path, ["Malloc0"]), "--iscsi", f"0.0.0.0:{port}")
+    wait_nodes(t, 1)
+    assert t.call("iscsi_get_portal_groups")[0]["portals"] == [{"host": "0.0.0.0", "port": str(port)}]
+    assert targets_seen(port) == [f"{NB}:Malloc0 Portal:127.0.0.1:{port},1"]

@@ -1,7 +1,9 @@
 """The iSCSI compliance/benchmark harness itself: the CUnit report parser (on tgtd's real
 reports, tests/data/iscsi/) and the private tgtd's start/stop (nothing left behind)."""
+import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +13,7 @@ from tools.ringstack_iscsi import RingstackIscsi
 from tools.tgtd import DEFAULT_IQN, Tgtd, TgtdError, parse_portals
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "iscsi")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _sample(name):
@@ -208,3 +211,51 @@ def test_qemu_img_bench_output():
     assert secs == 0.115 and round(iops) == round(5000 / 0.115)
     with pytest.raises(ValueError):
         parse_qemu_img_bench("Sending 5000 write requests\n", 5000)
+
+
+# -- the bench, end to end ----------------------------------------------------------------
+
+@needs_tgt
+def test_bench_iscsi_quick_json(tmp_path):
+    """`ringstack bench iscsi` smoke run: one workload, JSON written; ringstack's iSCSI
+    column is a figure or says why not (never a made-up number); nothing left behind."""
+    out = tmp_path / "iscsi.json"
+    shm_before = set(os.listdir("/dev/shm"))
+    p = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "iscsi", "--quick", "--size", "16M",
+                        "--workloads", "randread 4k qd32", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "randread 4k qd32" in p.stdout and "ringstack/tgtd" in p.stdout
+    d = json.loads(out.read_text())
+    row = d["results"][0]
+    assert row["tgtd"]["iops"] > 0 and row["ringstack-nbd"]["iops"] > 0
+    assert "iscsi-perf -r -b 8 -m 32" in row["commands"]["tgtd"]
+    ok, why = ringstack_iscsi_available()
+    assert d["meta"]["ringstack_iscsi"] == {"available": ok, "reason": why}
+    if ok:
+        assert row["ringstack"]["iops"] > 0 and row["ratio_ringstack_tgtd"] > 0
+    else:
+        assert row["ringstack"] == {"unavailable": why} and "ratio_ringstack_tgtd" not in row
+        assert f"ringstack iSCSI: unavailable: {why}" in p.stdout
+    assert d["meta"]["nproc"] == os.cpu_count() and d["meta"]["size"] == 16 << 20
+    # Other jobs' live instances may come and go meanwhile: a leak is a new entry whose
+    # owner is dead.
+    from ipc.shm import list_instance_objects
+    leaked = [e for pid, entries in list_instance_objects().items() if not _alive(pid)
+              for e in entries if e not in shm_before]
+    assert not leaked
+    assert not [e for e in set(os.listdir("/dev/shm")) - shm_before if e.startswith("ringstack-tgtd.")]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

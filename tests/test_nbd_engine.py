@@ -86,6 +86,36 @@ def test_synchronous_completion_many_pipelined(structured):
     assert not expect
 
 
+def test_pipelined_write_buffers_are_reused_bounded_and_returned_at_close():
+    """The connection keeps the buffers of its common WRITE length between requests
+    (no alloc/free pair each): never more than were in flight at once, never one still
+    in use (the data of every write lands intact), all back to the handle at close."""
+    rig = Rig(async_completion=True)
+    c = rig.client()
+    depth = 16
+    for batch in range(4):
+        blob = b""
+        for i in range(depth):
+            ck = batch * depth + i
+            blob += P.REQUEST.pack(P.REQUEST_MAGIC, 0, P.CMD_WRITE, ck, ck * 4096, 4096) + pattern(4096, ck)
+            c._pending[ck] = (P.CMD_WRITE, 4096)
+        c.send(blob)
+        for _ in range(depth):
+            ck, err, data = c.reply()
+            assert err == 0
+        # what the connection still holds: at most one batch's buffers
+        assert rig.export.buffers_in_use <= depth * 4096
+    c.write(1 << 20, pattern(512, 99))          # another length: the handle's own path
+    for ck in range(4 * depth):
+        assert bytes(rig.export.data[ck * 4096:(ck + 1) * 4096]) == pattern(4096, ck)
+    assert bytes(rig.export.data[1 << 20:(1 << 20) + 512]) == pattern(512, 99)
+    c.close()
+    for _ in range(3):
+        rig.pump()
+    assert not rig.target.connections
+    assert rig.export.handles == [] and rig.export.buffers_in_use == 0
+
+
 def test_write_payload_split_across_receives():
     rig = Rig()
     c = rig.client()

@@ -284,3 +284,30 @@ def test_pr_out_answers_only_after_every_replica_applied(env):
     assert seen == [[EA, EA]]                           # both had it at answer time
     assert replicas[1].auth is None                     # only main holds the authority
     assert replicas[0].auth.rtype == EA
+
+
+def test_pr_out_bad_parameter_list_lengths(env):
+    a = env.nexus(1)
+    for plen, data in ((0, b""), (23, bytes(23)), (1 << 20, bytes(1 << 20)), (24, bytes(10))):
+        cdb = bytes([0x5F, REG_IGNORE, 0, 0, 0]) + plen.to_bytes(4, "big") + b"\0"
+        check(run(env, a, cdb, data_out=data, tl=len(data)), S.ILLEGAL_REQUEST,
+              S.PARAMETER_LIST_LENGTH_ERROR)
+    assert read_keys(env, a)[1] == []
+
+
+def test_registrations_beyond_one_message_are_refused_unchanged(env):
+    a = env.nexus(0)
+    keys = []
+    rc = S.GOOD
+    for i in range(400):             # huge port names: the state outgrows one ring record
+        nx = env.nexus(i % 2, ini=f"iqn.2016-06.io.spdk:{'x' * 8000}{i},i,0x{i:012x}")
+        t = pr_out(env, nx, REG_IGNORE, sa_rkey=i + 1)
+        if t.status != S.GOOD:
+            check(t, S.ILLEGAL_REQUEST, (0x55, 0x04))
+            rc = t.status
+            break
+        keys.append(i + 1)
+    assert rc == S.CHECK_CONDITION, "never outgrew a message"
+    assert read_keys(env, a)[1] == keys                  # the refused one left no trace
+    for i in (0, 1):
+        assert env.dev(i).luns[0].shared.regs == env.dev(0).luns[0].auth.regs

@@ -295,3 +295,18 @@ def test_bdev_failure_and_hot_remove(env):
     env.h.poll_threads()
     env.h.set_thread(0)
     assert B.get_by_name("m0") is None
+
+
+def test_data_length_tells_the_transport_what_to_solicit(env):
+    a = env.nexus(0)
+    dl = a.data_length
+    assert dl(0, cdb10(0x2A, 0, 3)) == 3 * BS and dl(0, bytes([0x0A, 0, 0, 0, 0, 0])) == 256 * BS
+    assert dl(0, cdb16(0x8E, 0, 2)) == 2 * BS
+    assert dl(0, cdb10(0x2F, 0, 4, flags=0x02)) == 4 * BS
+    assert dl(0, cdb10(0x2F, 0, 4, flags=0x06)) == BS and dl(0, cdb10(0x2F, 0, 4)) is None
+    assert dl(0, cdb10(0x41, 0, 9)) == BS and dl(0, cdb16(0x93, 0, 9, flags=1)) == 0
+    assert dl(0, bytes([0x89, 0]) + bytes(11) + bytes([3, 0, 0])) == 6 * BS
+    assert dl(0, unmap_cdb(40)) == 40 and dl(0, bytes([0x15, 0x10, 0, 0, 28, 0])) == 28
+    assert dl(0, bytes([0x5F, 0, 0, 0, 0]) + (24).to_bytes(4, "big") + b"\0") == 24
+    assert dl(0, bytes(6)) is None and dl(7, cdb10(0x2A, 0, 1)) is None
+    assert dl(0, bytes([0x2A, 0])) is None

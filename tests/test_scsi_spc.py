@@ -94,6 +94,18 @@ def test_unknown_lun_and_opcode(env):
         assert t.sense[15] == 0xCC and t.sense[16:18] == b"\0\1"      # byte 1, bit 4
 
 
+def test_remove_lun(env):
+    nx = env.nexus(1)
+    cdb = bytes([0xA0, 0, 0, 0, 0, 0]) + (256).to_bytes(4, "big") + b"\0\0"
+    for i in (0, 1):
+        env.dev(i).remove_lun(3)
+    d = good(run(env, nx, cdb, tl=256)).data_in
+    assert int.from_bytes(d[0:4], "big") == 8
+    check(run(env, nx, bytes(6), lun=3), S.ILLEGAL_REQUEST, S.LOGICAL_UNIT_NOT_SUPPORTED)
+    good(run(env, nx, bytes(6), lun=0))
+    assert 3 not in env.dev(0).luns and not nx._lent
+
+
 def test_report_luns(env):
     nx = env.nexus(0)
     cdb = bytes([0xA0, 0, 0, 0, 0, 0]) + (256).to_bytes(4, "big") + b"\0\0"

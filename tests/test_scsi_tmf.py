@@ -184,11 +184,18 @@ def test_compare_and_write_holds_writes_of_the_other_reactor(env):
     wr = make_task(cdb10(0x2A, 10, 1), data_out=b"C" * BS, lun=1, tag=2)
     wr_out = submit(env, a, 0, wr)
     assert len(lun0.parked) == 1 and wr_out == []              # held until the unlock
+    # a parked write that is aborted leaves the queue and answers once, aborted
+    wr2 = make_task(cdb10(0x2A, 10, 1), data_out=b"D" * BS, lun=1, tag=3)
+    wr2_out = submit(env, a, 0, wr2)
+    assert len(lun0.parked) == 2
+    assert a.abort_task(1, 3) and wr2_out == [wr2] and wr2.aborted
+    assert len(lun0.parked) == 1
     env.h.poll_threads()
+    assert wr2_out == [wr2]
     assert cw_out == [cw] and cw.status == S.GOOD              # it saw A, wrote B
     assert wr_out == [wr] and wr.status == S.GOOD              # then C went in
     release(env, 1, cw)
-    release(env, 0, wr)
+    release(env, 0, wr, wr2)
     d = good(run(env, b, cdb10(0x28, 10, 1), tl=BS, lun=1)).data_in
     assert d == b"C" * BS
     for i in (0, 1):

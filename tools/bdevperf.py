@@ -45,14 +45,15 @@ class UsageError(Exception):
 
 
 # =========================================================================== option parsing
-def parse_size(text: str) -> int:
-    """``4096``, ``4k``, ``4K``, ``4KiB``, ``64KB``, ``1M`` -> bytes (SPDK's parse_capacity)."""
+def parse_size(text: str, what: str = "IO size") -> int:
+    """``4096``, ``4k``, ``4K``, ``4KiB``, ``64KB``, ``1M`` -> bytes (SPDK's parse_capacity);
+    the one size parser of the tools (bdevperf's -o, the benches' --size, test servers)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:([kKmMgG])(?:i?[bB])?|[bB])?\s*", str(text))
     if not m:
-        raise UsageError(f"invalid IO size {text!r}: expected bytes like 4096, 4k or 64KiB")
+        raise UsageError(f"invalid {what} {text!r}: expected bytes like 4096, 4k or 64KiB")
     n = int(m.group(1)) << {None: 0, "k": 10, "m": 20, "g": 30}[(m.group(2) or "").lower() or None]
     if n <= 0:
-        raise UsageError(f"invalid IO size {text!r}: must be greater than 0")
+        raise UsageError(f"invalid {what} {text!r}: must be greater than 0")
     return n
 
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from tools.bdevperf import UsageError, parse_size
 from tools.machine import cpu_model
 from tools.ringstack_iscsi import RingstackIscsi, available
 from tools.tgtd import Tgtd
@@ -61,14 +62,6 @@ def add_arguments(p) -> None:
     p.add_argument("--only", choices=SERVERS, action="append", help="run this server only (repeatable)")
     p.add_argument("--workloads", help="comma-separated subset, e.g. 'randread 4k qd32'")
     p.add_argument("--quick", action="store_true", help="1 s / 20000 requests per run (smoke run)")
-
-
-def _size_bytes(s: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    s = s.strip().upper().removesuffix("B").removesuffix("I")
-    if s and s[-1] in mult:
-        return int(float(s[:-1]) * mult[s[-1]])
-    return int(s)
 
 
 def _cpu_list(mask: str) -> str:
@@ -167,7 +160,11 @@ def run(args) -> int:
             return 1
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = os.getloadavg()
-    size = _size_bytes(args.size)
+    try:
+        size = parse_size(args.size, "--size")
+    except UsageError as exc:
+        print(f"ringstack bench: {exc}", file=sys.stderr)
+        return 2
     if size <= 0 or size % 65536:
         print(f"ringstack bench iscsi: --size {args.size} must be a positive multiple of 64 KiB", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 from tools.nbd_harness import NbdkitMemory, parse_fio_json, unix_uri, wait_for_unix_socket
+from tools.bdevperf import UsageError, parse_size
 from tools.machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,14 +55,6 @@ def add_arguments(p) -> None:
     p.add_argument("--compare", metavar="TREE",
                    help="also run ringstack from another checkout (e.g. the code before a change) "
                         "as server 'baseline', alternating with the others in the same run")
-
-
-def _size_bytes(s: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    s = s.strip().upper().removesuffix("B").removesuffix("I")
-    if s and s[-1] in mult:
-        return int(float(s[:-1]) * mult[s[-1]])
-    return int(s)
 
 
 def _cores(mask: str) -> list:
@@ -158,7 +151,11 @@ def run(args) -> int:
             return 1
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = os.getloadavg()
-    size = _size_bytes(args.size)
+    try:
+        size = parse_size(args.size, "--size")
+    except UsageError as exc:
+        print(f"ringstack bench: {exc}", file=sys.stderr)
+        return 2
     runtime = 1.0 if args.quick else args.runtime
     cores = _cores(args.cpumask)
     pin = not args.no_pin and len(cores) >= 2

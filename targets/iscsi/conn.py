@@ -5,12 +5,14 @@ PDU in it (BHS, AHS, optional header/data CRC32C), dispatches it, and sends ever
 PDU with as few `sendmsg` calls as possible (headers and Data-In payloads as separate
 iovecs, so read data is never copied).  SCSI completions only queue PDUs.
 
-Error policy, ErrorRecoveryLevel 0 (RFC 7143 7.x): a PDU that can be answered gets a
-Reject and the connection goes on (unknown opcode, Data-Out for an unknown task, a
+Error policy, ErrorRecoveryLevel 0 (RFC 7143 7.x, SPDK's choices): a PDU that can be
+answered gets a Reject and the connection goes on (unknown opcode, SNACK, Login in full
+feature phase, Data-Out for an unknown task or out of DataSN order, bad immediate data, a
 field that makes no sense); a PDU that breaks the framing or the data sequence (length
-over MaxRecvDataSegmentLength, header digest error, data digest error, wrong DataSN or
-BufferOffset) gets a Reject where possible and this connection is closed; its session's
-other connections are unaffected.  Commands outside the CmdSN window are dropped silently.
+over MaxRecvDataSegmentLength, header digest error, data digest error, wrong BufferOffset,
+data past an R2T, a misplaced F bit) gets a Reject where possible and this connection is
+closed; its session's other connections are unaffected.  Commands outside the CmdSN
+window are dropped silently (RFC 3720 3.2.2.1, libiscsi iSCSICmdSnTooHigh/TooLow).
 
 Split: login.py (login phase), ffp.py (SCSI commands, data transfer, task management);
 this module has the framing, I/O, NOP, Text, Logout, Reject and the contract.
@@ -29,7 +31,7 @@ from . import pdu as P
 from .ffp import FfpMixin
 from .login import LOGIN_MAX_DSL, LoginMixin
 from .negotiate import RFC_DEFAULTS
-from .session import SESSION_DISCOVERY, reactor_core
+from .session import SESSION_DISCOVERY, reactor_core, reactor_of_tsih, reactor_placement
 
 log = logging.getLogger("ringstack.iscsi")
 
@@ -43,6 +45,18 @@ _ROOM_MIN = 80 * 1024           # compact when less than this is left at the end
 _RECVS_PER_POLL = 8
 _TARGET_MAX_RECV_DSL = 8192     # SPDK's target-side MaxRecvDataSegmentLength default
 _MAX_TEXT_REQUEST = 64 * 1024
+#: SPDK's ISCSI_LOGIN_TIMEOUT: a connection that has not logged in by then is closed.
+#: RINGSTACK_ISCSI_LOGIN_TIMEOUT (seconds) overrides it (SPDK has no option for it;
+#: the tests use a short one).
+LOGIN_TIMEOUT_S = 30.0
+
+
+def login_timeout() -> float:
+    try:
+        v = float(os.environ.get("RINGSTACK_ISCSI_LOGIN_TIMEOUT", LOGIN_TIMEOUT_S))
+    except ValueError:
+        return LOGIN_TIMEOUT_S
+    return v if v > 0 else LOGIN_TIMEOUT_S
 
 _P_LOGIN, _P_FFP, _P_LOGOUT, _P_CLOSING, _P_DEAD, _P_DONE = range(6)
 _PHASE_NAMES = ("login", "full_feature", "logout", "closing", "dead", "done")
@@ -75,7 +89,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
     configuration replica (Contract 4) or a callable returning it."""
 
     def __init__(self, sock: socket.socket, meta, registry, *,
-                 max_outbound: int = 8 * 1024 * 1024):
+                 max_outbound: int = 8 * 1024 * 1024, hand_over=None):
         if not hasattr(registry, "find_target") and callable(registry):
             registry = registry()
         sock.setblocking(False)
@@ -106,6 +120,13 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self.peer_host = str(self.peer[0])
         self.name = f"iscsi{self.id}:{self.peer_host}:{self.peer[1]}"
         self.lcore_id = reactor_core()
+        self.reactor_index, self._n_reactors = reactor_placement()
+        # hand_over(sock, received, dest) -> bool: the serving framework's move of this
+        # socket to another reactor (a connection joining a session that lives there)
+        self._hand_over = hand_over
+        self._meta = meta
+        received = _meta_get(meta, "received", b"") or b""
+        self._handed_over = _meta_get(meta, "handed_over_from", None) is not None
         self._max_outbound = max_outbound
 
         self._rbuf = bytearray(_RBUF_SIZE)
@@ -137,6 +158,8 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._nop_ttt = 0
         self._nop_sent_at = 0.0
         self._last_rx = time.monotonic()
+        self._login_timeout = login_timeout()
+        self._login_deadline = self._last_rx + self._login_timeout
         self._logout_itt = None
         self._inflight = 0
         self.stats = {"requests": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0,
@@ -147,6 +170,13 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._nop_timeout = float(opts.get("nop_timeout", 60))
         self._login_init()
         self._ffp_init()
+        if received:        # bytes read on the reactor that handed the connection over
+            n = len(received)
+            if n > _RBUF_SIZE - _ROOM_MIN:
+                raise ValueError(f"handed-over input too long ({n} bytes)")
+            self._rbuf[0:n] = received
+            self._rend = n
+            self.stats["bytes_read"] += n
         LIVE.add(self)
 
     # ------------------------------------------------------------------ contract
@@ -190,7 +220,10 @@ class IscsiConnection(LoginMixin, FfpMixin):
         self._close_socket()
 
     def deadline(self):
-        """Monotonic time (s) by which poll() must run for the NOP-In timers, or None."""
+        """Monotonic time (s) by which poll() must run for the login timeout or the NOP-In
+        timers, or None."""
+        if self._phase == _P_LOGIN:
+            return self._login_deadline
         if self._phase != _P_FFP or self._nop_interval <= 0:
             return None
         if self._nop_sent_at:
@@ -230,6 +263,9 @@ class IscsiConnection(LoginMixin, FfpMixin):
                 work += self._receive()
         if self._phase == _P_FFP and self._nop_interval > 0:
             self._nop_timer()
+        elif self._phase == _P_LOGIN and time.monotonic() > self._login_deadline:
+            self._fatal(f"no login within {self._login_timeout:g}s")
+            return work + 1
         if self._out and self._sock is not None:
             work += self._flush()
         ph = self._phase
@@ -294,6 +330,9 @@ class IscsiConnection(LoginMixin, FfpMixin):
             if e - s < 48 + hd:
                 break
             f = _unpack(buf, s)
+            if (self._phase == _P_LOGIN and self._lg_first and f[4] & 0xFFFF
+                    and (f[0] & 0x3F) == P.OP_LOGIN_REQ and self._join_elsewhere(f[4] & 0xFFFF)):
+                return n
             w = f[3]
             ahs = (w >> 24) << 2
             dsl = w & 0xFFFFFF
@@ -331,6 +370,30 @@ class IscsiConnection(LoginMixin, FfpMixin):
             self._rstart = self._rend = 0
             self._parsed_end = -1
         return n
+
+    def _join_elsewhere(self, tsih: int) -> bool:
+        """A login that joins session `tsih` (its first PDU) on a reactor where the
+        session does not live: hand the socket and every byte read so far to the
+        session's reactor, which continues the login (the session's CmdSN window stays
+        on one reactor).  False: serve it here (a TSIH no reactor owns is answered
+        "session does not exist" here; a connection is handed over once at most)."""
+        dest = reactor_of_tsih(tsih)
+        if (self._hand_over is None or self._handed_over or dest == self.reactor_index
+                or not 0 <= dest < self._n_reactors):
+            return False
+        sock = self._sock
+        data = bytes(self._rview[self._rstart:self._rend])
+        if not self._hand_over(sock, data, dest):
+            return False
+        log.info("iscsi %s: joins session tsih=%d: handed over to reactor %d", self.name,
+                 tsih, dest)
+        self.close_reason = f"handed over to reactor {dest}"
+        self._sock = None           # the framework owns (and closed) our copy
+        self._out.clear()
+        self._rstart = self._rend = 0
+        self._phase = _P_DEAD
+        self._finish()
+        return True
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, f, buf, s, dstart, dsl) -> None:
@@ -495,7 +558,8 @@ class IscsiConnection(LoginMixin, FfpMixin):
         frees = self._frees
         while frees and frees[0][0] <= self._sent:
             self._release(frees.popleft()[1])
-        if self._stalled and self._queued - self._sent <= self._max_outbound // 2:
+        if (self._stalled and not self._lg_wait
+                and self._queued - self._sent <= self._max_outbound // 2):
             self._stalled = False
         return work
 
@@ -650,7 +714,7 @@ class IscsiConnection(LoginMixin, FfpMixin):
             value = value or sess.target_name
         try:
             targets = self.reg.send_targets(self.initiator_name, self.peer_host,
-                                            self.pg_tag, value)
+                                            self.pg_tag, value, target_addr=str(self.portal[0]))
         except Exception:
             log.exception("iscsi %s: send_targets failed", self.name)
             targets = []

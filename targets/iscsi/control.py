@@ -23,19 +23,18 @@ import errno
 import itertools
 import logging
 import os
-from collections import deque
 
 import bdev.api as api
 import reactor as rx
 
+from .. import serve
 from . import config as C
 from . import glue
 from . import nodes
 
 log = logging.getLogger("ringstack.iscsi")
 
-_queue: deque = deque()
-_busy = False
+_ops = serve.OneAtATime("iscsi")
 _change_ids = itertools.count(1)
 
 #: (target full name, lun_id) -> read-only desc on the main thread: its REMOVE event
@@ -45,33 +44,6 @@ _watches: dict = {}
 
 def main_config() -> C.Config:
     return nodes.registry().config
-
-
-def serial(fn) -> None:
-    """Run ``fn(done)`` after every earlier operation called its ``done()``."""
-    _queue.append(fn)
-    if not _busy:
-        _next()
-
-
-def _next() -> None:
-    global _busy
-    if not _queue:
-        _busy = False
-        return
-    _busy = True
-    fn = _queue.popleft()
-    fired = []
-
-    def done():
-        if not fired:
-            fired.append(1)
-            rx.send_msg(rx.get_thread(), _next)
-    try:
-        fn(done)
-    except Exception:
-        log.exception("iscsi control operation failed")
-        done()
 
 
 def change(op: str, args: dict, cb, prepare=None, finish=None) -> None:
@@ -118,7 +90,7 @@ def change(op: str, args: dict, cb, prepare=None, finish=None) -> None:
                 reply(None)
             rx.broadcast(nodes._commit_step, (cid,), committed)
         rx.gather(nodes._apply_step, (cid, op, args), applied, undo=nodes._undo_step)
-    serial(op_fn)
+    _ops.run(op_fn)
 
 
 # ====================================================================== main resources

@@ -9,14 +9,12 @@ session's I_T nexus; its completion only queues PDUs.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
+# Contract 3; tests may install a stand-in for ScsiTask (tests/iscsi_fakes.py)
+from ..scsi import DIR_FROM_DEV, DIR_NONE, DIR_TO_DEV, ScsiTask
+from ..scsi import sense as _sense
 from . import pdu as P
-
-try:    # Contract 3; tests may install a stand-in (tests/iscsi_fakes.py)
-    from targets.scsi import DIR_FROM_DEV, DIR_NONE, DIR_TO_DEV, ScsiTask
-except ImportError:   # pragma: no cover - the SCSI layer is not on this branch yet
-    ScsiTask = None
-    DIR_NONE, DIR_TO_DEV, DIR_FROM_DEV = 0, 1, 2
 
 log = logging.getLogger("ringstack.iscsi")
 _debug = log.isEnabledFor(logging.DEBUG)
@@ -25,9 +23,8 @@ _pack = P.bhs_pack
 _RSVD = P.RESERVED_TAG
 _DATA_IN = P.OP_DATA_IN
 _SCSI_RSP = P.OP_SCSI_RSP
-_ILLEGAL_REQUEST_INVALID_CDB = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0,
-                                      0, 0, 0, 0])
-_MAX_DISCARD = 1024
+_ILLEGAL_REQUEST_INVALID_CDB = _sense.fixed_sense(_sense.ILLEGAL_REQUEST,
+                                                 *_sense.INVALID_FIELD_IN_CDB)
 
 # task states
 _T_DATA = 1        # collecting Data-Out
@@ -51,6 +48,7 @@ class _Task:
     r2ts = ()            # outstanding R2Ts: [ttt, offset, length, got, next DataSN]
     r2tsn = 0
     st = None
+    abort_answered = False   # ABORT TASK said FUNCTION COMPLETE: its response must never go
 
     def __init__(self, conn, itt, lun, lun_field, cdb, edtl, attr, direction, counted):
         self.conn = conn
@@ -80,6 +78,10 @@ class FfpMixin:
         self._max_burst = 262144
         self._max_r2t = 1
         self._tmf_pending = 0
+        self._pending_r2t = 0         # R2Ts outstanding on this connection
+        self._r2t_waiting = deque()   # write tasks waiting for max_r2t_per_connection
+        opts = getattr(self.reg, "options", {}) or {}
+        self._max_r2t_conn = max(1, int(opts.get("max_r2t_per_connection", 4)))
 
     def _pending_responses(self) -> bool:
         return self._tmf_pending > 0
@@ -208,9 +210,17 @@ class FfpMixin:
         self._task_gone(t)
 
     def _send_r2ts(self, t) -> None:
+        """R2Ts for what t still needs: at most MaxOutstandingR2T for the task and
+        max_r2t_per_connection on the connection (SPDK); a task over the connection's
+        limit waits in line for an R2T of another task to finish."""
         limit = self._max_r2t
         sess = self.session
         while len(t.r2ts) < limit and t.r2t_next < t.want:
+            if self._pending_r2t >= self._max_r2t_conn:
+                if t not in self._r2t_waiting:
+                    self._r2t_waiting.append(t)
+                return
+            self._pending_r2t += 1
             length = min(self._max_burst, t.want - t.r2t_next)
             self._next_ttt = (self._next_ttt + 1) & 0x7FFFFFFF
             ttt = self._next_ttt
@@ -279,12 +289,22 @@ class FfpMixin:
             if final:
                 t.r2ts.remove(r2t)
                 del self._ttts[ttt]
+                self._pending_r2t -= 1
         t.received += dsl
         self.stats["data_out_bytes"] += dsl
         if t.received >= t.want and not t.r2ts and t.unsol_done:
             self._execute(t)
         elif final and ttt != _RSVD:
             self._send_r2ts(t)
+        if final and ttt != _RSVD and self._r2t_waiting:
+            self._serve_r2t_waiting()
+
+    def _serve_r2t_waiting(self) -> None:
+        waiting = self._r2t_waiting
+        while waiting and self._pending_r2t < self._max_r2t_conn:
+            t = waiting.popleft()
+            if t.state == _T_DATA:
+                self._send_r2ts(t)
 
     def _header_of(self, f) -> bytes:
         return _pack(*f)
@@ -344,7 +364,10 @@ class FfpMixin:
         if t.r2ts:
             for r in t.r2ts:
                 self._ttts.pop(r[0], None)
+            self._pending_r2t -= len(t.r2ts)
             t.r2ts = ()
+            if self._r2t_waiting:
+                self._serve_r2t_waiting()
         self._answered(t.counted)
         t.counted = False
 
@@ -356,7 +379,7 @@ class FfpMixin:
         self._inflight -= 1
         if t.buf is not None:
             self._free_buf(t)
-        if self._sock is None or getattr(st, "aborted", False):
+        if self._sock is None or t.abort_answered or getattr(st, "aborted", False):
             self._task_gone(t)
             self._release(st)
             return
@@ -488,6 +511,7 @@ class FfpMixin:
 
     def _drop_waiting_tasks(self) -> None:
         """Tasks still collecting Data-Out can never finish once input stops."""
+        self._r2t_waiting.clear()
         for t in [t for t in self._tasks.values() if t.state == _T_DATA]:
             self._free_buf(t)
             self._task_gone(t)
@@ -568,6 +592,10 @@ class FfpMixin:
             self._discard_add(t.itt)
             self._task_gone(t)
         elif t.state == _T_EXEC:
+            # The SCSI layer may have finished the task already, its completion still on
+            # the way to us (abort_task then finds nothing): whatever it says, the task is
+            # answered as aborted -- no SCSI Response after a FUNCTION COMPLETE.
+            t.abort_answered = True
             try:
                 self.session.nexus.abort_task(t.lun, t.itt)
             except Exception:

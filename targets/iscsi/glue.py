@@ -42,11 +42,16 @@ class _Context:
         from targets.iscsi.conn import IscsiConnection
         from .nodes import registry
         meta = dict(meta or {})
+        server = self.server
+        sent = {k: v for k, v in meta.items() if k not in ("received", "conn_name")}
+
+        def hand_over(sock, received, dest):
+            return server.hand_over(sock, sent, received, dest)
         # the framework's "peer"/"listen" are display strings; the engine reads the
         # socket's own addresses when "peer"/"portal" are absent
         meta.pop("peer", None)
         meta.pop("portal", None)
-        return IscsiConnection(sock, meta, registry())
+        return IscsiConnection(sock, meta, registry(), hand_over=hand_over)
 
 
 def _register_protocol() -> None:

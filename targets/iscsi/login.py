@@ -13,7 +13,8 @@ import logging
 from . import pdu as P
 from .chap import AuthError, ChapProtocolError, ChapServer
 from .negotiate import DECLARATIVE_LOGIN_KEYS, Negotiation, NegotiationError, target_values
-from .session import SESSION_DISCOVERY, SESSION_NORMAL, SESSIONS
+from .session import (SESSION_DISCOVERY, SESSION_NORMAL, SESSIONS, open_session,
+                      session_closed)
 
 log = logging.getLogger("ringstack.iscsi")
 
@@ -43,6 +44,7 @@ class LoginMixin:
         self._lg_itt = 0
         self._lg_cmdsn = 0
         self._lg_sent_tpgt = False
+        self._lg_wait = False                # asking the main reactor for a TSIH
         self.initiator_name = ""
         self.initiator_alias = ""
         self.target_name = ""
@@ -56,7 +58,7 @@ class LoginMixin:
         self.stat_sn = P.sn_add(stat_sn, 1)
         sess = self.session
         exp = sess.exp_cmdsn if sess is not None else self._lg_cmdsn
-        maxc = sess.max_cmdsn if sess is not None else P.sn_add(self._lg_cmdsn, 0)
+        maxc = sess.max_cmdsn if sess is not None else self._lg_cmdsn   # window of one
         isid_tsih = (self._lg_isid << 16) | (tsih & 0xFFFF)
         hdr = P.bhs_pack(P.OP_LOGIN_RSP, flags, 0, len(data), isid_tsih, self._lg_itt,
                          0, stat_sn, exp, maxc, status << 16, 0, 0)
@@ -282,54 +284,72 @@ class LoginMixin:
         reg = self.reg
         opts = reg.options
         if self._lg_tsih == 0:
-            if self.session_type == SESSION_NORMAL:
-                old = SESSIONS.find_isid(self.initiator_name, self._lg_isid, self.target_name)
-                if old is not None and not opts.get("allow_duplicated_isid", False):
-                    # ERL 0 session reinstatement: the old session goes, all its connections
-                    log.info("iscsi %s: reinstating session tsih=%d (ISID %s)", self.name,
-                             old.tsih, old.isid_hex)
-                    for c in list(old.conns):
-                        c.abort("session reinstated")
-                    old.close()
-            if SESSIONS.count() >= int(opts.get("max_sessions", 128)):
-                raise_status = P.LOGIN_OUT_OF_RESOURCES
-                self._login_fail(raise_status, "max_sessions reached")
+            # The main reactor's directory allocates the TSIH, reinstates (closes, on its
+            # own reactor) a session with this initiator, ISID and target, and counts
+            # max_sessions over every reactor.  Input waits meanwhile.
+            self._lg_wait = True
+            self._stalled = True
+            open_session(self.reactor_index, self.initiator_name, self._lg_isid,
+                         self.target_name, self.session_type,
+                         int(opts.get("max_sessions", 128)),
+                         not opts.get("allow_duplicated_isid", False),
+                         lambda tsih, why: self._login_got_tsih(csg, answer, tsih, why))
+            return
+        sess = SESSIONS.find(self._lg_tsih)
+        if sess is None or sess.closed:
+            self._login_fail(P.LOGIN_SESSION_DOES_NOT_EXIST, "session went away")
+            return
+        old = sess.find_conn(self.cid)
+        if old is not None and old is not self:
+            # connection reinstatement (same CID): at ERL 0 the old one just goes
+            old.abort("connection reinstated")
+            sess.remove_conn(old, keep_open=True)   # the session goes on with this one
+        if len(sess.conns) >= sess.max_connections:
+            self._login_fail(P.LOGIN_TOO_MANY_CONNECTIONS, "MaxConnections reached")
+            return
+        self._login_complete(csg, answer, sess)
+
+    def _login_got_tsih(self, csg: int, answer: list, tsih: int, why: str) -> None:
+        """The directory's answer to a leading login (on this thread)."""
+        self._lg_wait = False
+        self._stalled = False
+        if self.closing_or_dead() or self.fileno() < 0:
+            if tsih:
+                session_closed(tsih)     # nobody will use it: give it back
+            return
+        if not tsih:
+            self._login_fail(P.LOGIN_OUT_OF_RESOURCES, why)
+            return
+        neg = self._lg_neg
+        opts = self.reg.options
+        params = {k: neg.value(k) for k in (
+            "MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength",
+            "FirstBurstLength", "DefaultTime2Wait", "DefaultTime2Retain",
+            "MaxOutstandingR2T", "ErrorRecoveryLevel")}
+        qd = int(getattr(self.node, "queue_depth", 0) or opts.get("max_queue_depth", 64))
+        sess = SESSIONS.create(tsih=tsih, isid=self._lg_isid,
+                               initiator_name=self.initiator_name,
+                               target_name=self.target_name,
+                               session_type=self.session_type, node=self.node,
+                               queue_depth=qd, cmdsn=self._lg_cmdsn, params=params)
+        if sess is None:
+            session_closed(tsih)
+            self._login_fail(P.LOGIN_OUT_OF_RESOURCES, f"TSIH {tsih} already in use here")
+            return
+        if self.node is not None:
+            try:
+                sess.nexus = self.node.dev.open_nexus(
+                    f"{self.initiator_name},i,{sess.isid_hex}",
+                    f"{self.node.name},t,0x{self.pg_tag:04x}")
+            except Exception as e:     # the SCSI layer refused: no session
+                log.exception("iscsi %s: open_nexus failed", self.name)
+                sess.close()
+                self._login_fail(P.LOGIN_TARGET_ERROR, f"open_nexus: {e}")
                 return
-            params = {k: neg.value(k) for k in (
-                "MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength",
-                "FirstBurstLength", "DefaultTime2Wait", "DefaultTime2Retain",
-                "MaxOutstandingR2T", "ErrorRecoveryLevel")}
-            qd = int(getattr(self.node, "queue_depth", 0) or opts.get("max_queue_depth", 64))
-            sess = SESSIONS.create(isid=self._lg_isid, initiator_name=self.initiator_name,
-                                   target_name=self.target_name,
-                                   session_type=self.session_type, node=self.node,
-                                   queue_depth=qd, cmdsn=self._lg_cmdsn, params=params)
-            if sess is None:
-                self._login_fail(P.LOGIN_OUT_OF_RESOURCES, "no free TSIH")
-                return
-            if self.node is not None:
-                try:
-                    sess.nexus = self.node.dev.open_nexus(
-                        f"{self.initiator_name},i,{sess.isid_hex}",
-                        f"{self.node.name},t,0x{self.pg_tag:04x}")
-                except Exception as e:     # the SCSI layer refused: no session
-                    log.exception("iscsi %s: open_nexus failed", self.name)
-                    sess.close()
-                    self._login_fail(P.LOGIN_TARGET_ERROR, f"open_nexus: {e}")
-                    return
-        else:
-            sess = SESSIONS.find(self._lg_tsih)
-            if sess is None or sess.closed:
-                self._login_fail(P.LOGIN_SESSION_DOES_NOT_EXIST, "session went away")
-                return
-            old = sess.find_conn(self.cid)
-            if old is not None and old is not self:
-                # connection reinstatement (same CID): at ERL 0 the old one just goes
-                old.abort("connection reinstated")
-                sess.remove_conn(old)
-            if len(sess.conns) >= sess.max_connections:
-                self._login_fail(P.LOGIN_TOO_MANY_CONNECTIONS, "MaxConnections reached")
-                return
+        self._login_complete(csg, answer, sess)
+
+    def _login_complete(self, csg: int, answer: list, sess) -> None:
+        neg = self._lg_neg
         sess.add_conn(self)
         self.session = sess
         # the last Login Response goes out without digests; they start with the next PDU

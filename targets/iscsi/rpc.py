@@ -476,15 +476,20 @@ def _get_connections(request, params):
     _gather_connections(request.result)
 
 
+#: the engine's connection phases as SPDK's connection states (lib/iscsi/conn.h:
+#: RUNNING from accept through logout, EXITING while closing, EXITED once closed)
+_SPDK_STATE = {"login": "running", "full_feature": "running", "logout": "running",
+               "running": "running", "closing": "exiting", "exiting": "exiting",
+               "dead": "exited", "done": "exited", "exited": "exited"}
+
+
 @rpc_method("iscsi_get_stats")
 def _get_stats(request, params):
     """Connections by state: {invalid, running, exiting, exited}."""
     def count(conns):
         out = {"invalid": 0, "running": 0, "exiting": 0, "exited": 0}
         for c in conns:
-            st = str(c.get("state", "")).lower()
-            if st in out:
-                out[st] += 1
+            out[_SPDK_STATE.get(str(c.get("state", "")).lower(), "invalid")] += 1
         request.result(out)
     _gather_connections(count)
 

@@ -1,9 +1,14 @@
 """iSCSI sessions (RFC 7143 4.4 / 6.3): ISID+TSIH identity, the CmdSN window every
 connection of a session shares, MaxConnections, and reinstatement at ErrorRecoveryLevel 0.
 
-Sessions live in a per-process (per-reactor) table.  A TSIH is unique across reactors:
-its high bits are the reactor's index (SPDK keeps one global session array; we have one
-table per reactor process, so the index partitions the TSIH space instead).
+A session lives on one reactor (its connections' CmdSN window is state of that reactor),
+in that reactor's `SessionTable`.  What must be single across reactors is decided by the
+main reactor's `SessionDirectory` (SPDK keeps one global session array): the TSIH (its
+high bits name the reactor the session lives on, so `reactor_of_tsih` routes a joining
+connection without asking), the (InitiatorName, ISID, TargetName) lookup of ERL 0 session
+reinstatement (the old session is closed on its own reactor by a message) and the
+max_sessions count.  A leading login asks the directory with `open_session` (to_main)
+and waits for the answer; a closed session tells the directory (`closed`).
 
 CmdSN rules (RFC 7143 4.2.2.1, 3.2.2.1 of RFC 3720 as libiscsi's iSCSICmdSnTooHigh/TooLow
 test them): a non-immediate command is delivered in CmdSN order; one outside
@@ -14,7 +19,9 @@ so the window never closes on a well-behaved initiator and never moves backwards
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
+
+import reactor as rx
 
 from .pdu import sn_add, sn_gt, sn_lt
 
@@ -38,6 +45,11 @@ def _reactor_attr(attr: str) -> int:
 
 def _reactor_index() -> int:
     return _reactor_attr("index")
+
+
+def reactor_placement() -> tuple:
+    """(this reactor's index, the number of reactors); (0, 1) without a reactor."""
+    return _reactor_index(), max(1, _reactor_attr("n_reactors"))
 
 
 def reactor_core() -> int:
@@ -125,13 +137,13 @@ class Session:
         if self.closed and not self.unfinished:
             self._close_nexus()
 
-    def remove_conn(self, conn) -> None:
+    def remove_conn(self, conn, keep_open: bool = False) -> None:
         if conn in self.conns:
             self.conns.remove(conn)
         for sn, (c, _) in list(self.held.items()):
             if c is conn:
                 del self.held[sn]
-        if not self.conns:
+        if not self.conns and not keep_open:
             self.close()
 
     def find_conn(self, cid: int):
@@ -156,6 +168,14 @@ class Session:
             except Exception:     # the SCSI layer's failure must not stop the teardown
                 log.exception("iscsi session tsih=%d: nexus close failed", self.tsih)
             self.nexus = None
+
+
+def reactor_of_tsih(tsih: int) -> int:
+    """The reactor index whose table owns `tsih`.  A connection joining a session
+    (Login with TSIH != 0) must be served on that reactor: a listener can read the first
+    Login PDU's TSIH (BHS bytes 14-15) and pass the fd there (SPDK moves such connections
+    to the session's lcore the same way)."""
+    return tsih // _TSIH_PER_REACTOR
 
 
 class SessionTable:
@@ -187,9 +207,10 @@ class SessionTable:
     def count(self) -> int:
         return len(self.by_tsih)
 
-    def create(self, **kw) -> Optional[Session]:
-        tsih = self.alloc_tsih()
-        if not tsih:
+    def create(self, tsih: int = 0, **kw) -> Optional[Session]:
+        """A session under `tsih` (the directory's answer; 0: pick a free one here)."""
+        tsih = tsih or self.alloc_tsih()
+        if not tsih or tsih in self.by_tsih:
             return None
         s = Session(self, tsih, **kw)
         self.by_tsih[tsih] = s
@@ -198,7 +219,135 @@ class SessionTable:
     def remove(self, s: Session) -> None:
         if self.by_tsih.get(s.tsih) is s:
             del self.by_tsih[s.tsih]
+            session_closed(s.tsih)
 
 
 #: This process's (reactor's) sessions.
 SESSIONS = SessionTable()
+
+
+# ---------------------------------------------------------------------- the directory
+class SessionDirectory:
+    """Every session of the target, as the main reactor knows them: TSIH -> [reactor,
+    initiator name, ISID, target name, session type, closing].  A reinstated session is
+    `closing` until its reactor reports it closed: its TSIH is not given out again
+    before, and it no longer counts against max_sessions."""
+
+    def __init__(self):
+        self.entries: dict[int, list] = {}
+        self.watching = False       # main reactor: forget_reactor is a death watcher
+
+    def live(self) -> int:
+        return sum(1 for e in self.entries.values() if not e[5])
+
+    def open(self, reactor_index: int, initiator: str, isid: int, target: str,
+             session_type: str, max_sessions: int, reinstate: bool):
+        """-> (tsih or 0, reason, [(reactor, tsih) of sessions to close])."""
+        close = []
+        if reinstate and session_type == SESSION_NORMAL:
+            for tsih, e in self.entries.items():
+                if (not e[5] and e[1] == initiator and e[2] == isid and e[3] == target
+                        and e[4] == SESSION_NORMAL):
+                    e[5] = True
+                    close.append((e[0], tsih))
+        if self.live() >= max_sessions:
+            for _r, tsih in close:          # refused: the old session stays
+                self.entries[tsih][5] = False
+            return 0, "max_sessions reached", []
+        base = (reactor_index % 64) * _TSIH_PER_REACTOR
+        for tsih in range(max(1, base), base + _TSIH_PER_REACTOR):
+            if tsih not in self.entries:
+                self.entries[tsih] = [reactor_index, initiator, isid, target, session_type,
+                                      False]
+                return tsih, "", close
+        for _r, tsih in close:
+            self.entries[tsih][5] = False
+        return 0, "no free TSIH", []
+
+    def closed(self, tsih: int) -> None:
+        self.entries.pop(tsih, None)
+
+    def forget_reactor(self, index: int) -> None:
+        for tsih in [t for t, e in self.entries.items() if e[0] == index]:
+            del self.entries[tsih]
+
+
+#: The main reactor's directory (only the main reactor's copy is ever consulted; a
+#: process without reactors, as the unit tests drive connections, uses its own).
+DIRECTORY = SessionDirectory()
+
+
+def _on_thread() -> bool:
+    try:
+        return rx.get_thread() is not None
+    except Exception:       # no reactor thread here (connections driven directly)
+        return False
+
+
+def close_local(tsih: int, reason: str = "session reinstated") -> None:
+    """Close this reactor's session `tsih` and all its connections (ERL 0)."""
+    s = SESSIONS.find(tsih)
+    if s is None:
+        return
+    log.info("iscsi: closing session tsih=%d (ISID %s): %s", tsih, s.isid_hex, reason)
+    for c in list(s.conns):
+        c.abort(reason)
+    s.close()
+
+
+@rx.remote("iscsi.session.reinstate")
+def _reinstate_here(tsih: int) -> None:
+    close_local(tsih)
+
+
+@rx.remote("iscsi.session.open")
+def _directory_open(done, reactor_index, initiator, isid, target, session_type,
+                    max_sessions, reinstate):
+    r = rx.current_reactor()
+    if not DIRECTORY.watching:
+        # a reactor that dies takes its sessions with it: their TSIHs and places go back
+        DIRECTORY.watching = True
+        rx.watch_reactor_death(DIRECTORY.forget_reactor)
+    tsih, why, close = DIRECTORY.open(reactor_index, initiator, isid, target, session_type,
+                                      max_sessions, reinstate)
+    for index, old in close:
+        if index == r.index:
+            close_local(old)
+        elif r.send(r.default_tid(index), _reinstate_here, (old,)) != 0:
+            DIRECTORY.closed(old)       # its reactor is gone, and its sessions with it
+    # the answer goes after the close: FIFO per sender, so a session reinstated on the
+    # asking reactor is gone there before the new one exists
+    done(tsih, why)
+
+
+@rx.remote("iscsi.session.closed")
+def _directory_closed(tsih: int) -> None:
+    DIRECTORY.closed(tsih)
+
+
+def open_session(reactor_index: int, initiator: str, isid: int, target: str,
+                 session_type: str, max_sessions: int, reinstate: bool,
+                 cb: Callable[[int, str], None]) -> None:
+    """Ask the directory for a TSIH (reinstating the session with the same initiator,
+    ISID and target when `reinstate`); ``cb(tsih, reason)`` (tsih 0: refused) runs on
+    this thread, later -- or at once when there is no reactor (unit tests)."""
+    args = (reactor_index, initiator, isid, target, session_type, max_sessions, reinstate)
+    if not _on_thread():
+        tsih, why, close = DIRECTORY.open(*args)
+        for _index, old in close:
+            close_local(old)
+        cb(tsih, why)
+        return
+    rx.to_main(_directory_open, args, cb, fail=(0, "the main reactor did not answer"))
+
+
+def session_closed(tsih: int) -> None:
+    """Tell the directory that `tsih` closed here (its TSIH may be given out again)."""
+    if not _on_thread():
+        DIRECTORY.closed(tsih)
+        return
+    r = rx.current_reactor()
+    if r.index == 0:
+        DIRECTORY.closed(tsih)
+    else:       # -EIO when the main reactor is gone: then so is the directory
+        r.send(r.default_tid(0), _directory_closed, (tsih,))

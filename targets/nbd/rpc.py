@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import re
-from collections import deque
 
 import bdev.api as api
 import reactor as rx
@@ -54,35 +53,7 @@ class _Server:
 
 
 _server: _Server | None = None
-_queue: deque = deque()
-_busy = False
-
-
-def _serial(fn) -> None:
-    """Run ``fn(done)`` after every earlier operation called its ``done()``."""
-    _queue.append(fn)
-    if not _busy:
-        _next()
-
-
-def _next() -> None:
-    global _busy
-    if not _queue:
-        _busy = False
-        return
-    _busy = True
-    fn = _queue.popleft()
-    fired = []
-
-    def done():
-        if not fired:
-            fired.append(1)
-            rx.send_msg(rx.get_thread(), _next)
-    try:
-        fn(done)
-    except Exception:
-        log.exception("nbd control operation failed")
-        done()
+_ops = serve.OneAtATime("nbd")
 
 
 def _fail(cb, rc: int, message: str | None = None) -> None:
@@ -90,7 +61,7 @@ def _fail(cb, rc: int, message: str | None = None) -> None:
 
 
 # ====================================================================== operations
-# Each takes cb(rc, message, result) and runs inside _serial.
+# Each takes cb(rc, message, result) and runs inside _ops.run.
 
 def server_start(listen: str, cb, conn_opts: dict | None = None) -> None:
     def op(done):
@@ -123,7 +94,7 @@ def server_start(listen: str, cb, conn_opts: dict | None = None) -> None:
             reply(0, None, True)
         serve.start(NAME, started, opts={"conn_opts": conn_opts} if conn_opts else None,
                     listen=[(listen, {})])
-    _serial(op)
+    _ops.run(op)
 
 
 def nbd_uri(listener) -> str:
@@ -157,7 +128,7 @@ def server_stop(cb) -> None:
             done()
             cb(0, None, True)
         serve.stop(NAME, stopped)
-    _serial(op)
+    _ops.run(op)
 
 
 def export_add(bdev_name: str, export_name: str | None, readonly: bool, cb) -> None:
@@ -204,7 +175,7 @@ def export_add(bdev_name: str, export_name: str | None, readonly: bool, cb) -> N
             reply(0, None, name)
         serve.run_on_all_reactors(NAME, "export_add", {"bdev_name": bdev_name, "export_name": name,
                                                        "readonly": bool(readonly)}, added)
-    _serial(op)
+    _ops.run(op)
 
 
 def export_remove(export_name: str, cb) -> None:
@@ -223,7 +194,7 @@ def export_remove(export_name: str, cb) -> None:
             done()
             cb(0, None, True)
         serve.run_on_all_reactors(NAME, "export_remove", {"export_name": export_name}, removed)
-    _serial(op)
+    _ops.run(op)
 
 
 def _ignore_event(event, bdev, ctx) -> None:
@@ -257,7 +228,7 @@ def get_info(cb) -> None:
             done()
             cb(rc, msg, infos)
         serve.get_connections(NAME, got)
-    _serial(op)
+    _ops.run(op)
 
 
 def _exports_result(infos) -> list:

@@ -99,7 +99,10 @@ class _Req:
         buf = self.buf
         if typ == _CMD_WRITE:
             c.stats["bytes_written"] += self.length
-            c._handle.free(buf)
+            if self.length == c._wlen:
+                c._wbufs.append(buf)     # kept by the connection for the next such write
+            else:
+                c._handle.free(buf)
             hdr = _SIMPLE_PACK(_SIMPLE_MAGIC, 0, self.cookie)
         else:
             c.stats["bytes_read"] += self.length
@@ -186,6 +189,11 @@ class Connection(Handshake):
         self._pending = 0                         # accepted, not yet replied
         self._wreq: Optional[_Req] = None         # WRITE whose payload is being received
         self._wfill = 0
+        # Buffers of the common pipelined WRITE's length (the first one seen), kept here
+        # between requests instead of a handle.alloc/free pair each (at most as many as
+        # were in flight at once; given back to the handle before it closes).
+        self._wlen = 0
+        self._wbufs: list = []
         self._stalled = False                     # stopped parsing (backpressure)
         self.close_reason: Optional[str] = None
         self.stats = {"requests": 0, "errors": 0, "bytes_read": 0, "bytes_written": 0}
@@ -434,10 +442,16 @@ class Connection(Handshake):
                     # writes: one recv brought many): copy the payload into the handle's
                     # buffer and submit now, without the partial-payload state.
                     handle = self._handle
-                    buf = handle.alloc(length)
-                    if buf is None:
-                        self._stalled = True
-                        break
+                    wbufs = self._wbufs
+                    if wbufs and length == self._wlen:
+                        buf = wbufs.pop()
+                    else:
+                        buf = handle.alloc(length)
+                        if buf is None:
+                            self._stalled = True
+                            break
+                        if not self._wlen:
+                            self._wlen = length
                     p = start + 28
                     start = p + length
                     buf[:] = rview[p:start]
@@ -723,6 +737,8 @@ class Connection(Handshake):
         self._state = _S_DONE
         h, self._handle = self._handle, None
         if h is not None:
+            while self._wbufs:
+                h.free(self._wbufs.pop())
             try:
                 h.close()
             except Exception:

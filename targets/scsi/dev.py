@@ -158,6 +158,15 @@ class ScsiDev:
         from .nexus import Nexus
         return Nexus(self, initiator_port, target_port)
 
+    def remove_lun(self, lun_id: int) -> None:
+        """Drop a LUN (its bdev went away): every nexus of this replica stops reaching it
+        and closes its handle once the buffers it lent are back."""
+        lun = self.luns.pop(int(lun_id), None)
+        if lun is None:
+            return
+        for n in list(self.nexuses):
+            n.drop_lun(lun.id)
+
     def destruct(self) -> None:
         """Forget this replica (its open nexuses should be closed first)."""
         for n in list(self.nexuses):
@@ -228,16 +237,25 @@ def _main_op(done, dev_name, lun_id, op, args):
         return
     new = out.state if out.state is not None else auth.copy()
     new.version = auth.version + 1
-    lun.auth = new
     uas = [[k[0], k[1], code[0], code[1]] for k, code in out.uas]
     aborts = [list(k) for k in out.abort]
+    msg = [dev_name, lun_id, new.to_wire(), uas, aborts]
+    try:
+        fanout.check(_apply_state, msg)
+    except fanout.FanoutError:
+        # the state no longer fits one message (very many registrants): refuse the
+        # change rather than decide something the replicas cannot learn
+        log.error("LUN %s/%d: state too large to replicate; %s refused", dev_name, lun_id, op)
+        done([S.CHECK_CONDITION, S.ILLEGAL_REQUEST, *S.INSUFFICIENT_REGISTRATION_RESOURCES])
+        return
+    lun.auth = new
 
     def applied(rc):
         if rc:
             log.error("LUN %s/%d: a replica failed to apply state v%d (%d)", dev_name,
                       lun_id, new.version, rc)
         done(None)
-    fanout.broadcast(_apply_state, [dev_name, lun_id, new.to_wire(), uas, aborts], applied)
+    fanout.broadcast(_apply_state, msg, applied)
 
 
 @rx.remote("targets.scsi.apply_state")
@@ -332,7 +350,8 @@ def unlock_range(nexus, lun_id, lid, cb=None) -> None:
 def _lun_reset_all(done, dev_name, lun_id, i_port, t_port):
     """Every nexus on this reactor: its tasks on the LUN are aborted (the one that asked
     aborted its own already) and it gets BUS DEVICE RESET FUNCTION OCCURRED -- every I_T
-    nexus, the resetting one included (SAM-5 LOGICAL UNIT RESET; iscsi-test-cu MultipathIO.Reset)."""
+    nexus, the resetting one included (SAM-5 LOGICAL UNIT RESET; iscsi-test-cu
+    MultipathIO.Reset)."""
     lun = _find_lun(dev_name, lun_id)
     if lun is not None:
         for n in list(lun.dev.nexuses):

@@ -94,12 +94,16 @@ class Nexus:
                 return
             if event == "removed":
                 # commands from now on see no LUN; outstanding ones still complete
-                del self.views[lun_id]
-                self._retire(v.h)
+                self.drop_lun(lun_id)
             elif event == "resized":
                 v.refresh()
                 self.add_unit_attention(lun_id, S.CAPACITY_DATA_HAS_CHANGED)
         return cb
+
+    def drop_lun(self, lun_id: int) -> None:
+        v = self.views.pop(lun_id, None)
+        if v is not None:
+            self._retire(v.h)
 
     def run_on_thread(self, fn, *args) -> None:
         if rx.get_thread() is self.thread:
@@ -151,6 +155,14 @@ class Nexus:
         h = self._out_bufs.pop(id(buf), None)
         if h is not None:
             self.give_back(h, buf)
+
+    def data_length(self, lun_id: int, cdb) -> int | None:
+        """Bytes the CDB transfers, None if none or unknown (Contract 3, optional): a
+        transport solicits no more Data-Out than this."""
+        v = self.views.get(lun_id)
+        if v is None or not cdb:
+            return None
+        return sbc.data_length(bytes(cdb), v.block_size)
 
     # ------------------------------------------------------------------ execute
     def execute(self, task, cb) -> None:
@@ -246,12 +258,11 @@ class Nexus:
     def _abort(self, task) -> None:
         task.aborted = True
         if task._parked is not None:
-            self.views_lun(task.lun).unpark(task._parked)
+            lun = self.dev.luns.get(task.lun)
+            if lun is not None:
+                lun.unpark(task._parked)
             task._parked = None
         self.finish(task)
-
-    def views_lun(self, lun_id):
-        return self.dev.luns[lun_id]
 
     def abort_task(self, lun_id: int, tag: int) -> bool:
         for t in list(self.tasks):
@@ -419,6 +430,10 @@ def _pr_in(nx, task, view, cdb):
 
 def _pr_out(nx, task, view, cdb):
     plen = _alloc32(cdb, 5)
+    # without SPEC_I_PT (refused) the list is exactly 24 bytes: checked here so a bogus
+    # length never travels to the main reactor
+    if plen != 24:
+        raise S.illegal(S.PARAMETER_LIST_LENGTH_ERROR)
     data = bytes(task.data_out[:plen]) if task.data_out is not None else b""
     if len(data) < plen:
         raise S.illegal(S.PARAMETER_LIST_LENGTH_ERROR)

@@ -33,6 +33,41 @@ def _lba_len(cdb: bytes):
     return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
 
 
+_BLOCK_CMDS = frozenset((C.READ_6, C.WRITE_6, C.READ_10, C.WRITE_10, C.READ_12, C.WRITE_12,
+                         C.READ_16, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12,
+                         C.WRITE_AND_VERIFY_16))
+_VERIFY_CMDS = frozenset((C.VERIFY_10, C.VERIFY_12, C.VERIFY_16))
+
+
+def data_length(cdb: bytes, block_size: int):
+    """Bytes of data the CDB transfers (either direction), or None when it moves none or
+    the layer does not know: what a transport solicits at most (Contract 3, optional)."""
+    cmd = C.lookup(cdb)
+    if cmd is None or len(cdb) < len(cmd.usage):
+        return None
+    op = cdb[0]
+    try:
+        if op in _BLOCK_CMDS:
+            return _lba_len(cdb)[1] * block_size
+        if op in _VERIFY_CMDS:
+            b = (cdb[1] >> 1) & 0x03
+            n = _lba_len(cdb)[1]
+            return None if b in (0, 2) or not n else (block_size if b == 3 else n * block_size)
+        if op in (C.WRITE_SAME_10, C.WRITE_SAME_16):
+            return 0 if op == C.WRITE_SAME_16 and cdb[1] & 0x01 else block_size
+        if op == C.COMPARE_AND_WRITE:
+            return 2 * cdb[13] * block_size
+        if op in (C.UNMAP, C.MODE_SELECT_10):
+            return int.from_bytes(cdb[7:9], "big")
+        if op == C.MODE_SELECT_6:
+            return cdb[4]
+        if op == C.PR_OUT:
+            return int.from_bytes(cdb[5:9], "big")
+    except IndexError:
+        return None
+    return None
+
+
 def _check_range(view, lba: int, n: int) -> None:
     if lba + n > view.num_blocks:
         raise S.illegal(S.LBA_OUT_OF_RANGE)
@@ -119,11 +154,10 @@ def _alloc(task, h, n: int):
     return buf
 
 
-def _write(nx, task, view, lba, n, data, fua, nxt) -> None:
-    """Write ``data`` at block ``lba`` (n blocks) once no foreign range lock holds it."""
+def _guarded(nx, task, view, lba, n, submit, nxt) -> None:
+    """Run ``submit(op)`` (one write-kind bdev call over blocks lba..lba+n) once no
+    foreign range lock holds the range; ``op`` completes the step and ends the write."""
     lun = view.lun
-    h = view.h
-    bs = view.block_size
 
     def go(token):
         if task.aborted or task._finished:
@@ -131,24 +165,20 @@ def _write(nx, task, view, lba, n, data, fua, nxt) -> None:
             return
         op = _Op(nx, task, nxt, lun)
         op.token = token
-        h.write(lba * bs, data, op, fua=fua)
+        submit(op)
     lun.begin_write(lba, n, task.lock_id, go, task)
+
+
+def _write(nx, task, view, lba, n, data, fua, nxt) -> None:
+    """Write ``data`` at block ``lba`` (n blocks) once no foreign range lock holds it."""
+    _guarded(nx, task, view, lba, n,
+             lambda op: view.h.write(lba * view.block_size, data, op, fua=fua), nxt)
 
 
 def _write_kind(nx, task, view, lba, n, kind, nxt) -> None:
     """unmap / write_zeroes over a block range, under the range-lock rules."""
-    lun = view.lun
-    h = view.h
     bs = view.block_size
-
-    def go(token):
-        if task.aborted or task._finished:
-            lun.end_write(token)
-            return
-        op = _Op(nx, task, nxt, lun)
-        op.token = token
-        getattr(h, kind)(lba * bs, n * bs, op)
-    lun.begin_write(lba, n, task.lock_id, go, task)
+    _guarded(nx, task, view, lba, n, lambda op: getattr(view.h, kind)(lba * bs, n * bs, op), nxt)
 
 
 def _fua(view, cdb_fua: bool) -> bool:
@@ -193,12 +223,10 @@ def _read(nx, task, view, cdb):
     view.h.read(lba * view.block_size, nbytes, buf, _Op(nx, task, done))
 
 
-def _write_cmd(nx, task, view, cdb):
-    op = cdb[0]
-    if op != C.WRITE_6 and cdb[1] & 0xE0:         # WRPROTECT
-        raise S.illegal()
-    if cdb[0] not in (C.READ_6, C.WRITE_6):
-        _check_dpofua(view, cdb)
+def _accept_write(nx, task, view, cdb):
+    """The checks every WRITE-kind command makes before it moves data (range, maximum
+    transfer, writable LUN), then ``(lba, n, data)``: the blocks the Data-Out really
+    carries.  ``n == 0`` means the task is already finished (nothing to write)."""
     lba, n = _lba_len(cdb)
     _check_range(view, lba, n)
     _check_max_transfer(view, n)
@@ -207,8 +235,19 @@ def _write_cmd(nx, task, view, cdb):
     n = _write_blocks_available(task, view, n)
     if n == 0:
         nx.finish(task)
+        return lba, 0, None
+    return lba, n, _data_out(task, n * view.block_size)
+
+
+def _write_cmd(nx, task, view, cdb):
+    op = cdb[0]
+    if op != C.WRITE_6 and cdb[1] & 0xE0:         # WRPROTECT
+        raise S.illegal()
+    if cdb[0] not in (C.READ_6, C.WRITE_6):
+        _check_dpofua(view, cdb)
+    lba, n, data = _accept_write(nx, task, view, cdb)
+    if not n:
         return
-    data = _data_out(task, n * view.block_size)
     fua = _fua(view, op != C.WRITE_6 and bool(cdb[1] & 0x08))
     _write(nx, task, view, lba, n, data, fua, lambda: nx.finish(task))
 
@@ -266,16 +305,9 @@ def _write_verify(nx, task, view, cdb):
     bytchk = _bytchk(cdb)
     if bytchk == 0x03:
         raise S.illegal()
-    lba, n = _lba_len(cdb)
-    _check_range(view, lba, n)
-    _check_max_transfer(view, n)
-    _check_writable(view)
-    task.expected_length = n * view.block_size
-    n = _write_blocks_available(task, view, n)
-    if n == 0:
-        nx.finish(task)
+    lba, n, data = _accept_write(nx, task, view, cdb)
+    if not n:
         return
-    data = _data_out(task, n * view.block_size)
 
     def written():
         if bytchk:

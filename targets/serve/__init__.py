@@ -13,10 +13,11 @@ serving thread).  Protocol-agnostic: it knows nothing of NBD, SCSI or iSCSI.
                                             .listen(address, meta), .unlisten(lst))
 """
 from .bdev_handle import EVENT_REMOVED, EVENT_RESIZED, BdevHandle
-from .control import get_connections, op, register_protocol, run_on_all_reactors, start, stop
+from .control import (OneAtATime, get_connections, op, register_protocol, run_on_all_reactors,
+                      start, stop)
 from .listener import Listener, parse_address, recv_fd, send_fd, socket_from_fd
 from .server import STOP_DRAIN_S, Server, current
 
-__all__ = ["BdevHandle", "EVENT_REMOVED", "EVENT_RESIZED", "register_protocol", "op", "start",
+__all__ = ["BdevHandle", "EVENT_REMOVED", "EVENT_RESIZED", "register_protocol", "op", "start", "OneAtATime",
            "stop", "run_on_all_reactors", "get_connections", "current", "Server", "Listener",
            "parse_address", "send_fd", "recv_fd", "socket_from_fd", "STOP_DRAIN_S"]

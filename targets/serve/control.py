@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import deque
 from typing import Callable, Optional
 
 import reactor as rx
@@ -29,6 +30,42 @@ import reactor as rx
 from .server import Server, current
 
 log = logging.getLogger("ringstack.serve")
+
+class OneAtATime:
+    """A protocol's control operations, run one at a time in arrival order on the app
+    thread: ``queue.run(fn)`` calls ``fn(done)`` once every earlier operation called its
+    ``done()`` (so an export added while a stop is under way cannot slip between two
+    reactors' tables).  ``done`` may be called late or more than once; an operation that
+    raises is logged and counts as done, so one bad request cannot wedge the queue."""
+
+    def __init__(self, what: str):
+        self._what = what
+        self._queue: deque = deque()
+        self._busy = False
+
+    def run(self, fn: Callable) -> None:
+        self._queue.append(fn)
+        if not self._busy:
+            self._next()
+
+    def _next(self) -> None:
+        if not self._queue:
+            self._busy = False
+            return
+        self._busy = True
+        fn = self._queue.popleft()
+        fired = []
+
+        def done():
+            if not fired:
+                fired.append(1)
+                rx.send_msg(rx.get_thread(), self._next)
+        try:
+            fn(done)
+        except Exception:
+            log.exception("%s control operation failed", self._what)
+            done()
+
 
 #: protocol name -> make_context(server) -> context with make(sock, meta) [and close()]
 _PROTOCOLS: dict = {}

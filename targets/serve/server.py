@@ -35,6 +35,15 @@ its own reactor processes, a reactor only its launcher.  If a reactor's channel 
 or gone, the connection is served on the main reactor instead (never dropped, never a
 blocking send).
 
+Hand-over (`hand_over`): an engine may move its socket to another reactor (iSCSI: a
+login joining a session that lives there); the fd, its meta and the bytes already read
+travel over the same channels (which are two-way), another reactor's through the main
+reactor, and the receiving reactor's ``ctx.make`` continues with them.
+
+Deadlines: a connection's optional ``deadline()`` (Contract 1) is read after each of its
+polls; one timed poller per server is armed to the earliest, so idle timers (iSCSI's
+login timeout and NOP-In) fire while the reactor sleeps in between.
+
 Stop (`stop(finish)`): listeners and channels close, every connection gets
 ``shutdown(reason)`` (read nothing more, finish in-flight, close), and those still open
 after STOP_DRAIN_S get ``abort(reason)``; then the poller goes, the context's
@@ -43,6 +52,7 @@ after STOP_DRAIN_S get ``abort(reason)``; then the poller goes, the context's
 from __future__ import annotations
 
 import atexit
+import base64
 import errno
 import itertools
 import json
@@ -52,6 +62,7 @@ import select
 import secrets
 import socket
 import struct
+import time
 from typing import Optional
 
 import reactor as rx
@@ -69,6 +80,13 @@ RECV_FDS_PER_POLL = 32
 #: While connections are busy, check epoll (listeners, fd channel, idle connections) once
 #: every this many passes: one syscall less per pass on the busy path.
 EPOLL_EVERY = 8
+#: Bytes a connection may carry along when it is handed over (what its engine already
+#: read: an iSCSI Login PDU is at most 48 + 8192 + digests), and the size of one record
+#: on the fd channels (meta JSON with those bytes in base64).
+HANDOVER_MAX_BYTES = 64 * 1024
+CHANNEL_RECORD_MAX = 128 * 1024
+#: A deadline timer fires at least this late (µs): a due deadline never spins the loop.
+TIMER_MIN_US = 1000
 _UCRED = struct.Struct("3i")
 _seq = itertools.count(1)
 
@@ -139,6 +157,9 @@ class Server:
         self._deadline = 0
         self._reason = "server shutting down"
         self.stop_poller = None
+        self._deadline_of: dict = {}   # connection -> its deadline() (Contract 1, optional)
+        self._timer = None          # one timed poller, armed to the earliest deadline
+        self._timer_at = None       # ... (time.monotonic() seconds)
         self.poller = rx.poller_register(self._poll, None, 0, f"serve_{name}", fd=self.ep.fileno())
         self.ctx = None
         try:
@@ -208,6 +229,116 @@ class Server:
             self._conn_fd[conn] = fd
             self._set_mask(fd, conn, (_IN if conn.wants_read() else 0)
                            | (_OUT if conn.send_blocked else 0))
+        dl = getattr(conn, "deadline", None)
+        if dl is not None:
+            self._deadline_of[conn] = dl
+            self._note_deadline(dl())
+
+    def hand_over(self, sock: socket.socket, meta: dict, received: bytes, dest: int) -> bool:
+        """Move a served connection's socket to reactor `dest` (a protocol engine calls
+        it, e.g. an iSCSI login joining a session that lives there): the fd, `received`
+        (bytes the engine already read, handed to the new engine as ``meta["received"]``)
+        and `meta` travel over the fd channels (another reactor's go via the main
+        reactor), and ``ctx.make`` builds the connection there with
+        ``meta["handed_over_from"]`` set.  True: the socket is gone from here (closed;
+        the engine must drop it without closing it); False: nothing changed (no such
+        reactor, its channel full or gone, the bytes too many), keep serving here."""
+        if len(received) > HANDOVER_MAX_BYTES or not 0 <= dest < self.reactor.n_reactors:
+            return False
+        if dest == self.index:
+            return False
+        meta = dict(meta, handover={"to": dest, "from": self.index,
+                                    "data": base64.b64encode(received).decode()})
+        try:
+            raw = json.dumps(meta).encode()
+        except (TypeError, ValueError):
+            return False
+        ch = self.peers.get(dest) if self.chan is None else self.chan
+        if ch is None:
+            return False
+        try:
+            send_fd(ch, sock.fileno(), raw)
+        except OSError as exc:
+            log.warning("%s reactor %d: cannot hand a connection to reactor %d: %s",
+                        self.name, self.index, dest, exc)
+            return False
+        self._unregister(sock.fileno())
+        sock.close()
+        return True
+
+    def _adopt(self, fd: int, raw: bytes) -> None:
+        """A socket from an fd channel: a new client or a handed-over connection."""
+        try:
+            meta = json.loads(raw) if raw else {}
+            if not isinstance(meta, dict):
+                meta = {}
+            ho = meta.pop("handover", None)
+            if isinstance(ho, dict):
+                meta["received"] = base64.b64decode(ho.get("data", ""))
+                meta["handed_over_from"] = ho.get("from")
+            self.add_connection(socket_from_fd(fd), meta)
+        except (OSError, ValueError) as exc:
+            log.error("%s reactor %d: cannot adopt a connection: %s", self.name, self.index, exc)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _route(self, fd: int, raw: bytes) -> None:
+        """Main reactor: a connection another reactor handed over, for `dest`."""
+        try:
+            dest = json.loads(raw).get("handover", {}).get("to", self.index)
+        except (ValueError, AttributeError):
+            dest = self.index
+        ch = self.peers.get(dest) if dest != self.index else None
+        if ch is not None:
+            try:
+                send_fd(ch, fd, raw)
+                os.close(fd)
+                return
+            except OSError as exc:
+                # served here instead: its protocol answers what it can (an iSCSI join
+                # then finds no session here and says so)
+                log.warning("%s: forwarding a connection to reactor %d failed (%s)",
+                            self.name, dest, exc)
+        self._adopt(fd, raw)
+
+    # ------------------------------------------------------------------ deadlines
+    def _note_deadline(self, at) -> None:
+        """A connection needs a poll() by `at` (monotonic s): arm the timer earlier if
+        needed.  A deadline that moved later lets the timer fire early, harmlessly."""
+        if at is None or (self._timer_at is not None and at >= self._timer_at):
+            return
+        if self._timer is not None:
+            rx.poller_unregister(self._timer)
+        delay_us = max(TIMER_MIN_US, int((at - time.monotonic()) * 1e6) + TIMER_MIN_US)
+        self._timer = rx.poller_register(self._on_timer, None, delay_us,
+                                         f"serve_{self.name}_deadline")
+        self._timer_at = at
+
+    def _on_timer(self, _arg) -> int:
+        """Poll the connections whose deadline passed, then re-arm for the next one."""
+        rx.poller_unregister(self._timer)
+        self._timer = None
+        self._timer_at = None
+        now = time.monotonic()
+        work = 0
+        reap = False
+        for c, dl in list(self._deadline_of.items()):
+            d = dl()
+            if d is not None and d <= now and not c.done:
+                work += c.poll()
+                if c.done:
+                    reap = True
+                    continue
+                fd = self._conn_fd.get(c, -1)
+                self._update_interest(c, fd, (_IN if c.wants_read() else 0)
+                                      | (_OUT if c.send_blocked else 0))
+                d = dl()
+            self._note_deadline(d)
+        if reap:
+            self._reap()
+        return work
 
     def _place(self, sock: socket.socket, peer, listener: Listener) -> None:
         """Listener callback (main reactor): round-robin over the reactors."""
@@ -259,8 +390,8 @@ class Server:
                 elif owner is self.ctl:
                     work += self.accept_peers()
                 elif owner.__class__ is socket.socket:
-                    # a peer channel became readable: only EOF/errors arrive there
-                    self._peer_event(owner)
+                    # a peer channel: connections it hands over, or its EOF
+                    work += self._recv_peer(owner)
                 else:
                     if ready is None:
                         ready = set()
@@ -270,12 +401,18 @@ class Server:
         if conns:
             reap = False
             conn_fd = self._conn_fd
+            deadline_of = self._deadline_of
             for c in conns:
                 if (ready is not None and c in ready) or c.needs_poll():
                     work += c.poll()
                     if c.done:
                         reap = True
                         continue
+                    dl = deadline_of.get(c)
+                    if dl is not None:
+                        at = dl()
+                        if at is not None and (self._timer_at is None or at < self._timer_at):
+                            self._note_deadline(at)
                     if c.needs_poll():
                         hot += 1
                     # epoll interest: readable while it wants input, writable while the
@@ -310,6 +447,7 @@ class Server:
         st = self.stats
         for c in self.connections:
             if c.done:
+                self._deadline_of.pop(c, None)
                 fd = self._conn_fd.pop(c, -1)
                 ent = self._fds.get(fd)
                 if ent is not None and ent[0] is c:
@@ -325,7 +463,7 @@ class Server:
         n = 0
         while n < RECV_FDS_PER_POLL and self.chan is not None:
             try:
-                got = recv_fd(self.chan)
+                got = recv_fd(self.chan, CHANNEL_RECORD_MAX)
             except EOFError:
                 self._close_chan()
                 break
@@ -336,15 +474,27 @@ class Server:
                 break
             fd, raw = got
             n += 1
+            self._adopt(fd, raw)
+        return n
+
+    def _recv_peer(self, ch: socket.socket) -> int:
+        """Main reactor: what a reactor's channel brought (bounded per pass)."""
+        n = 0
+        while n < RECV_FDS_PER_POLL:
             try:
-                meta = json.loads(raw) if raw else {}
-                self.add_connection(socket_from_fd(fd), meta if isinstance(meta, dict) else {})
-            except (OSError, ValueError) as exc:
-                log.error("%s reactor %d: cannot adopt a connection: %s", self.name, self.index, exc)
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                got = recv_fd(ch, CHANNEL_RECORD_MAX)
+            except EOFError:
+                self._peer_event(ch)
+                break
+            except OSError as exc:
+                log.error("%s: a reactor's fd channel: %s", self.name, exc)
+                if exc.errno != errno.EPROTO:       # broken, not one bad record
+                    self._peer_event(ch)
+                break
+            if got is None:
+                break
+            n += 1
+            self._route(*got)
         return n
 
     def _close_chan(self) -> None:
@@ -525,6 +675,9 @@ class Server:
         self.stopped = True
         finish = self.stopping
         rx.poller_unregister(self.poller)
+        if self._timer is not None:
+            rx.poller_unregister(self._timer)
+            self._timer = None
         if self.stop_poller is not None:
             rx.poller_unregister(self.stop_poller)
         for fd in list(self._fds):
