@@ -19,26 +19,29 @@ How I/O flows:
   has nothing in flight.
 * Bounded failure: every client gets ``rados_osd_op_timeout``, ``rados_mon_op_timeout``
   and ``client_mount_timeout`` (``TIMEOUTS``; the caller's config overrides them), so a
-  cluster that stops answering fails I/O and blocks create/delete for at most that long.
-  The connect and open at create are synchronous on the main reactor (as SPDK's are on
-  its app thread), bounded by the same timeouts.
+  cluster that stops answering fails I/O within that long.
+* Control calls never run on a reactor: connect, ioctx/open/stat, resize, close and
+  ``rados_shutdown`` go to a worker thread (reactor/offload.py) and their outcome comes
+  back to the reactor thread; the RPC answers when they are done, other RPCs and I/O on
+  every reactor go on meanwhile (drivers/rbd_control.py says how, and the rules for
+  requests that meet a pending one).
 
-Python API (main thread): ``register_cluster``, ``unregister_cluster``, ``clusters_info``,
-``create``, ``delete``, ``resize``; each answers through ``cb``.
+This file is the bdev's I/O side (the disk, its channels, the fn_table); the control side
+(registered clusters, create, delete, resize) is drivers/rbd_control.py, whose functions
+are also reachable here: ``rbd.register_cluster``, ``unregister_cluster``,
+``clusters_info``, ``create``, ``delete``, ``resize`` (main thread; each answers through
+``cb``).
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import ctypes
 import os
 import select
 import time
-import uuid as _uuid
 
 import reactor as rx
-from bdev import api
 from bdev import module as bm
 
 from . import _vbdev, rbd_lib
@@ -63,53 +66,18 @@ def _clusters() -> dict:
     return _vbdev.state("rbd.clusters")
 
 
-class ClusterInfo:
-    """A registered cluster on one reactor: its parameters, and this reactor's client
-    (connected on first use, shared by every rbd bdev replica here that names it)."""
-
-    def __init__(self, name, user_id, config_param, config_file, key_file, core_mask):
-        self.name = name
-        self.user_id = user_id
-        self.config_param = config_param
-        self.config_file = config_file
-        self.key_file = key_file
-        self.core_mask = core_mask
-        self.client = None
-        self.ref = 0
-
-    def params(self) -> dict:
-        p = {"name": self.name}
-        for k in ("user_id", "config_param", "config_file", "key_file", "core_mask"):
-            if getattr(self, k) is not None:
-                p[k] = getattr(self, k)
-        return p
-
-    def info(self) -> dict:
-        return {"cluster_name": self.name,
-                **{k: v for k, v in self.params().items() if k != "name"}}
-
-    def get(self):
-        if self.client is None:
-            self.client = rbd_lib.Client(self.user_id, self.config_param, self.config_file,
-                                         self.key_file, defaults=TIMEOUTS, registered=True)
-        self.ref += 1
-        return self.client
-
-    def put(self):
-        self.ref -= 1
-
-    def shutdown(self):
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-
 class RbdDisk:
-    """One replica of one rbd bdev; also its io_device key (local)."""
+    """One replica of one rbd bdev; also its io_device key (local).
+
+    ``connect`` and ``disconnect`` block on the cluster: they run on an offload worker
+    (drivers/rbd_control.py), never on a reactor, and while one runs the worker alone
+    touches the disk (it is not registered yet, or no longer).  Open order: the client
+    (own, or the registered cluster's of this reactor), then ``image``, its ``size`` and
+    ``features``."""
 
     __slots__ = ("name", "pool_name", "rbd_name", "user_id", "config", "cluster_name",
                  "read_only", "client", "cluster", "image", "image_used", "thread",
-                 "bdev", "uuid", "features", "__weakref__")
+                 "bdev", "uuid", "features", "size", "lane", "__weakref__")
 
     def __init__(self, name, pool_name, rbd_name, user_id, config, cluster_name, read_only):
         self.name = name
@@ -120,26 +88,27 @@ class RbdDisk:
         self.cluster_name = cluster_name
         self.read_only = read_only
         self.client = None        # this replica's own client (None with a cluster)
-        self.cluster = None       # or the registered cluster's entry
+        self.cluster = None       # or the registered cluster's entry (rbd_control.ClusterInfo)
         self.image = None
         self.image_used = False   # the replica's handle belongs to a channel
         self.thread = None
         self.bdev = None
         self.uuid = None
         self.features = 0
+        self.size = 0             # bytes, as the image said at open
+        self.lane = rx.offload.Lane(f"rbd {name}")   # its control calls, one at a time
 
-    def connect(self) -> None:
-        if self.cluster_name is not None:
-            info = _clusters().get(self.cluster_name)
-            if info is None:
-                raise rbd_lib.RbdError(errno.ENOENT, f"no cluster {self.cluster_name}")
-            client = info.get()
-            self.cluster = info
-        else:
-            client = self.client = rbd_lib.Client(self.user_id, self.config, None, None,
-                                                  defaults=TIMEOUTS)
+    def connect(self, cluster_client=None) -> None:
+        """Blocking (a worker): connect an own client unless ``cluster_client`` is given,
+        open the image, read its size and features.  On failure nothing stays open."""
         try:
+            client = cluster_client
+            if client is None:
+                client = self.client = rbd_lib.Client(self.user_id, self.config, None, None,
+                                                      defaults=TIMEOUTS)
             self.image = rbd_lib.Image(client, self.pool_name, self.rbd_name, self.read_only)
+            self.size = self.image.size()
+            self.features = self.image.features()
         except BaseException:
             self.disconnect()
             raise
@@ -149,15 +118,15 @@ class RbdDisk:
                              self.rbd_name, self.read_only)
 
     def disconnect(self) -> None:
+        """Blocking (a worker): close the image (rbd_close waits for librbd's in-flight
+        I/O) and the own client.  A registered cluster's client stays: its reference is
+        given back on the reactor (rbd_control)."""
         if self.image is not None:
             self.image.close()
             self.image = None
         if self.client is not None:
             self.client.close()
             self.client = None
-        if self.cluster is not None:
-            self.cluster.put()
-            self.cluster = None
 
 
 class RbdChannel:
@@ -266,12 +235,9 @@ class RbdFnTable(bm.FnTable):
         return rx.get_io_channel(disk)
 
     def destruct(self, disk) -> int:
-        rx.io_device_unregister(disk)
-        disk.disconnect()
-        st = _vbdev.state("rbd")
-        if st.get(disk.name) is disk:
-            del st[disk.name]
-        return 0
+        # Asynchronous (returns 1): closing the image and the client waits on the cluster,
+        # so it runs on a worker and bdev_destruct_done follows (rbd_control.destruct).
+        return _control().destruct(disk)
 
     def dump_info_json(self, disk, w: dict) -> int:
         info = {"pool_name": disk.pool_name, "rbd_name": disk.rbd_name}
@@ -346,217 +312,17 @@ def _done(io, ret) -> None:
     io.complete(bm.IO_STATUS_FAILED if ret < 0 else bm.IO_STATUS_SUCCESS)
 
 
-def _build(name, pool_name, rbd_name, block_size, user_id, config, cluster_name, uuid,
-           read_only) -> int:
-    if api.get_by_name(name) is not None:
-        return -errno.EEXIST
-    err = rbd_lib.available()
-    if err:
-        log.error("rbd %s: %s", name, err)
-        return -errno.ENOTSUP
-    disk = RbdDisk(name, pool_name, rbd_name, user_id, config, cluster_name, read_only)
-    try:
-        disk.connect()
-        size = disk.image.size()
-        disk.features = disk.image.features()
-    except OSError as exc:
-        log.error("rbd %s: %s", name, exc)
-        disk.disconnect()
-        return -(exc.errno or errno.EIO)
-    if size < block_size:
-        log.error("rbd %s: image %s/%s is smaller than one block", name, pool_name, rbd_name)
-        disk.disconnect()
-        return -errno.EINVAL
-    if disk.features & rbd_lib.RBD_FEATURE_EXCLUSIVE_LOCK and not read_only \
-            and bm.on_main_thread():
-        log.warning("rbd %s: image %s/%s has exclusive-lock; writes from several reactors "
-                    "pass the lock between their clients (docs/drivers.md)", name,
-                    pool_name, rbd_name)
-    disk.uuid = uuid
-    disk.thread = rx.get_thread()
-    bdev = bm.Bdev(name, blocklen=block_size, blockcnt=size // block_size, module=rbd_module,
-                   fn_table=_fn_table, ctxt=disk, product_name="Ceph Rbd Disk",
-                   write_cache=False, uuid=uuid)
-    disk.bdev = bdev
-    rx.io_device_register(disk, _channel_create, _channel_destroy, name=f"rbd.{name}")
-    rc = bm.bdev_register(bdev)
-    if rc:
-        rx.io_device_unregister(disk)
-        disk.disconnect()
-        return rc
-    _vbdev.state("rbd")[name] = disk
-    return 0
+def _control():
+    from . import rbd_control     # the control side imports this file, not the reverse
+    return rbd_control
 
 
-@rx.remote("drivers.rbd.create_replica")
-def _create_replica(done, *args):
-    done(_build(*args))
+_CONTROL_API = frozenset(("register_cluster", "unregister_cluster", "clusters_info", "create",
+                          "delete", "resize", "ClusterInfo", "Failure"))
 
 
-def _next_name() -> str:
-    n = 0
-    while api.get_by_name(f"Ceph{n}") is not None:
-        n += 1
-    return f"Ceph{n}"
-
-
-def create(name, pool_name, rbd_name, block_size, cb, user_id=None, config=None,
-           cluster_name=None, uuid=None, read_only=False) -> None:
-    """Create rbd bdev ``name`` (default CephN) on every reactor (main thread);
-    ``cb(rc, name)``: -EINVAL (block size), -EEXIST, -ENOENT (pool, image or cluster
-    missing), -ETIMEDOUT/-EIO (cluster unreachable)."""
-    if block_size <= 0 or block_size % 512:
-        rx.send_msg(rx.get_thread(), cb, -errno.EINVAL, name)
-        return
-    if cluster_name is not None and cluster_name not in _clusters():
-        log.error("rbd: no registered cluster %s", cluster_name)
-        rx.send_msg(rx.get_thread(), cb, -errno.ENOENT, name)
-        return
-    name = name or _next_name()
-    uuid = uuid or str(_uuid.uuid4())
-    args = (name, pool_name, rbd_name, block_size, user_id,
-            dict(config) if config is not None else None, cluster_name, uuid, bool(read_only))
-    _vbdev.replicated_create(_build, _create_replica, args, lambda rc: cb(rc, name))
-
-
-def delete(name, cb) -> None:
-    _vbdev.unregister_by_name(name, rbd_module, cb)
-
-
-# ---- resize (grow only, as SPDK): the main replica resizes the image, every replica
-# takes the new block count.
-
-#: How long a replica waits for its image handle to see a resize done through another.
-RESIZE_SEEN_S = 5.0
-
-
-@rx.remote("drivers.rbd.resize_replica")
-def _resize_replica(done, name, blocks):
-    b = api.get_by_name(name)
-    if b is None:
-        return done(-errno.ENODEV)
-    # The main replica resized the image through its own client; this replica's handle
-    # learns of it from the header watch (milliseconds later) and refuses I/O past its old
-    # size until then.  rbd_get_size refreshes the handle once the notification is in.
-    want = blocks * b.blocklen
-    deadline = time.monotonic() + RESIZE_SEEN_S
-    try:
-        while b.ctxt.image.size() < want:
-            if time.monotonic() > deadline:
-                log.error("rbd %s: this reactor's image handle did not see the resize", name)
-                return done(-errno.ETIMEDOUT)
-            time.sleep(0.002)
-    except OSError as exc:
-        return done(-(exc.errno or errno.EIO))
-    done(bm.notify_blockcnt_change(b, blocks))
-
-
-def resize(name, new_size_mib, cb) -> None:
-    """Grow the image behind ``name`` to ``new_size_mib`` MiB; ``cb(rc)``: -ENODEV (no such
-    bdev), -EINVAL (not rbd, or smaller than now)."""
-    t = rx.get_thread()
-    b = api.get_by_name(name)
-    if b is None:
-        return rx.send_msg(t, cb, -errno.ENODEV)
-    if b.module is not rbd_module:
-        return rx.send_msg(t, cb, -errno.EINVAL)
-    if b.blocklen * b.blockcnt // (1 << 20) > new_size_mib or new_size_mib >= 1 << 44:
-        log.error("rbd %s: the new size must be larger than the current one", name)
-        return rx.send_msg(t, cb, -errno.EINVAL)
-    nbytes = new_size_mib << 20
-    try:
-        b.ctxt.image.resize(nbytes)
-    except OSError as exc:
-        log.error("rbd %s: %s", name, exc)
-        return rx.send_msg(t, cb, -(exc.errno or errno.EIO))
-    blocks = nbytes // b.blocklen
-    rc = bm.notify_blockcnt_change(b, blocks)
-    if rc:
-        return rx.send_msg(t, cb, rc)
-    bm.broadcast(_resize_replica, [name, blocks], cb, include_self=False)
-
-
-# ---- registered clusters: parameters on every reactor, a client per reactor
-
-def _add_cluster(name, user_id, config_param, config_file, key_file, core_mask) -> int:
-    if name in _clusters():
-        return -errno.EEXIST
-    _clusters()[name] = ClusterInfo(name, user_id, config_param, config_file, key_file,
-                                    core_mask)
-    return 0
-
-
-@rx.remote("drivers.rbd.add_cluster")
-def _add_cluster_replica(done, *args):
-    done(_add_cluster(*args))
-
-
-@rx.remote("drivers.rbd.drop_cluster")
-def _drop_cluster_replica(done, name):
-    info = _clusters().pop(name, None)
-    if info is not None:
-        info.shutdown()
-    done(0)
-
-
-def register_cluster(name, cb, user_id=None, config_param=None, config_file=None,
-                     key_file=None, core_mask=None) -> None:
-    """SPDK's bdev_rbd_register_cluster: connect once here (so a wrong configuration is an
-    error now, as in SPDK), then record it on every reactor; ``cb(rc)``."""
-    t = rx.get_thread()
-    if name in _clusters():
-        log.error("rbd: cluster %s already exists", name)
-        return rx.send_msg(t, cb, -errno.EEXIST)
-    err = rbd_lib.available()
-    if err:
-        log.error("rbd: %s", err)
-        return rx.send_msg(t, cb, -errno.ENOTSUP)
-    args = [name, user_id, dict(config_param) if config_param is not None else None,
-            config_file, key_file, core_mask]
-    rc = bm.replicable(_add_cluster_replica, args)
-    if rc:
-        return rx.send_msg(t, cb, rc)
-    _add_cluster(*args)
-    info = _clusters()[name]
-    try:
-        info.get()
-        info.put()
-    except OSError as exc:
-        log.error("rbd: cluster %s: %s", name, exc)
-        del _clusters()[name]
-        info.shutdown()
-        return rx.send_msg(t, cb, -(exc.errno or errno.EIO))
-
-    def after(rc):
-        if rc:
-            _clusters().pop(name, None)
-            info.shutdown()
-        cb(rc)
-    bm.broadcast(_add_cluster_replica, args, after, include_self=False,
-                 undo=_drop_cluster_replica)
-
-
-def unregister_cluster(name, cb) -> None:
-    """Forget a registered cluster everywhere; -1 (EPERM, as SPDK's bare -1) when it is
-    unknown or a bdev still uses it."""
-    t = rx.get_thread()
-    info = _clusters().get(name)
-    users = [d for d in _vbdev.state("rbd").values() if d.cluster_name == name]
-    if info is None or users:
-        log.error("rbd: cluster %s %s", name, "is still used" if users else "is not registered")
-        return rx.send_msg(t, cb, -errno.EPERM)
-    del _clusters()[name]
-    info.shutdown()
-    bm.broadcast(_drop_cluster_replica, [name], cb, include_self=False)
-
-
-def clusters_info(name=None):
-    """(rc, result): one cluster's entry, or the list of all; -ENOENT as SPDK (none
-    registered, or no such name)."""
-    cs = _clusters()
-    if not cs:
-        return -errno.ENOENT, None
-    if name is not None:
-        c = cs.get(name)
-        return (0, c.info()) if c is not None else (-errno.ENOENT, None)
-    return 0, [c.info() for _n, c in sorted(cs.items())]
+def __getattr__(name):
+    # rbd.create(...) and friends, as before the control side moved to rbd_control.py.
+    if name in _CONTROL_API:
+        return getattr(_control(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,36 @@
 """JSON-RPC methods of the Ceph RBD bdev (SPDK's bdev_rbd_* in module/bdev/rbd/bdev_rbd_rpc.c)
-over drivers/rbd.py."""
+over drivers/rbd_control.py.  Errors are SPDK's code with ``spdk_strerror``'s message; the
+reason SPDK only logs is the error's ``data`` (drivers/rbd_control.py lists the codes)."""
+import os
+
 from reactor.rpc import ANY, U32, U64, Param, ParamError, rpc_method
 from reactor.rpc.dispatch import ERROR_MESSAGES, INVALID_PARAMS
 
-from . import rbd
-from ._rpcutil import answer, answer_value
+from . import rbd_control as rbd
+
+
+def _error(request, rc) -> None:
+    code = int(rc)
+    request.error(code, os.strerror(-code), data=getattr(rc, "reason", None))
+
+
+def answer(request, result):
+    """``cb(rc)`` answering ``result``, or the error (with its reason as ``data``)."""
+    def cb(rc):
+        if rc:
+            _error(request, rc)
+        else:
+            request.result(result)
+    return cb
+
+
+def answer_value(request):
+    def cb(rc, value):
+        if rc:
+            _error(request, rc)
+        else:
+            request.result(value)
+    return cb
 
 
 def _config(params, key):
@@ -37,10 +63,10 @@ def _cfg_param(name, help):
     Param("config_file", str, required=False, help="path of a librados configuration file"),
     Param("key_file", str, required=False, help="path of a librados key file"),
     Param("core_mask", str, required=False,
-          help="core mask for librados threads (recorded and reported; not applied)"),
+          help="CPU mask the cluster's librados threads run on (e.g. 0x1, [0-1])"),
 ])
 def bdev_rbd_register_cluster(request, params):
-    """Register a Rados cluster (connects once, here) that rbd bdevs can share."""
+    """Register a Rados cluster that rbd bdevs can share (each reactor connects a client)."""
     try:
         cfg = _config(params, "config_param")
     except ParamError as exc:

@@ -1,7 +1,8 @@
 """ringstack's reactor: threads, pollers, messages, io_devices and channels, walks, and
 the app that runs them in pinned processes.  This module is the user API; the pieces
 live in thread.py (threads, pollers), io_channel.py (devices, channels, walks),
-fanout.py (broadcast, gather, to_main: running something on every reactor), reactor.py
+fanout.py (broadcast, gather, to_main: running something on every reactor), offload.py
+(a blocking call on a worker thread, its outcome back on the calling thread), reactor.py
 (the per-process loop and routing), testing.py (deterministic mode) and app.py (process
 mode)."""
 from .io_channel import (ChannelIter, IoChannel, for_each_channel, for_each_channel_continue,
@@ -12,7 +13,7 @@ from .reactor import Reactor, ThreadRef, current_reactor
 from .thread import (MSG_BATCH_SIZE, POLLER_BUSY, POLLER_IDLE, Poller, Thread, ThreadError,
                      get_thread, poller_pause, poller_register, poller_resume, poller_unregister)
 from .wire import remote
-from . import fanout
+from . import fanout, offload
 from .fanout import FanoutError, broadcast, gather, on_main_thread, to_main
 
 

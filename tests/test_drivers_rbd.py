@@ -48,15 +48,16 @@ def test_rpcs_shapes_io_on_both_reactors_and_errors(ceph_cluster, target, tmp_pa
     t = target()
     # no cluster registered yet: SPDK answers ENOENT
     assert _err(t, "bdev_rbd_get_clusters_info")[0] == -ENOENT
-    # a configuration librados cannot read or connect with is an error now, not at create
+    # a configuration librados cannot read or connect with is an error now, not at create;
+    # SPDK's bare -1, the reason in the error's data
     assert _err(t, "bdev_rbd_register_cluster", name="bad",
-                config_file=str(tmp_path / "missing.conf"))[0] == -ENOENT
+                config_file=str(tmp_path / "missing.conf"))[0] == -EPERM
     assert _err(t, "bdev_rbd_register_cluster", name="bad", config_file=c.conf,
-                config_param={"no_such_option": "1"})[0] == -ENOENT
+                config_param={"no_such_option": "1"})[0] == -EPERM
     assert _err(t, "bdev_rbd_get_clusters_info")[0] == -ENOENT
     assert t.call("bdev_rbd_register_cluster", name="ceph0", config_file=c.conf,
                   config_param={"rados_osd_op_timeout": "20"}) == "ceph0"
-    assert _err(t, "bdev_rbd_register_cluster", name="ceph0", config_file=c.conf)[0] == -EEXIST
+    assert _err(t, "bdev_rbd_register_cluster", name="ceph0", config_file=c.conf)[0] == -EPERM
     info = {"cluster_name": "ceph0", "config_param": {"rados_osd_op_timeout": "20"},
             "config_file": c.conf}
     assert t.call("bdev_rbd_get_clusters_info") == [info]
@@ -66,11 +67,11 @@ def test_rpcs_shapes_io_on_both_reactors_and_errors(ceph_cluster, target, tmp_pa
     # errors change nothing
     before = _bdevs(t)
     assert _err(t, "bdev_rbd_create", name="R0", pool_name="nopool", rbd_name=img,
-                block_size=BS, cluster_name="ceph0") == (-ENOENT, "No such file or directory")
+                block_size=BS, cluster_name="ceph0") == (-EPERM, "Operation not permitted")
     assert _err(t, "bdev_rbd_create", name="R0", pool_name="rbd", rbd_name="noimage",
-                block_size=BS, cluster_name="ceph0") == (-ENOENT, "No such file or directory")
+                block_size=BS, cluster_name="ceph0") == (-EPERM, "Operation not permitted")
     assert _err(t, "bdev_rbd_create", name="R0", pool_name="rbd", rbd_name=img,
-                block_size=BS, cluster_name="nocluster")[0] == -ENOENT
+                block_size=BS, cluster_name="nocluster")[0] == -EPERM
     assert _err(t, "bdev_rbd_create", name="R0", pool_name="rbd", rbd_name=img,
                 block_size=1000, cluster_name="ceph0")[0] == -EINVAL
     assert _err(t, "bdev_rbd_create", name="R0", pool_name="rbd", rbd_name=img,
