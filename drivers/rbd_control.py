@@ -67,13 +67,14 @@ import errno
 import itertools
 import logging
 import os
+import re
+import string
 import time
 import uuid as _uuid
 
 import reactor as rx
 from bdev import api
 from bdev import module as bm
-from reactor.app import parse_cpumask
 
 from . import _vbdev, rbd, rbd_lib
 from .rbd import TIMEOUTS, RbdDisk, _clusters, rbd_module
@@ -91,20 +92,33 @@ RESIZE_SEEN_S = 5.0
 _tokens = itertools.count(1)
 
 
+#: Longest user-given text (a name, a mask) quoted in a log line or an error's reason: a
+#: request may carry megabytes, which must not come back in the answer or the log.
+QUOTE_MAX = 200
+
+
+def _short(text, limit: int = QUOTE_MAX) -> str:
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 class Failure(int):
     """A negative errno (what the callback's ``rc`` compares as) that also says why; the
     RPC puts ``reason`` in the error's ``data``."""
 
     def __new__(cls, rc: int, reason: str | None = None):
         obj = super().__new__(cls, rc)
-        obj.reason = reason
+        obj.reason = None if reason is None else _short(reason, 4 * QUOTE_MAX)
         return obj
 
 
 def _why(err) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err)
+    """The reason an offloaded call failed, for the answer: librados's own words."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    # Not a library error but a bug of ours: keep its traceback in the log.
+    log.error("rbd: unexpected failure of a control call", exc_info=err)
+    return f"internal error: {err!r}"
 
 
 def _errno(err) -> int:
@@ -112,12 +126,33 @@ def _errno(err) -> int:
 
 
 def parse_core_mask(mask: str) -> list[int]:
-    """The cores of a core_mask (SPDK's spdk_cpuset_parse: ``0x3``, ``3``, ``[0-1]``);
-    ValueError when it is not one, selects nothing or names a core past 1023."""
-    cores = parse_cpumask(mask)
-    if cores[-1] >= CPUSET_SIZE:
-        raise ValueError(f"cpumask {mask!r} names core {cores[-1]} (at most {CPUSET_SIZE - 1})")
-    return cores
+    """The cores of a core_mask, as SPDK's spdk_cpuset_parse reads one: hex with or
+    without ``0x`` (at most 256 digits), or a list ``[0,2-3]``; ValueError when it is
+    neither, selects no core or names one past 1023.  Bounded work whatever the input (a
+    request may say ``[0-99999999999]``)."""
+    def invalid(why):
+        return ValueError(f"invalid cpumask={_short(mask)}: {why}")
+    text = str(mask).strip()
+    cores = set()
+    if text.startswith("[") and text.endswith("]"):
+        for part in (p.strip() for p in text[1:-1].split(",")):
+            m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", part)
+            if not m:
+                raise invalid(f"bad entry {_short(part, 20)!r} (a core list like [0,2-3])")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if hi < lo or hi >= CPUSET_SIZE:
+                raise invalid(f"entry {part!r}: cores 0 to {CPUSET_SIZE - 1}, low to high")
+            cores.update(range(lo, hi + 1))
+    else:
+        digits = text[2:] if text[:2] in ("0x", "0X") else text
+        if not digits or len(digits) > CPUSET_SIZE // 4 or \
+                any(c not in string.hexdigits for c in digits):
+            raise invalid("expected hex like 0x3 or a core list like [0-1]")
+        value = int(digits, 16)
+        cores = {i for i in range(value.bit_length()) if value >> i & 1}
+    if not cores:
+        raise invalid("selects no core")
+    return sorted(cores)
 
 
 class ClusterInfo:
@@ -247,7 +282,7 @@ def _close_disk(disk, then) -> None:
     client; then give the cluster reference back here and ``then()``."""
     def closed(err, _value):
         if err is not None:
-            log.error("rbd %s: closing failed: %s", disk.name, err)
+            log.error("rbd %s: closing failed: %s", _short(disk.name), err)
         info, disk.cluster = disk.cluster, None
         if info is not None:
             info.put()
@@ -318,16 +353,16 @@ def register_cluster(name, cb, user_id=None, config_param=None, config_file=None
     t = rx.get_thread()
 
     def fail(rc, why):
-        log.error("rbd: cluster %s: %s", name, why)
+        log.error("rbd: cluster %s: %s", _short(name), _short(why, 4 * QUOTE_MAX))
         rx.send_msg(t, cb, Failure(rc, why))
     pend = _pending()
     if name in _clusters() or name in pend["clusters"]:
-        return fail(SPDK_FAIL, f"cluster name={name} already exists")
+        return fail(SPDK_FAIL, f"cluster name={_short(name)} already exists")
     if core_mask is not None:
         try:
             parse_core_mask(core_mask)
         except ValueError as exc:
-            return fail(SPDK_FAIL, f"invalid core_mask: {exc}")
+            return fail(SPDK_FAIL, str(exc))
     err = rbd_lib.available()
     if err:
         return fail(-errno.ENOTSUP, err)
@@ -348,7 +383,7 @@ def _cluster_prepared(p, args, rc, results) -> None:
     _pending()["clusters"].pop(p.name, None)
     if rc:
         why = _first_failure(results, rc)
-        log.error("rbd: cluster %s: %s", p.name, why)
+        log.error("rbd: cluster %s: %s", _short(p.name), _short(why, 4 * QUOTE_MAX))
         rx.broadcast(_discard, [p.token], lambda _rc: p.cb(Failure(rc, why)))
         return
     _install_cluster(*args)
@@ -371,9 +406,13 @@ def unregister_cluster(name, cb) -> None:
     users += sorted(p.name + (" (cancelled, closing)" if p.cancelled else " (being created)")
                     for p in _pending()["creates"].values() if p.cluster_name == name)
     if info is None or users or info.ref:
-        why = (f"could not find the cluster name={name}" if info is None else
-               f"cluster name={name} is still used" + (f" by {', '.join(users)}" if users else ""))
-        log.error("rbd: %s", why)
+        if info is None:
+            why = f"could not find the cluster name={_short(name)}"
+        else:
+            why = f"cluster name={_short(name)} is still used"
+            if users:
+                why += f" by {', '.join(users)}"
+        log.error("rbd: %s", _short(why, 4 * QUOTE_MAX))
         return rx.send_msg(t, cb, Failure(SPDK_FAIL, why))
     left = [2]
 
@@ -406,7 +445,7 @@ def _prepare_disk(done, token, name, pool_name, rbd_name, user_id, config, clust
     if cluster_name is not None:
         info = _clusters().get(cluster_name)
         if info is None or info.client is None:
-            return done(SPDK_FAIL, f"no registered cluster {cluster_name} here")
+            return done(SPDK_FAIL, f"no registered cluster {_short(cluster_name)} here")
         client = info.get()
         disk.cluster = info
         cpus = info.cpus
@@ -478,18 +517,18 @@ def create(name, pool_name, rbd_name, block_size, cb, user_id=None, config=None,
     t = rx.get_thread()
 
     def fail(rc, why):
-        log.error("rbd %s: %s", name, why)
+        log.error("rbd %s: %s", _short(name), _short(why, 4 * QUOTE_MAX))
         rx.send_msg(t, cb, Failure(rc, why), name)
     if block_size <= 0 or block_size % 512:
         return fail(-errno.EINVAL, f"block size {block_size} is not a multiple of 512")
     if cluster_name is not None and cluster_name not in _clusters():
-        return fail(SPDK_FAIL, f"no registered cluster {cluster_name}")
+        return fail(SPDK_FAIL, f"no registered cluster {_short(cluster_name)}")
     err = rbd_lib.available()
     if err:
         return fail(-errno.ENOTSUP, err)
     name = name or _next_name()
     if _name_taken(name):
-        return fail(-errno.EEXIST, f"bdev name {name} is taken"
+        return fail(-errno.EEXIST, f"bdev name {_short(name)} is taken"
                     + (" (its create is pending)" if name in _pending()["names"] else ""))
     uuid = uuid or str(_uuid.uuid4())
     token = next(_tokens)
@@ -513,7 +552,7 @@ def _disk_prepared(p, block_size, uuid, rc, results) -> None:
         del pend["names"][p.name]
 
     def fail(rc, why):
-        log.error("rbd %s: %s", p.name, why)
+        log.error("rbd %s: %s", _short(p.name), _short(why, 4 * QUOTE_MAX))
 
         def discarded(_rc):
             pend["creates"].pop(p.token, None)
@@ -547,7 +586,7 @@ def delete(name, cb) -> None:
     p = _pending()["names"].pop(name, None)
     if p is not None:
         p.cancelled = True
-        log.warning("rbd %s: deleted while being created: the create is cancelled", name)
+        log.warning("rbd %s: deleted while being created: the create is cancelled", _short(name))
         return rx.send_msg(rx.get_thread(), cb, 0)
     _vbdev.unregister_by_name(name, rbd_module, cb)
 
@@ -613,7 +652,7 @@ def _resize_replica(done, name, blocks):
 
     def seen(err, _value):
         if err is not None:
-            log.error("rbd %s: %s", name, _why(err))
+            log.error("rbd %s: %s", _short(name), _short(_why(err), 4 * QUOTE_MAX))
             return done(_errno(err))
         if api.get_by_name(name) is not b:
             return done(-errno.ENODEV)
@@ -636,13 +675,13 @@ def resize(name, new_size_mib, cb) -> None:
     nbytes = new_size_mib << 20
     if new_size_mib >= 1 << 44 or (nbytes and nbytes < b.blocklen * b.blockcnt):
         why = "the new size must be larger than the current one"
-        log.error("rbd %s: %s", name, why)
+        log.error("rbd %s: %s", _short(name), _short(why, 4 * QUOTE_MAX))
         return rx.send_msg(t, cb, Failure(-errno.EINVAL, why))
     disk = b.ctxt
 
     def resized(err, size):
         if err is not None:
-            log.error("rbd %s: %s", name, _why(err))
+            log.error("rbd %s: %s", _short(name), _short(_why(err), 4 * QUOTE_MAX))
             return cb(Failure(_errno(err), _why(err)))
         if api.get_by_name(name) is not b or b.status == bm.STATUS_REMOVING:
             return cb(-errno.ENODEV)

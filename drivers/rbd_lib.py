@@ -11,8 +11,10 @@ completions are collected with ``rbd_poll_io_events`` on the thread that owns th
 Every ctypes call releases the GIL while in C, so librbd's threads never wait for Python.
 
 The calls that talk to the cluster synchronously (connect, ioctx create, open, stat,
-resize) block their caller for at most the configured ``rados_mon_op_timeout`` /
-``client_mount_timeout``; the bdev sets both (see drivers/rbd.py).
+resize, close, shutdown) block their caller for at most the configured
+``rados_mon_op_timeout`` / ``client_mount_timeout`` / ``rados_osd_op_timeout``; the bdev
+sets all three (drivers/rbd.py) and makes these calls on offload workers, never on a
+reactor thread (drivers/rbd_control.py).
 """
 from __future__ import annotations
 

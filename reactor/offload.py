@@ -210,8 +210,9 @@ def run(fn, *args, cb=None, cleanup=None, cpus=None, lane: Lane | None = None,
     inbox = inboxes.get(t.id)
     if inbox is None:
         inbox = inboxes[t.id] = _Inbox(t)
+    name = str(name or getattr(fn, "__qualname__", None) or repr(fn))[:120]   # for logs
     job = Job(fn, args, cb or _ignore, cleanup, frozenset(cpus) if cpus else None, lane,
-              name or getattr(fn, "__qualname__", repr(fn)), inbox)
+              name, inbox)
     inbox.jobs.add(job)
     _submit(job)
     return job

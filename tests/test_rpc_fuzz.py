@@ -161,7 +161,11 @@ def _state(c):
         exports = sorted(e["export_name"] for e in c.call("nbd_get_exports"))
     except Exception as exc:       # no NBD server: that is state too
         exports = repr(type(exc).__name__)
-    return bdevs, exports
+    try:                           # registered Ceph clusters (ENOENT: none)
+        clusters = sorted(e["cluster_name"] for e in c.call("bdev_rbd_get_clusters_info"))
+    except Exception as exc:
+        clusters = repr(type(exc).__name__)
+    return bdevs, exports, clusters
 
 
 @pytest.fixture

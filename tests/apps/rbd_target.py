@@ -25,7 +25,7 @@ from reactor.rpc import Param, rpc_method  # noqa: E402
 
 @rpc_method("test_rbd_state", params=[])
 def _test_rbd_state(request, params):
-    """Test only: [{reactor, pid, clusters, disks, prepared, offload_pending}] by reactor."""
+    """Test only: [{reactor, pid, clusters, disks, prepared, offload_pending}], by reactor."""
     def done(rc, results):
         request.result([dict(v or {}, reactor=i, rc=r) for i, r, v in results])
     rx.gather(_rbd_state, [], done)
@@ -37,8 +37,9 @@ def _rbd_state(done):
     done(0, dict(rbd_control.state_summary(), pid=os.getpid()))
 
 
-@rpc_method("test_rbd_inject", params=[Param("reactor", int, min=0),
-                                       Param("what", str, choices=("connect", "open", "register"))])
+@rpc_method("test_rbd_inject", params=[
+    Param("reactor", int, min=0),
+    Param("what", str, choices=("connect", "open", "register"))])
 def _test_rbd_inject(request, params):
     """Test only: the next ``what`` on reactor ``reactor`` fails."""
     r = rx.current_reactor()
