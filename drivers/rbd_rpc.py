@@ -80,7 +80,7 @@ def bdev_rbd_register_cluster(request, params):
 @rpc_method("bdev_rbd_unregister_cluster", params=[
     Param("name", str, help="name of the registered Rados cluster object")])
 def bdev_rbd_unregister_cluster(request, params):
-    """Unregister a Rados cluster; fails while an rbd bdev uses it."""
+    """Unregister a Rados cluster; fails (-1) while an rbd bdev or a pending create uses it."""
     rbd.unregister_cluster(params["name"], answer(request, True))
 
 
@@ -127,7 +127,8 @@ def bdev_rbd_delete(request, params):
 
 @rpc_method("bdev_rbd_resize", params=[
     Param("name", str, help="rbd bdev name"),
-    Param("new_size", int, min=0, max=U64, help="new size in MiB (grow only)"),
+    Param("new_size", int, min=0, max=U64,
+          help="new size in MiB (grow only; 0: the image's current size)"),
 ])
 def bdev_rbd_resize(request, params):
     """Grow an rbd bdev's image."""
