@@ -311,7 +311,7 @@ def test_the_owner_dying_fails_each_funnelled_io_once(ceph_cluster):
 
 
 # ----------------------------------------------------- deletes and closes in flight
-def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster):
+def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster, caplog):
     """bdev_rbd_delete while 24 of reactor 1's I/O are in the owner's hands: each completes
     once (the owner finishes what librbd holds before its image closes); a write reactor 1
     sends after the owner's replica is gone fails (-ENODEV from the owner); the hot-remove
@@ -323,7 +323,7 @@ def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster):
         events = []
 
         def on_event(ev, bdev, ctx):
-            events.append(ev)
+            events.append((ev, len(s.cpl.done)))
             s.close()                         # a user that closes on hot-remove
         s = Submitter(h, "R", 1, on_event)
         for i in range(12):
@@ -343,7 +343,10 @@ def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster):
         assert run_until(h, lambda: out) and out == [0]
         got = s.cpl.by_arg()
         assert len(got) == 25 and got["after"][0] is False
-        assert events == [api.EVENT_REMOVE]
+        assert "write of 1 blocks at 60 failed: No such device" in caplog.text
+        # the owner answered all it held before its image closed, so before the hot-remove
+        # (sent behind those answers) reached reactor 1
+        assert events == [(api.EVENT_REMOVE, 25)]
         for t in (0, 1):
             h.set_thread(t)
             assert api.get_by_name("R") is None
@@ -405,3 +408,46 @@ def test_bdevperf_verify_on_two_reactors_through_one_client(ceph_cluster, tmp_pa
     assert busy, seen
     assert all(len(w) == 1 for w, _l in busy), busy
     assert len({lk for _w, locks in busy for lk in locks}) == 1, busy
+
+
+# ------------------------------------------------------------- the idle poller
+class _FakeImage:
+    """What ImageQueue needs of rbd_lib.Image, with collect() scripted."""
+
+    def __init__(self):
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.handle = None
+        self.script = []
+        self.collects = 0
+
+    def completion(self, tag):
+        return tag
+
+    def release(self, c):
+        pass
+
+    def collect(self):
+        self.collects += 1
+        return self.script.pop(0) if self.script else (0, [])
+
+
+def test_the_queue_poller_reads_the_signal_that_trails_a_completion():
+    """librbd queues a completion, then signals the eventfd: a poll can collect it before
+    the signal lands.  The idle queue must read the eventfd once more (or a sleeping
+    reactor would wake on it forever), then stop making calls."""
+    img = _FakeImage()
+    with Harness(n_threads=1) as h:
+        q = rbd_funnel.ImageQueue(img, "fake")
+        done = []
+        assert q.start(lambda handle, c: 0, (), lambda ctx, ret: done.append(ret), None) == 0
+        tag = next(iter(q.ops))
+        img.script = [(0, [(tag, 0)]), (1, [])]   # collected first, its signal second
+        h.poll_threads()
+        assert done == [0] and not q.ops
+        assert img.collects == 2                  # came back for the trailing signal
+        h.poll_threads()
+        assert img.collects == 2                  # then idle: no call at all
+        h.set_thread(0)
+        q.close()
+        h.poll_threads()
+    os.close(img.efd)
