@@ -352,6 +352,9 @@ def _gather(io, length):
 
 def _scatter(io, off, data) -> None:
     """Copy a READ part's ``data`` into the bdev_io's buffers at byte ``off``."""
+    if io.iovcnt == 1 and off == 0:
+        memoryview(io.iovs[0]).cast("B")[:len(data)] = data
+        return
     pos = 0
     left = len(data)
     src = memoryview(data)
