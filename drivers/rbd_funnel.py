@@ -319,12 +319,13 @@ def forward(ch, io, kind, off, length) -> None:
     rec = _Funnelled(ch, io)
     ch.inflight[io] = rec
     rep.busy += 1
+    r = rx.current_reactor()
     if kind == _READ or kind == _WRITE:
-        parts = [(p, min(CHUNK, length - p)) for p in range(0, length, CHUNK)] or [(0, 0)]
+        step = min(CHUNK, r.max_record // 2)      # a part always fits one ring record
+        parts = [(p, min(step, length - p)) for p in range(0, length, step)] or [(0, 0)]
     else:
         parts = [(0, length)]
     data = _gather(io, length) if kind == _WRITE else None
-    r = rx.current_reactor()
     origin = ch.thread.id
     pending = st["pending"]
     rec.left = len(parts)

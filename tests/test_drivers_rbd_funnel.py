@@ -230,15 +230,28 @@ def test_an_io_the_owner_fails_fails_on_the_submitter_with_its_errno(ceph_cluste
 
 
 def test_a_reset_on_the_other_reactor_waits_for_its_funnelled_io(ceph_cluster):
-    """RESET submitted behind writes on reactor 1 completes after every one of them."""
+    """RESET submitted behind writes on reactor 1 completes only after every one of them:
+    with the owner's poller paused (librbd finishes, nobody collects) the reset's own
+    round of freeze, submit and unfreeze runs through and it still waits."""
+    import reactor as rx
     c = ceph_cluster
     img = c.new_image(size="1M", features=DEFAULT_FEATURES)
     with _two_reactors() as h:
         assert _create(h, c, "R", img) == 0
+        q = _replica(h, 0, "R").queue
+        h.set_thread(0)
+        rx.poller_pause(q.poller)
         s = Submitter(h, "R", 1)
         for i in range(8):
             assert s.write(i * 8, pattern(8 * BS, i), f"w{i}") == 0
         assert s.reset("reset") == 0
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            h.poll_threads()
+            h.advance_time_us(100)
+        assert len(q.ops) == 8 and s.cpl.done == []
+        h.set_thread(0)
+        rx.poller_resume(q.poller)
         assert run_until(h, lambda: len(s.cpl.done) == 9)
         assert s.cpl.args()[-1] == "reset"
         assert all(ok for _a, ok in s.cpl.done)
