@@ -19,7 +19,7 @@ import time
 import pytest
 
 import bdev_stub
-from bdev import api
+from bdev import _const, api
 from ceph_cluster import ROOT
 from drivers import rbd, rbd_funnel
 from drivers_util import Io, pattern, run_until
@@ -74,13 +74,21 @@ def _watchers(c, img) -> int:
     return len(json.loads(c.rbd("status", "--format", "json", f"rbd/{img}"))["watchers"])
 
 
+#: The layer's default pools, stated: an earlier test's initialize(conf=) outlives it.
+LAYER_CONF = {"BdevIoPoolSize": _const.BDEV_IO_POOL_SIZE,
+              "BdevIoCacheSize": _const.BDEV_IO_CACHE_SIZE}
+
+
 @contextlib.contextmanager
 def _two_reactors():
     with Harness(n_threads=2, n_reactors=2) as h:
-        bdev_stub.init_layer(h)
+        bdev_stub.init_layer(h, conf=LAYER_CONF)
+        h.submitters = []
         try:
             yield h
         finally:
+            for s in h.submitters:          # a test that failed half-way left them open
+                s.close()
             h.set_thread(0)
             for b in list(api.bdevs()):
                 if b.module.name == "rbd":
@@ -95,6 +103,8 @@ class Submitter:
     def __init__(self, h, name, thread, event_cb=None):
         self.h = h
         self.thread = thread
+        if hasattr(h, "submitters"):
+            h.submitters.append(self)
         h.set_thread(thread)
         rc, self.desc = api.open_ext(name, True, event_cb or (lambda *a: None))
         assert rc == 0
@@ -266,7 +276,7 @@ def test_a_submitter_that_dies_does_not_stop_the_owner(ceph_cluster, bdev_invari
     c = ceph_cluster
     img = c.new_image(size="1M", features=DEFAULT_FEATURES)
     with Harness(n_threads=2, n_reactors=2) as h:
-        bdev_stub.init_layer(h)
+        bdev_stub.init_layer(h, conf=LAYER_CONF)
         assert _create(h, c, "R", img) == 0
         s = Submitter(h, "R", 1)
         for i in range(4):
@@ -383,8 +393,8 @@ def _sample(c, img, stop, seen):
 
 def test_bdevperf_verify_on_two_reactors_through_one_client(ceph_cluster, tmp_path):
     """ringstack bdevperf -w verify -C on two reactor processes, an image with Ceph's
-    default features: it passes, and while both reactors write Ceph sees one watcher and
-    one exclusive-lock owner, always the same."""
+    default features: it passes, and while both reactors write Ceph never sees more than
+    one watcher, and one exclusive-lock owner, always the same."""
     c = ceph_cluster
     img = c.new_image(size="8M", features=DEFAULT_FEATURES)
     cfg = tmp_path / "c.json"
@@ -417,10 +427,11 @@ def test_bdevperf_verify_on_two_reactors_through_one_client(ceph_cluster, tmp_pa
     for j in jobs:
         assert j["status"] == "finished" and j["io_failed"] == 0 and j["iops"] > 0
         assert "mismatch" not in j
-    busy = [s for s in seen if s[1]]          # samples taken while the lock was held
-    assert busy, seen
-    assert all(len(w) == 1 for w, _l in busy), busy
-    assert len({lk for _w, locks in busy for lk in locks}) == 1, busy
+    # (a sample's two reads are ~0.1 s apart: at start and end one may see the lock and
+    # the other no watcher yet / any more)
+    assert ([1], True) in [([len(w)], bool(locks)) for w, locks in seen], seen
+    assert all(len(w) <= 1 for w, _l in seen), seen
+    assert len({lk for _w, locks in seen for lk in locks}) == 1, seen
 
 
 # ------------------------------------------------------------- the idle poller
