@@ -19,6 +19,7 @@ import time
 import pytest
 
 import bdev_stub
+import reactor as rx
 from bdev import _const, api
 from ceph_cluster import ROOT
 from drivers import rbd, rbd_funnel
@@ -68,6 +69,20 @@ def _run(h, pred, threads=None, timeout=10.0):
 def _replica(h, thread, name):
     h.set_thread(thread)
     return rbd_funnel.replica_of(api.get_by_name(name).ctxt)
+
+
+def _hold_completions(h, name="R"):
+    """Pause the owner's queue poller: librbd finishes, nothing is collected (so a test
+    can act while I/O is surely in the owner's hands, whatever the scheduler does)."""
+    q = _replica(h, 0, name).queue
+    h.set_thread(0)
+    rx.poller_pause(q.poller)
+    return q
+
+
+def _release_completions(h, q):
+    h.set_thread(0)
+    rx.poller_resume(q.poller)
 
 
 def _watchers(c, img) -> int:
@@ -243,14 +258,11 @@ def test_a_reset_on_the_other_reactor_waits_for_its_funnelled_io(ceph_cluster):
     """RESET submitted behind writes on reactor 1 completes only after every one of them:
     with the owner's poller paused (librbd finishes, nobody collects) the reset's own
     round of freeze, submit and unfreeze runs through and it still waits."""
-    import reactor as rx
     c = ceph_cluster
     img = c.new_image(size="1M", features=DEFAULT_FEATURES)
     with _two_reactors() as h:
         assert _create(h, c, "R", img) == 0
-        q = _replica(h, 0, "R").queue
-        h.set_thread(0)
-        rx.poller_pause(q.poller)
+        q = _hold_completions(h)
         s = Submitter(h, "R", 1)
         for i in range(8):
             assert s.write(i * 8, pattern(8 * BS, i), f"w{i}") == 0
@@ -260,8 +272,7 @@ def test_a_reset_on_the_other_reactor_waits_for_its_funnelled_io(ceph_cluster):
             h.poll_threads()
             h.advance_time_us(100)
         assert len(q.ops) == 8 and s.cpl.done == []
-        h.set_thread(0)
-        rx.poller_resume(q.poller)
+        _release_completions(h, q)
         assert run_until(h, lambda: len(s.cpl.done) == 9)
         assert s.cpl.args()[-1] == "reset"
         assert all(ok for _a, ok in s.cpl.done)
@@ -278,14 +289,15 @@ def test_a_submitter_that_dies_does_not_stop_the_owner(ceph_cluster, bdev_invari
     with Harness(n_threads=2, n_reactors=2) as h:
         bdev_stub.init_layer(h, conf=LAYER_CONF)
         assert _create(h, c, "R", img) == 0
+        owner_q = _hold_completions(h)
         s = Submitter(h, "R", 1)
         for i in range(4):
             assert s.write(i, pattern(BS, i), f"w{i}") == 0
         h.poll_thread(1)                      # the requests go out
         h.poll_thread(0)                      # the owner starts them
-        owner_q = _replica(h, 0, "R").queue
         assert len(owner_q.ops) == 4
         h.reactors[0].mark_dead(1)            # the supervisor found reactor 1 dead
+        _release_completions(h, owner_q)
         assert _run(h, lambda: not owner_q.ops, threads=[0])
         h.poll_thread(0)
         assert not h.reactors[1].transport.pending()        # the answers were dropped
@@ -348,14 +360,15 @@ def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster, ca
         def on_event(ev, bdev, ctx):
             events.append((ev, len(s.cpl.done)))
             s.close()                         # a user that closes on hot-remove
+        owner_q = _hold_completions(h)        # collected only by the delete's drain
         s = Submitter(h, "R", 1, on_event)
         for i in range(12):
             assert s.write(i * 4, pattern(4 * BS, i), f"w{i}") == 0
             assert s.read(100 + i, 1, f"r{i}") == 0
         h.poll_thread(1)
-        for _ in range(3):                    # (8 messages a pass)
+        for _ in range(5):                    # (8 messages a pass)
             h.poll_thread(0)
-        assert _replica(h, 0, "R").queue.ops  # librbd has them
+        assert len(owner_q.ops) == 24         # librbd has them all
         out = []
         h.set_thread(0)
         rbd.delete("R", lambda rc: out.append(rc))
