@@ -3,20 +3,22 @@ through librbd's C API (drivers/rbd_lib.py).
 
 How I/O flows:
 
-* Every reactor's replica of the bdev connects its own librados client (or uses its
-  reactor's client of a registered cluster) and opens the image itself: nothing crosses
-  processes, and no reactor funnels I/O to another (docs/drivers.md, "rbd", says why and
-  what that means for RBD's exclusive lock).
-* A channel owns one image handle (the replica's own handle for the replica's thread, a
-  further one for any other thread) and one fd-driven poller on the eventfd registered with
+* Across reactors (drivers/rbd_funnel.py): a bdev whose image has ``exclusive-lock``
+  (``RINGSTACK_RBD_FUNNEL=auto``, the default) has one image handle, on reactor 0; every
+  other reactor closes its own at create and funnels each I/O there over the reactor
+  rings, one message each way, so Ceph sees one writer.  Any other image keeps a handle
+  per reactor, so nothing crosses processes (docs/drivers.md, "Across reactors", has the
+  measurements).
+* A reactor's handle serves every thread of that reactor: one queue of librbd
+  operations with one fd-driven poller on the eventfd registered with
   ``rbd_set_image_notification``.  ``submit_request`` starts an ``rbd_aio_*`` call with a
   completion that has no callback; librbd signals the eventfd when it finishes, the
-  poller collects with ``rbd_poll_io_events`` and completes each bdev_io on its thread.
-  No Python runs in librbd's threads; a sleeping reactor is woken by the eventfd.
-* READ/WRITE are ``rbd_aio_readv``/``writev`` straight from the bdev_io's buffers, FLUSH
-  ``rbd_aio_flush``, UNMAP ``rbd_aio_discard``, WRITE_ZEROES ``rbd_aio_write_zeroes``
-  (librbd >= Octopus; not offered with an older librbd), RESET completes once the channel
-  has nothing in flight.
+  poller collects with ``rbd_poll_io_events`` and the bdev_io completes on its channel's
+  thread.  No Python runs in librbd's threads; a sleeping reactor is woken by the eventfd.
+* READ/WRITE are ``rbd_aio_readv``/``writev`` straight from the bdev_io's buffers (copied
+  into the message when funnelled), FLUSH ``rbd_aio_flush``, UNMAP ``rbd_aio_discard``,
+  WRITE_ZEROES ``rbd_aio_write_zeroes`` (librbd >= Octopus; not offered with an older
+  librbd), RESET completes once this reactor has none of its I/O to the bdev in flight.
 * Bounded failure: every client gets ``rados_osd_op_timeout``, ``rados_mon_op_timeout``
   and ``client_mount_timeout`` (``TIMEOUTS``; the caller's config overrides them), so a
   cluster that stops answering fails I/O within that long.
@@ -35,16 +37,16 @@ are also reachable here: ``rbd.register_cluster``, ``unregister_cluster``,
 from __future__ import annotations
 
 import itertools
+import errno
 import logging
 import ctypes
 import os
-import select
 import time
 
 import reactor as rx
 from bdev import module as bm
 
-from . import _vbdev, rbd_lib
+from . import _vbdev, rbd_funnel, rbd_lib
 
 log = logging.getLogger("ringstack.rbd")
 
@@ -76,7 +78,7 @@ class RbdDisk:
     ``features``."""
 
     __slots__ = ("name", "pool_name", "rbd_name", "user_id", "config", "cluster_name",
-                 "read_only", "client", "cluster", "image", "image_used", "thread",
+                 "read_only", "client", "cluster", "image", "thread",
                  "bdev", "uuid", "features", "size", "lane", "__weakref__")
 
     def __init__(self, name, pool_name, rbd_name, user_id, config, cluster_name, read_only):
@@ -90,7 +92,6 @@ class RbdDisk:
         self.client = None        # this replica's own client (None with a cluster)
         self.cluster = None       # or the registered cluster's entry (rbd_control.ClusterInfo)
         self.image = None
-        self.image_used = False   # the replica's handle belongs to a channel
         self.thread = None
         self.bdev = None
         self.uuid = None
@@ -113,10 +114,6 @@ class RbdDisk:
             self.disconnect()
             raise
 
-    def open_image(self):
-        return rbd_lib.Image(self.client or self.cluster.client, self.pool_name,
-                             self.rbd_name, self.read_only)
-
     def disconnect(self) -> None:
         """Blocking (a worker): close the image (rbd_close waits for librbd's in-flight
         I/O) and the own client.  A registered cluster's client stays: its reference is
@@ -130,64 +127,65 @@ class RbdDisk:
 
 
 class RbdChannel:
-    __slots__ = ("disk", "image", "own", "inflight", "resets", "poller", "_tags")
+    """A thread's channel to one rbd bdev.  Its I/O goes to this reactor's image queue
+    (``rep.queue``: the replica's own handle, or the owner's on the owner reactor) or, on a
+    reactor that funnels, to the owner reactor (drivers/rbd_funnel.py); either way it
+    completes here, on this thread (``finish``)."""
+
+    __slots__ = ("rep", "thread", "inflight")
 
     def __init__(self, disk: RbdDisk):
-        self.disk = disk
-        if not disk.image_used and rx.get_thread() is disk.thread:
-            self.image, self.own = disk.image, False
-            disk.image_used = True
-        else:
-            self.image, self.own = disk.open_image(), True
-        self.inflight = {}        # tag -> (bdev_io, what keeps its buffers pinned)
-        self.resets = []
-        self._tags = itertools.count(1)
-        self.poller = rx.poller_register(self._poll, None, 0, f"rbd_{disk.name}",
-                                         fd=self.image.efd)
+        self.rep = rbd_funnel.replica_of(disk)
+        self.thread = rx.get_thread()
+        self.inflight = {}        # bdev_io -> what pins its buffers, or its funnel record
 
-    def start(self, io, call, *args, keep=None) -> None:
-        tag = next(self._tags)
-        c = self.image.completion(tag)
-        rc = call(self.image.handle, *args, c)
+    def start(self, io, call, args, keep=None) -> None:
+        """Start ``call`` on this reactor's image handle for ``io``."""
+        q = self.rep.queue
+        rc = q.start(call, args, _local_done, (self, io), keep) if q is not None else -errno.ENODEV
         if rc < 0:
-            self.image.release(c)
-            rx.send_msg(rx.get_thread(), _done, io, rc)
+            rx.send_msg(self.thread, _done, io, rc)   # never inside submit_request
             return
-        self.inflight[tag] = (io, keep)
+        self.inflight[io] = keep
+        self.rep.busy += 1
 
-    def _poll(self, _arg) -> int:
-        done = self.image.poll()
-        for tag, ret in done:
-            io, _keep = self.inflight.pop(tag, (None, None))
-            if io is not None:
-                _done(io, ret)
-        n = len(done)
-        if self.resets and not self.inflight:
-            resets, self.resets = self.resets, []
-            for io in resets:
-                io.complete(bm.IO_STATUS_SUCCESS)
-            n += 1
-        return n
+    def finish(self, io, ret) -> None:
+        """On this thread: ``io`` is done (``ret`` < 0: failed).  Once only: an I/O this
+        channel already failed (it closed) is not completed again."""
+        if self.inflight.pop(io, _GONE) is _GONE:
+            return
+        rep = self.rep
+        rep.busy -= 1
+        _done(io, ret)
+        if rep.resets and not rep.busy:
+            rbd_funnel.finish_resets(rep)
 
     def close(self) -> None:
-        rx.poller_unregister(self.poller)
-        if self.own:
-            self.image.close()      # rbd_close waits for librbd's in-flight I/O
-        else:
-            # The replica's handle stays open: librbd may still write into the buffers of
-            # what is in flight, so wait for it (the layer destroys channels when idle;
-            # this is the exception, bounded by the op timeout).
-            deadline = time.monotonic() + TIMEOUTS["rados_osd_op_timeout"] + 5
-            while self.inflight and time.monotonic() < deadline:
-                select.select([self.image.efd], [], [], 0.1)
-                for tag, ret in self.image.poll():
-                    io, _keep = self.inflight.pop(tag, (None, None))
-                    if io is not None:
-                        _done(io, ret)
-            self.disk.image_used = False
-        for io, _keep in self.inflight.values():
-            io.complete(bm.IO_STATUS_FAILED)
-        self.inflight.clear()
+        rep = self.rep
+        if rep.remote:
+            # Funnelled I/O is in the owner's hands; its buffers are copies, so it can fail
+            # now and its late answer is dropped.
+            rbd_funnel.fail_funnelled(self, -errno.EIO)
+        elif self.inflight and rep.queue is not None:
+            # librbd may still write into the buffers of what is in flight: wait for it (the
+            # layer destroys channels when idle; this is the exception, bounded).
+            rep.queue.drain(lambda: not self.inflight, rbd_funnel.DRAIN_S)
+        for io in list(self.inflight):
+            self.finish(io, -errno.EIO)
+
+
+_GONE = object()
+
+
+def _local_done(ctx, ret) -> None:
+    """A librbd completion, on the image queue's thread: to the channel's thread."""
+    ch, io = ctx
+    if ret >= 0 and io.type == bm.IO_TYPE_READ and ret != io.num_blocks * io.bdev.blocklen:
+        ret = -errno.EIO          # a short read is a failed read (as SPDK's bdev_rbd)
+    if rx.get_thread() is ch.thread:
+        ch.finish(io, ret)
+    else:
+        rx.send_msg(ch.thread, ch.finish, io, ret)
 
 
 def _channel_create(disk):
@@ -276,32 +274,24 @@ _fn_table = RbdFnTable()
 
 def _submit(ch: RbdChannel, io) -> None:
     t = io.type
+    if t == bm.IO_TYPE_RESET:
+        rbd_funnel.queue_reset(ch, io)
+        return
     bs = io.bdev.blocklen
     off, length = io.offset_blocks * bs, io.num_blocks * bs
-    lib = rbd_lib.load()[1]
+    if ch.rep.remote:
+        rbd_funnel.forward(ch, io, t, off, length)
+        return
     if t == bm.IO_TYPE_READ or t == bm.IO_TYPE_WRITE:
         arr, n, pins = _iovec(io, t == bm.IO_TYPE_READ)
-        call = lib.rbd_aio_readv if t == bm.IO_TYPE_READ else lib.rbd_aio_writev
-        ch.start(io, call, arr, n, off, keep=pins)
-    elif t == bm.IO_TYPE_FLUSH:
-        ch.start(io, lib.rbd_aio_flush)
-    elif t == bm.IO_TYPE_UNMAP:
-        ch.start(io, lib.rbd_aio_discard, off, length)
-    elif t == bm.IO_TYPE_WRITE_ZEROES and rbd_lib.has_write_zeroes():
-        ch.start(io, lambda h, o, n, c: lib.rbd_aio_write_zeroes(h, o, n, c, 0, 0), off, length)
-    elif t == bm.IO_TYPE_RESET:
-        ch.resets.append(io)    # completes when nothing is in flight on this channel
-        if not ch.inflight:
-            rx.send_msg(rx.get_thread(), _finish_resets, ch)
-    else:
+        call, args = rbd_funnel.aio_call(t, off, length, arr, n)
+        ch.start(io, call, args, keep=pins)
+        return
+    call, args = rbd_funnel.aio_call(t, off, length)
+    if call is None:
         io.complete(bm.IO_STATUS_FAILED)
-
-
-def _finish_resets(ch) -> None:
-    if ch.resets and not ch.inflight:
-        resets, ch.resets = ch.resets, []
-        for io in resets:
-            io.complete(bm.IO_STATUS_SUCCESS)
+        return
+    ch.start(io, call, args)
 
 
 def _done(io, ret) -> None:

@@ -76,7 +76,7 @@ import reactor as rx
 from bdev import api
 from bdev import module as bm
 
-from . import _vbdev, rbd, rbd_lib
+from . import _vbdev, rbd, rbd_funnel, rbd_lib
 from .rbd import TIMEOUTS, RbdDisk, _clusters, rbd_module
 
 log = logging.getLogger("ringstack.rbd")
@@ -470,11 +470,9 @@ def _commit_disk(token, name, block_size, blockcnt, uuid) -> int:
         return -errno.EIO
     disk.uuid = uuid
     disk.thread = rx.get_thread()
-    if disk.features & rbd_lib.RBD_FEATURE_EXCLUSIVE_LOCK and not disk.read_only \
-            and bm.on_main_thread():
-        log.warning("rbd %s: image %s/%s has exclusive-lock; writes from several reactors "
-                    "pass the lock between their clients (docs/drivers.md)", name,
-                    disk.pool_name, disk.rbd_name)
+    # The I/O side decides the mode (drivers/rbd_funnel.py): this reactor's handle, or the
+    # funnel to the owner, whose handle this reactor then closes (on a worker, below).
+    remote = rbd_funnel.attach(disk)
     bdev = bm.Bdev(name, blocklen=block_size, blockcnt=blockcnt, module=rbd_module,
                    fn_table=rbd._fn_table, ctxt=disk, product_name="Ceph Rbd Disk",
                    write_cache=False, uuid=uuid)
@@ -485,10 +483,16 @@ def _commit_disk(token, name, block_size, blockcnt, uuid) -> int:
         # Back to prepared (no channel was ever made): the discard that follows a failed
         # commit closes it, and the create answers once it has.
         rx.io_device_unregister(disk)
+        rbd_funnel.detach(disk)
         disk.bdev = disk.thread = None
         _prepared()[token] = disk
         return rc
     _vbdev.state("rbd")[name] = disk
+    if remote:
+        # Its I/O goes to the owner: this reactor is no client of the image.  Closing waits
+        # on the cluster, so a worker does it; the disk's lane orders it before any later
+        # control call of the disk (a destruct's close finds nothing left to close).
+        _close_disk(disk, lambda: None)
     return 0
 
 
@@ -598,8 +602,11 @@ def destruct(disk) -> int:
     if st.get(disk.name) is disk:
         del st[disk.name]
     bdev = disk.bdev
-    rx.io_device_unregister(
-        disk, lambda: _close_disk(disk, lambda: bm.bdev_destruct_done(bdev, 0)))
+
+    def channels_gone():
+        rbd_funnel.detach(disk)     # what is in flight on the handle finishes first
+        _close_disk(disk, lambda: bm.bdev_destruct_done(bdev, 0))
+    rx.io_device_unregister(disk, channels_gone)
     return 1
 
 
@@ -649,6 +656,9 @@ def _resize_replica(done, name, blocks):
     if b is None or b.module is not rbd_module:
         return done(-errno.ENODEV)
     disk = b.ctxt
+    if rbd_funnel.replica_of(disk).remote:
+        # no handle here: the owner's has the new size already (its resize came first)
+        return done(bm.notify_blockcnt_change(b, blocks))
 
     def seen(err, _value):
         if err is not None:

@@ -206,23 +206,30 @@ class Image:
 
     def poll(self):
         """[(tag, return value)] of finished completions (each released)."""
+        return self.collect()[1]
+
+    def collect(self):
+        """``(signals, [(tag, return value)])``: the eventfd's count (librbd signals once
+        per finished completion, after queueing it) and the finished completions, each
+        released.  A caller that stops polling when idle compares the two: a signal can
+        trail the completion it announces."""
         try:
-            os.eventfd_read(self.efd)
+            signals = os.eventfd_read(self.efd)
         except BlockingIOError:
-            pass
+            signals = 0
         out = []
         rbd = self._rbd
         ev = self._events
         while True:
             n = rbd.rbd_poll_io_events(self.handle, ev, len(ev))
             if n <= 0:
-                return out
+                return signals, out
             for i in range(n):
                 c = ev[i]
                 out.append((rbd.rbd_aio_get_arg(c) or 0, rbd.rbd_aio_get_return_value(c)))
                 rbd.rbd_aio_release(c)
             if n < len(ev):
-                return out
+                return signals, out
 
     def close(self) -> None:
         if self.handle:
