@@ -101,6 +101,7 @@ def test_a_short_run_measures_every_path_and_leaves_nothing(scratch, tmp_path):
             assert m["iops"] > 0 and m["seconds"] > 0, (path, m)
             assert [r["iops"] > 0 for r in m["rounds"]] == [True], (path, m)
             assert m["rounds"][0]["command"] == row["commands"][path]
+            assert m["rounds"][0]["refill_s"] > 0          # the image rewritten before it
         for a, b in (("ringstack-nbd", "qemu-nbd"), ("bdevperf", "rbd-bench")):
             want = row[a]["iops"] / row[b]["iops"]
             assert row[f"ratio {a}/{b}"] == pytest.approx(want)

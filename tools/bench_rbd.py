@@ -23,11 +23,14 @@ cache.  The image is ``--image-feature layering`` only: ringstack, qemu-nbd and 
 keep it open together (and each ringstack reactor is a client of its own), and with
 exclusive-lock every change of writer would pass the lock over (docs/drivers.md measured
 2.3x lost to that).  It is filled with 4 MiB sequential writes first, so reads hit real
-objects, not holes.  qemu-nbd's NBD server takes at most 16 requests of one client at a
+objects, not holes, and filled again before every measurement, so each starts from the
+same state whichever path runs first (``Bench.fill``: the memstore OSD slows down as
+random writes fragment its objects).  qemu-nbd's NBD server takes at most 16 requests of one client at a
 time (MAX_NBD_REQUESTS in QEMU's nbd/server.c): fio offers 32 to both servers.  Nothing is
 pinned: the monitor and OSD share the cores with the clients and servers.  Each workload
-runs on the four paths in turn, repeat after repeat, so drifts of a shared machine hit all
-alike; best of the repeats is reported, every repeat is in the JSON.
+runs on the four paths in turn (every other repeat in reverse order), repeat after repeat,
+so drifts of a shared machine hit all alike; best of the repeats is reported, every repeat
+is in the JSON.
 
 By default the bench starts its own dev cluster (tools/ceph-dev-cluster.sh: one ceph-mon,
 one memstore ceph-osd) in a temporary directory and stops it by pid at the end, whatever
@@ -528,12 +531,7 @@ class Bench:
                                             pool=self.pool, prefix="ringstack-bench-",
                                             user_id=args.user_id)
         _progress(f"filling {self.pool}/{self.image} ({self.size >> 20} MiB, layering)")
-        cmd = rbd_bench_command(self.cluster.conf, args.user_id, "write", "seq", "4M", 4,
-                                self.size, f"{self.pool}/{self.image}")
-        r = run_rbd_bench(cmd, timeout=120 + self.size / (1 << 20))
-        if "error" in r:
-            raise BenchError(f"filling the image failed: {r['error']}")
-        self.prefill = {"command": " ".join(cmd), "seconds": round(r["seconds"], 3)}
+        self.prefill = {"command": " ".join(self.fill_command()), "seconds": self.fill()}
         self.rs = RingstackTarget(self.tmp, self.cluster_params(), self.bdev_params(),
                                   args.cpumask, args.mode)
         self.servers.append(self.rs)
@@ -547,6 +545,22 @@ class Bench:
         _progress(f"serving: ringstack start pid {self.rs.proc.pid}, qemu-nbd pid "
                   f"{self.qemu.proc.pid}; measuring")
 
+    def fill_command(self) -> list:
+        return rbd_bench_command(self.cluster.conf, self.args.user_id, "write", "seq", "4M", 4,
+                                 self.size, f"{self.pool}/{self.image}")
+
+    def fill(self) -> float:
+        """Write the whole image with 4 MiB sequential writes (whole objects); its seconds.
+        Also before every measurement: the memstore OSD's objects fragment under random
+        4 KiB overwrites and every later read and write gets slower (here: rbd bench reads
+        15.7k -> 5.6k IOPS and writes 3.4k -> 1.3k over four rounds of 60 MiB of random
+        writes), which would favour whichever path runs first; whole-object writes put
+        each object back in one piece (reads 21k/19k, writes 3.1k/2.9k round after round)."""
+        r = run_rbd_bench(self.fill_command(), timeout=120 + self.size / (1 << 20))
+        if "error" in r:
+            raise BenchError(f"filling the image failed: {r['error']}")
+        return round(r["seconds"], 3)
+
     def measure(self) -> None:
         args, t = self.args, self.args.runtime
         spec = f"{self.pool}/{self.image}"
@@ -558,7 +572,10 @@ class Bench:
                     "bdevperf": bdevperf_command(rw, t, args.cpumask, args.mode, self.bdevperf_cfg,
                                                  os.path.join(self.tmp, "bdevperf-results.json")),
                 }
-                for path in PATHS:
+                # every other round in reverse, so a drift within a round favours neither
+                # path of a ratio (with an even --repeat, exactly)
+                for path in (PATHS if rep % 2 == 0 else PATHS[::-1]):
+                    refill_s = self.fill()
                     if path == "rbd-bench":
                         # sized from librbd's last rate on this workload: its own, else bdevperf's
                         last = [r["iops"] for p in ("rbd-bench", "bdevperf")
@@ -574,6 +591,7 @@ class Bench:
                         r = run_fio(cmds[path], rw, t)
                     shown = _shown(cmds[path])
                     r["command"] = shown
+                    r["refill_s"] = refill_s
                     self.commands[name].setdefault(path, shown)
                     self.rounds[name][path].append(r)
                     fig = f"{r['iops']:10.0f} IOPS" if "iops" in r else f"ERROR {r['error']}"
@@ -687,7 +705,7 @@ def print_table(report: dict) -> None:
     print(f"# {meta['date']} .. {meta['ended']}  nproc={m['nproc']}  {m['cpu']}  "
           f"load {m['loadavg_before'][0]:.2f} -> {m['loadavg_after'][0]:.2f}")
     print(f"# cluster: {c['kind']}; image {c['pool']}/{c['image']} {c['size'] >> 20} MiB, "
-          f"features {c['features']}, filled; {meta['runtime_s']} s per run, "
+          f"features {c['features']}, refilled before every run; {meta['runtime_s']} s per run, "
           f"best of {meta['repeat']}; every client rbd_cache=false")
     print(f"# ringstack -m {meta['cpumask']} --mode {meta['mode']}; {meta['notes'][1]}")
     head = (f"{'workload':18s} | {'ringstack-nbd':>13s} {'qemu-nbd':>9s} {'ratio':>6s} | "
