@@ -278,3 +278,33 @@ def test_help_says_why_the_image_is_layering_only():
     assert "--image-feature layering" in text and "exclusive-lock" in text
     for opt in ("--json", "--repeat", "-t", "--size", "--conf", "-m", "--mode"):
         assert opt in text
+
+
+def test_rbd_bench_repeats_a_run_its_estimate_made_short(monkeypatch, scratch):
+    """rbd bench runs a byte count: sized from bdevperf's rate (2000 IOPS) it would take 1 s
+    of a 5 s -t at its real 10000 IOPS, so that run is a calibration, the image is filled
+    again and the run repeated at 10000 IOPS x 5 s; both runs are kept."""
+    from argparse import Namespace
+
+    from tools import bench_rbd
+    from tools.ceph_dev import CephCluster
+    sizes, fills = [], []
+
+    def run_rbd_bench(cmd, timeout):
+        sizes.append(int(cmd[cmd.index("--io-total") + 1]))
+        return {"iops": 10000.0, "seconds": sizes[-1] / 4096 / 10000.0}
+
+    monkeypatch.setattr(bench_rbd, "run_rbd_bench", run_rbd_bench)
+    monkeypatch.setattr(tempfile, "tempdir", scratch)
+    b = bench_rbd.Bench(Namespace(runtime=5, pool=None, conf="c.conf", user_id=None), 16 << 20)
+    try:
+        b.cluster, b.image = CephCluster(conf="c.conf"), "img"
+        b.fill = lambda: fills.append(1) or 0.25
+        b.rounds["randread 4k qd32"]["bdevperf"].append({"iops": 2000.0})
+        cmd, r = b.rbd_bench("randread 4k qd32", "read")
+    finally:
+        shutil.rmtree(b.tmp)
+    assert sizes == [2000 * 5 * 4096, 10000 * 5 * 4096] and fills == [1]
+    assert (r["seconds"], r["refill_s"]) == (5.0, 0.25)
+    assert r["calibration"]["seconds"] == 1.0 and "--io-total 40960000" in r["calibration"]["command"]
+    assert cmd[cmd.index("--io-total") + 1] == str(10000 * 5 * 4096)
