@@ -555,7 +555,8 @@ class Bench:
         4 KiB overwrites and every later read and write gets slower (here: rbd bench reads
         15.7k -> 5.6k IOPS and writes 3.4k -> 1.3k over four rounds of 60 MiB of random
         writes), which would favour whichever path runs first; whole-object writes put
-        each object back in one piece (reads 21k/19k, writes 3.1k/2.9k round after round)."""
+        each object back in one piece (with a refill before each round: reads 21.0k, 19.2k,
+        12.3k, writes 3.1k, 2.9k, 2.6k, on a machine at load ~4.7)."""
         r = run_rbd_bench(self.fill_command(), timeout=120 + self.size / (1 << 20))
         if "error" in r:
             raise BenchError(f"filling the image failed: {r['error']}")
