@@ -179,6 +179,46 @@ def test_an_interrupt_mid_run_stops_everything_and_removes_the_image(ceph_cluste
     assert os.listdir(scratch) == []
 
 
+def _processes_naming(path: str) -> list:
+    """Pids of live processes whose command line names ``path`` (a directory only this
+    test's bench uses)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if path in cmdline and _running(int(pid)):
+            found.append(int(pid))
+    return found
+
+
+@needs_tools
+def test_ctrl_c_while_the_dev_cluster_starts_leaves_no_daemon(scratch):
+    """The start script is let finish (a daemon half-started has no pid file yet), then
+    every daemon is stopped by pid and the temp dir removed."""
+    p = subprocess.Popen(BENCH + ["-t", "1", "--size", "8M"], cwd=ROOT, env=_env(scratch),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stderr.readline()
+        assert "starting a dev cluster" in first, first + p.stderr.read()
+        time.sleep(0.3)                  # ceph-mon is starting now
+        p.send_signal(signal.SIGINT)
+        rest = p.stderr.read()
+        assert p.wait(90) == 130, rest
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        left = _kill_leftovers(_processes_naming(scratch))
+    assert rest.strip().splitlines() == [f"{PROG}: interrupted; stopped everything it started"]
+    assert left == []
+    assert os.listdir(scratch) == []
+
+
 def _path_without(tmp_path, missing: str, fakes: dict | None = None) -> str:
     """A PATH holding every tool the bench looks for except ``missing``, plus ``fakes``
     (name -> shell script)."""
@@ -280,7 +320,7 @@ def test_help_says_why_the_image_is_layering_only():
         assert opt in text
 
 
-def test_rbd_bench_repeats_a_run_its_estimate_made_short(monkeypatch, scratch):
+def test_rbd_bench_repeats_a_run_its_estimate_made_short(monkeypatch):
     """rbd bench runs a byte count: sized from bdevperf's rate (2000 IOPS) it would take 1 s
     of a 5 s -t at its real 10000 IOPS, so that run is a calibration, the image is filled
     again and the run repeated at 10000 IOPS x 5 s; both runs are kept."""
@@ -295,15 +335,11 @@ def test_rbd_bench_repeats_a_run_its_estimate_made_short(monkeypatch, scratch):
         return {"iops": 10000.0, "seconds": sizes[-1] / 4096 / 10000.0}
 
     monkeypatch.setattr(bench_rbd, "run_rbd_bench", run_rbd_bench)
-    monkeypatch.setattr(tempfile, "tempdir", scratch)
     b = bench_rbd.Bench(Namespace(runtime=5, pool=None, conf="c.conf", user_id=None), 16 << 20)
-    try:
-        b.cluster, b.image = CephCluster(conf="c.conf"), "img"
-        b.fill = lambda: fills.append(1) or 0.25
-        b.rounds["randread 4k qd32"]["bdevperf"].append({"iops": 2000.0})
-        cmd, r = b.rbd_bench("randread 4k qd32", "read")
-    finally:
-        shutil.rmtree(b.tmp)
+    b.cluster, b.image = CephCluster(conf="c.conf"), "img"
+    b.fill = lambda: fills.append(1) or 0.25
+    b.rounds["randread 4k qd32"]["bdevperf"].append({"iops": 2000.0})
+    cmd, r = b.rbd_bench("randread 4k qd32", "read")
     assert sizes == [2000 * 5 * 4096, 10000 * 5 * 4096] and fills == [1]
     assert (r["seconds"], r["refill_s"]) == (5.0, 0.25)
     assert r["calibration"]["seconds"] == 1.0 and "--io-total 40960000" in r["calibration"]["command"]

@@ -25,9 +25,10 @@ exclusive-lock every change of writer would pass the lock over (docs/drivers.md 
 2.3x lost to that).  It is filled with 4 MiB sequential writes first, so reads hit real
 objects, not holes, and filled again before every measurement, so each starts from the
 same state whichever path runs first (``Bench.fill``: the memstore OSD slows down as
-random writes fragment its objects).  qemu-nbd's NBD server takes at most 16 requests of one client at a
-time (MAX_NBD_REQUESTS in QEMU's nbd/server.c): fio offers 32 to both servers.  Nothing is
-pinned: the monitor and OSD share the cores with the clients and servers.  Each workload
+random writes fragment its objects).  qemu-nbd's NBD server takes at most 16 requests of
+one client at a time (MAX_NBD_REQUESTS in QEMU's nbd/server.c): fio offers 32 to both
+servers.  Nothing is pinned: the monitor and OSD share the cores with the clients and
+servers.  Each workload
 runs on the four paths in turn (every other repeat in reverse order), repeat after repeat,
 so drifts of a shared machine hit all alike; best of the repeats is reported, every repeat
 is in the JSON.
@@ -232,10 +233,11 @@ class Server:
             self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                          stderr=err, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
+        from reactor.rpc import RpcError
         try:
             wait_for_unix_socket(self.nbd_sock, timeout, self.proc)
             self.ready(timeout)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, TimeoutError, OSError, RpcError) as exc:
             self.stop()
             raise BenchError(f"{self.name} did not start: {self.why(exc)}") from None
         except BaseException:
@@ -442,8 +444,8 @@ def run(args) -> int:
     if why:
         print(f"{PROG}: error: {why}", file=sys.stderr)
         return 1
-    bench = Bench(args, size)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    bench = Bench(args, size)
     try:
         try:
             bench.setup()
@@ -469,8 +471,12 @@ def run(args) -> int:
         print(f"{PROG}: error: {line}", file=sys.stderr)
     print_table(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        except OSError as exc:
+            print(f"{PROG}: error: --json {args.json}: {exc.strerror}", file=sys.stderr)
+            return 1
     failed = [r for r in report["results"] for p in PATHS if "error" in r[p]]
     return 1 if failed or problems else 0
 
@@ -488,7 +494,7 @@ class Bench:
         self.args, self.size = args, size
         self.started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         self.load_before = os.getloadavg()
-        self.tmp = tempfile.mkdtemp(prefix="ringstack-bench-rbd.")
+        self.tmp = None          # made by setup(), removed by teardown()
         self.pool = args.pool or "rbd"
         self.cluster: CephCluster | None = None
         self.own_cluster = not args.conf
@@ -515,6 +521,7 @@ class Bench:
 
     def setup(self) -> None:
         args = self.args
+        self.tmp = tempfile.mkdtemp(prefix="ringstack-bench-rbd.")
         if self.own_cluster:
             self.cluster = CephCluster(os.path.join(self.tmp, "ceph"))
             t0 = time.monotonic()
@@ -628,7 +635,8 @@ class Bench:
             except (subprocess.SubprocessError, OSError) as exc:
                 problems.append(f"the dev cluster's stop failed: {exc}; daemons {self.cluster_pids}")
         self.load_after = os.getloadavg()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self.problems = problems
         return problems
 
