@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 # The single list of benchmark kinds.
-KINDS = ("ipc", "reactor", "scaling", "nbd", "iscsi")
+KINDS = ("ipc", "reactor", "scaling", "nbd", "iscsi", "rbd")
 
 
 def add_parser(sub) -> None:
