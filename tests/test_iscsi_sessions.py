@@ -186,18 +186,32 @@ def test_nop_in_after_the_interval_and_drop_when_unanswered(start, tmp_path):  #
     procs = [psutil.Process(t.proc.pid)] + psutil.Process(t.proc.pid).children()
     for p in procs:
         p.cpu_percent()
+    # The other answers its NOP-Ins (NOP-Out with the TTT) from the start, in a thread of
+    # its own: its timer runs alongside the quiet one's, so answering only after the quiet
+    # connection is gone would race its own nop_timeout.
+    import threading
+    answered, failure = [], []
+
+    def answer_twice():
+        try:
+            for _ in range(2):
+                polite.sock.settimeout(5.0)
+                n = polite.recv()
+                assert n.op == P.OP_NOP_IN and n.ttt != P.RESERVED_TAG, n
+                polite.send(P.OP_NOP_OUT | P.IMMEDIATE_BIT, 0x80, 0, 0, P.RESERVED_TAG,
+                            (n.ttt, polite.cmdsn, polite.exp_statsn, 0, 0, 0, 0))
+                answered.append(n)
+        except Exception as exc:     # reported by the main thread
+            failure.append(exc)
+    th = threading.Thread(target=answer_twice, daemon=True)
+    th.start()
     quiet.sock.settimeout(5.0)
     nop = quiet.recv()                          # nobody polls the connection but the timer
     assert nop.op == P.OP_NOP_IN and nop.itt == P.RESERVED_TAG and nop.ttt != P.RESERVED_TAG
     assert quiet.closed_by_target(5.0)          # unanswered within nop_timeout
-    # the other answers its NOP-Ins (NOP-Out with the TTT) and stays
-    for _ in range(2):
-        polite.sock.settimeout(5.0)
-        n = polite.recv()
-        assert n.op == P.OP_NOP_IN and n.ttt != P.RESERVED_TAG
-        polite.send(P.OP_NOP_OUT | P.IMMEDIATE_BIT, 0x80, 0, 0, P.RESERVED_TAG,
-                    (n.ttt, polite.cmdsn, polite.exp_statsn, 0, 0, 0, 0))
-    polite.ping()
+    th.join(15)
+    assert not failure and len(answered) == 2, (failure, answered)
+    polite.ping()                               # and it stays
     usage = [p.cpu_percent() for p in procs]
     assert all(u < 20 for u in usage), usage    # the timers do not keep the reactors awake
     quiet.close()
