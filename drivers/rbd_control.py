@@ -604,8 +604,9 @@ def destruct(disk) -> int:
     bdev = disk.bdev
 
     def channels_gone():
-        rbd_funnel.detach(disk)     # what is in flight on the handle finishes first
-        _close_disk(disk, lambda: bm.bdev_destruct_done(bdev, 0))
+        # what is in flight on the handle finishes first (the queue's poller waits for it,
+        # this reactor goes on serving), then the image and client close on a worker
+        rbd_funnel.detach(disk, lambda: _close_disk(disk, lambda: bm.bdev_destruct_done(bdev, 0)))
     rx.io_device_unregister(disk, channels_gone)
     return 1
 

@@ -155,26 +155,30 @@ def replica_of(disk) -> Replica:
     return _state()["disks"][disk]
 
 
-def detach(disk) -> None:
-    """At destruct (before the image closes): finish what is in flight on this replica's
-    handle (the owner answers every funnelled request it holds), stop its poller; later
-    requests for the bdev are answered -ENODEV."""
+def detach(disk, then=None) -> None:
+    """At destruct (before the image closes): later requests for the bdev are answered
+    -ENODEV at once; what is in flight on this replica's handle finishes first (the owner
+    answers every funnelled request it holds), its poller stops, then ``then()``.  The
+    wait is the queue poller's, not a blocking one: the reactor goes on serving."""
     st = _state()
     rep = st["disks"].pop(disk, None)
-    if rep is None:
-        return
-    if st["names"].get(rep.name) is rep:
-        del st["names"][rep.name]
-    q, rep.queue = rep.queue, None
+    q = None
+    if rep is not None:
+        if st["names"].get(rep.name) is rep:
+            del st["names"][rep.name]
+        q, rep.queue = rep.queue, None
     if q is not None:
-        q.close()
+        q.close(then)
+    elif then is not None:
+        then()
 
 
 # ------------------------------------------------------------------ the queue
 class ImageQueue:
     """The librbd operations in flight on one image handle of this reactor."""
 
-    __slots__ = ("image", "thread", "poller", "ops", "_tags", "_owed", "closed")
+    __slots__ = ("image", "thread", "poller", "ops", "_tags", "_owed", "closed", "_closing",
+                 "_deadline_poller")
 
     def __init__(self, image, name):
         self.image = image
@@ -183,6 +187,8 @@ class ImageQueue:
         self._tags = itertools.count(1)
         self._owed = 0
         self.closed = False
+        self._closing = None           # (then, deadline) while close waits for self.ops
+        self._deadline_poller = None
         self.poller = rx.poller_register(self._poll, None, 0, f"rbd_{name}", fd=image.efd)
 
     def start(self, call, args, on_done, ctx, keep=None) -> int:
@@ -222,6 +228,8 @@ class ImageQueue:
                     entry[0](entry[1], ret)
                 except Exception:
                     log.exception("rbd: completion handler raised")
+        if self._closing is not None and not ops:
+            self._closed()
         return len(done)
 
     def drain(self, finished, timeout: float) -> bool:
@@ -236,20 +244,43 @@ class ImageQueue:
             self._poll(None)
         return True
 
-    def close(self) -> None:
-        """Wait for what is in flight, then stop the poller (the image itself is closed by
-        its owner, RbdDisk.disconnect).  Anything librbd still holds past DRAIN_S fails
-        (its buffers stay pinned by the image, which rbd_close waits for)."""
-        if not self.drain(lambda: False, DRAIN_S):
-            log.error("rbd: %d operations still in librbd after %.0f s; failing them",
-                      len(self.ops), DRAIN_S)
-            for on_done, ctx, _keep in list(self.ops.values()):
-                on_done(ctx, -errno.ETIMEDOUT)
+    def close(self, then=None) -> None:
+        """Stop once nothing is in flight, then ``then()`` (the image itself is closed
+        afterwards by its owner, RbdDisk.disconnect, on a worker).  The wait is this
+        queue's poller collecting completions, so the reactor keeps serving meanwhile;
+        anything librbd still holds past DRAIN_S fails (its buffers stay pinned by the
+        image, which rbd_close waits for)."""
+        if self.closed or self._closing is not None:
+            return
+        self._closing = (then, time.monotonic() + DRAIN_S)
+        if not self.ops:
+            self._closed()
+            return
+        self._deadline_poller = rx.poller_register(self._check_deadline, None, 100_000,
+                                                   "rbd_close_deadline")
+
+    def _check_deadline(self, _arg) -> int:
+        if self.closed or time.monotonic() < self._closing[1]:
+            return 0
+        log.error("rbd: %d operations still in librbd after %.0f s; failing them",
+                  len(self.ops), DRAIN_S)
+        for on_done, ctx, _keep in list(self.ops.values()):
+            on_done(ctx, -errno.ETIMEDOUT)
+        self._closed()
+        return 1
+
+    def _closed(self) -> None:
+        then = self._closing[0]
         self.closed = True
+        if self._deadline_poller is not None:
+            rx.poller_unregister(self._deadline_poller)
+            self._deadline_poller = None
         if rx.get_thread() is self.thread:
             rx.poller_unregister(self.poller)
         else:
             rx.send_msg(self.thread, rx.poller_unregister, self.poller)
+        if then is not None:
+            then()
 
 
 def aio_call(kind, off, length, arr=None, n=0):

@@ -347,20 +347,26 @@ def test_the_owner_dying_fails_each_funnelled_io_once(ceph_cluster):
 
 # ----------------------------------------------------- deletes and closes in flight
 def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster, caplog):
-    """bdev_rbd_delete while 24 of reactor 1's I/O are in the owner's hands: each completes
-    once (the owner finishes what librbd holds before its image closes); a write reactor 1
-    sends after the owner's replica is gone fails (-ENODEV from the owner); the hot-remove
-    reaches reactor 1's desc, which closes; no client of the image is left."""
+    """bdev_rbd_delete while 24 of reactor 1's I/O are in the owner's hands: the owner does
+    not block on them (it goes on answering: a write reactor 1 sends after the owner's
+    replica is gone fails -ENODEV at once), the delete answers only once librbd has given
+    them back, and each completes exactly once, successfully; reactor 1's user, told of the
+    hot-remove, closes once its I/O is done (SPDK's rule); no client of the image is left."""
     c = ceph_cluster
     img = c.new_image(size="1M", features=DEFAULT_FEATURES)
     with _two_reactors() as h:
         assert _create(h, c, "R", img) == 0
         events = []
+        submitted = 25
+
+        def close_when_done():
+            if events and len(s.cpl.done) == submitted and s.ch is not None:
+                s.close()
 
         def on_event(ev, bdev, ctx):
-            events.append((ev, len(s.cpl.done)))
-            s.close()                         # a user that closes on hot-remove
-        owner_q = _hold_completions(h)        # collected only by the delete's drain
+            events.append(ev)
+            close_when_done()
+        owner_q = _hold_completions(h)        # collected only once released below
         s = Submitter(h, "R", 1, on_event)
         for i in range(12):
             assert s.write(i * 4, pattern(4 * BS, i), f"w{i}") == 0
@@ -376,13 +382,18 @@ def test_delete_with_funnelled_io_in_flight_completes_each_once(ceph_cluster, ca
             h.poll_thread(0)
         assert "R" not in rbd_funnel._state()["names"]
         assert s.write(60, pattern(BS, 1), "after") == 0   # reactor 1 does not know yet
-        assert run_until(h, lambda: out) and out == [0]
-        got = s.cpl.by_arg()
-        assert len(got) == 25 and got["after"][0] is False
+        assert run_until(h, lambda: "after" in s.cpl.by_arg())
         assert "write of 1 blocks at 60 failed: No such device" in caplog.text
-        # the owner answered all it held before its image closed, so before the hot-remove
-        # (sent behind those answers) reached reactor 1
-        assert events == [(api.EVENT_REMOVE, 25)]
+        # the delete waits for the 24 without blocking the owner, and has not answered
+        assert not run_until(h, lambda: out, timeout=0.5)
+        assert out == [] and len(owner_q.ops) == 24 and s.ch is not None
+        _release_completions(h, owner_q)
+        # (the user closes from its loop once its last completion is in)
+        assert run_until(h, lambda: (close_when_done(), out)[1]) and out == [0]
+        got = s.cpl.by_arg()
+        assert len(got) == submitted and got["after"][0] is False
+        assert all(got[t][0] is True for t in got if t != "after"), got
+        assert events == [api.EVENT_REMOVE]
         for t in (0, 1):
             h.set_thread(t)
             assert api.get_by_name("R") is None
