@@ -17,6 +17,17 @@ from tools.ceph_dev import CephCluster  # noqa: F401  (the tests' handle on a cl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def rbd_bdev_config(c, img, name="Rbd0") -> dict:
+    """A JSON config (SPDK's shape) making bdev ``name`` of image rbd/``img`` of cluster
+    ``c``, registered as cluster c0: what bdevperf's -c reads in the tests."""
+    return {"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_rbd_register_cluster", "params": {"name": "c0", "config_file": c.conf}},
+        {"method": "bdev_rbd_create", "params": {"name": name, "pool_name": "rbd",
+                                                 "rbd_name": img, "block_size": 512,
+                                                 "cluster_name": "c0"}},
+        {"method": "bdev_wait_for_examine"}]}]}
+
+
 def skip_reason() -> str | None:
     if shutil.which("ceph-mon") is None or shutil.which("ceph-osd") is None:
         return "ceph-mon/ceph-osd are not installed (tools/install-sysdeps.sh installs them)"

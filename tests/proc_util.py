@@ -30,3 +30,27 @@ def stop_all(procs, timeout=20):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.communicate()
+
+
+def started_targets(make, *args):
+    """A fixture's body: yields ``start(**kw)``, which makes ``make(*args, **kw)`` (a target
+    with ``stop()``) and keeps it; every one made is stopped at the end."""
+    made = []
+
+    def start(**kw):
+        t = make(*args, **kw)
+        made.append(t)
+        return t
+    yield start
+    for t in made:
+        t.stop()
+
+
+def running(pid) -> bool:
+    """Alive and not a zombie (a daemon reparented to init is reaped in init's own time)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(ln for ln in f if ln.startswith("State:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return state != "Z"

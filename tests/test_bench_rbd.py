@@ -15,6 +15,7 @@ import time
 import pytest
 
 from ceph_cluster import ROOT, skip_reason
+from proc_util import running
 from tools.bench_rbd import PATHS, PROG
 
 BENCH = [sys.executable, "-m", "tools.cli", "bench", "rbd"]
@@ -56,19 +57,10 @@ def _env(scratch, path=None) -> dict:
     return env
 
 
-def _running(pid) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            state = next(ln for ln in f if ln.startswith("State:")).split()[1]
-    except (OSError, StopIteration):
-        return False
-    return state != "Z"
-
-
 def _kill_leftovers(pids) -> list:
     """The pids of ``pids`` still running (a bench that broke its promise), each then
     killed, so a failing test does not leave them to the rest of the suite."""
-    left = [pid for pid in pids if _running(pid)]
+    left = [pid for pid in pids if running(pid)]
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -189,7 +181,7 @@ def _processes_naming(path: str) -> list:
                 cmdline = f.read().decode(errors="replace")
         except OSError:
             continue
-        if path in cmdline and _running(int(pid)):
+        if path in cmdline and running(int(pid)):
             found.append(int(pid))
     return found
 

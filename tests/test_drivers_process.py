@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from proc_util import wait_for_socket
+from proc_util import started_targets, wait_for_socket
 from reactor.rpc import RpcClient, RpcError
 
 APP = os.path.join(os.path.dirname(__file__), "apps", "drivers_target.py")
@@ -56,15 +56,7 @@ class Target:
 
 @pytest.fixture
 def target(tmp_path):
-    made = []
-
-    def start(**kw):
-        t = Target(tmp_path, **kw)
-        made.append(t)
-        return t
-    yield start
-    for t in made:
-        t.stop()
+    yield from started_targets(Target, tmp_path)
 
 
 def pattern(n, seed):

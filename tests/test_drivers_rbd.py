@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from ceph_cluster import ROOT, started_cluster
+from ceph_cluster import ROOT, rbd_bdev_config, started_cluster
 from reactor.rpc import RpcError
+from proc_util import running, started_targets
 from test_drivers_process import Target, pattern
 
 BS = 512
@@ -21,15 +22,7 @@ ENOENT, EEXIST, EPERM, EINVAL, ENODEV = 2, 17, 1, 22, 19
 
 @pytest.fixture
 def target(tmp_path):
-    made = []
-
-    def start(**kw):
-        t = Target(tmp_path, **kw)
-        made.append(t)
-        return t
-    yield start
-    for t in made:
-        t.stop()
+    yield from started_targets(Target, tmp_path)
 
 
 def _err(t, method, **params):
@@ -171,12 +164,7 @@ def test_bdevperf_verify_on_two_reactors(ceph_cluster, tmp_path):
     c = ceph_cluster
     img = c.new_image(size="8M")
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_rbd_register_cluster", "params": {"name": "c0", "config_file": c.conf}},
-        {"method": "bdev_rbd_create", "params": {"name": "Rbd0", "pool_name": "rbd",
-                                                 "rbd_name": img, "block_size": 512,
-                                                 "cluster_name": "c0"}},
-        {"method": "bdev_wait_for_examine"}]}]}))
+    cfg.write_text(json.dumps(rbd_bdev_config(c, img)))
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, "-m", "tools.cli", "bdevperf", "-q", "16", "-o", "4096",
                         "-w", "verify", "-t", "1", "-m", "0x3", "-C", "-c", str(cfg),
@@ -233,18 +221,7 @@ def test_dev_cluster_script_stops_by_pid_and_leaves_nothing():
         assert c.rbd("ls", "rbd") == ""
         assert c.rbd("pool", "stats", "rbd")
     for p in pids:
-        assert not _running(p), p
-
-
-def _running(pid) -> bool:
-    """Alive and not a zombie (the daemons are reparented to init, which reaps them in its
-    own time)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            state = next(ln for ln in f if ln.startswith("State:")).split()[1]
-    except (OSError, StopIteration):
-        return False
-    return state != "Z"
+        assert not running(p), p
 
 
 def test_raid1_over_malloc_and_rbd_survives_losing_the_rbd_leg(ceph_cluster, tmp_path):

@@ -28,7 +28,7 @@ import pytest
 
 from ceph_cluster import ROOT, started_cluster
 from drivers_util import run_until
-from proc_util import wait_for_socket
+from proc_util import started_targets, wait_for_socket
 from reactor.rpc import RpcClient, RpcError
 
 APP = os.path.join(os.path.dirname(__file__), "apps", "rbd_target.py")
@@ -302,15 +302,7 @@ class _Pending:
 @pytest.fixture
 def target(tmp_path):
     _librados()
-    made = []
-
-    def start(**kw):
-        t = Target(tmp_path, **kw)
-        made.append(t)
-        return t
-    yield start
-    for t in made:
-        t.stop()
+    yield from started_targets(Target, tmp_path)
 
 
 def _dead_mon(timeout=3) -> dict:

@@ -21,7 +21,7 @@ import pytest
 import bdev_stub
 import reactor as rx
 from bdev import _const, api
-from ceph_cluster import ROOT
+from ceph_cluster import ROOT, rbd_bdev_config
 from drivers import rbd, rbd_funnel
 from drivers_util import Io, pattern, run_until
 from reactor.testing import Harness
@@ -422,12 +422,7 @@ def test_bdevperf_verify_on_two_reactors_through_one_client(ceph_cluster, tmp_pa
     c = ceph_cluster
     img = c.new_image(size="8M", features=DEFAULT_FEATURES)
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_rbd_register_cluster", "params": {"name": "c0", "config_file": c.conf}},
-        {"method": "bdev_rbd_create", "params": {"name": "Rbd0", "pool_name": "rbd",
-                                                 "rbd_name": img, "block_size": 512,
-                                                 "cluster_name": "c0"}},
-        {"method": "bdev_wait_for_examine"}]}]}))
+    cfg.write_text(json.dumps(rbd_bdev_config(c, img)))
     out = tmp_path / "r.json"
     env = {k: v for k, v in os.environ.items() if k != "RINGSTACK_RBD_FUNNEL"}
     p = subprocess.Popen([sys.executable, "-m", "tools.cli", "bdevperf", "-q", "16", "-o",
