@@ -471,8 +471,8 @@ def _commit_disk(token, name, block_size, blockcnt, uuid) -> int:
     disk.uuid = uuid
     disk.thread = rx.get_thread()
     # The I/O side decides the mode (drivers/rbd_funnel.py): this reactor's handle, or the
-    # funnel to the owner, whose handle this reactor then closes (on a worker, below).
-    remote = rbd_funnel.attach(disk)
+    # funnel to the owner, whose handle this reactor then closes (_commit_disk_replica).
+    rbd_funnel.attach(disk)
     bdev = bm.Bdev(name, blocklen=block_size, blockcnt=blockcnt, module=rbd_module,
                    fn_table=rbd._fn_table, ctxt=disk, product_name="Ceph Rbd Disk",
                    write_cache=False, uuid=uuid)
@@ -488,17 +488,20 @@ def _commit_disk(token, name, block_size, blockcnt, uuid) -> int:
         _prepared()[token] = disk
         return rc
     _vbdev.state("rbd")[name] = disk
-    if remote:
-        # Its I/O goes to the owner: this reactor is no client of the image.  Closing waits
-        # on the cluster, so a worker does it; the disk's lane orders it before any later
-        # control call of the disk (a destruct's close finds nothing left to close).
-        _close_disk(disk, lambda: None)
     return 0
 
 
 @rx.remote("drivers.rbd.commit_disk")
-def _commit_disk_replica(done, *args):
-    done(_commit_disk(*args))
+def _commit_disk_replica(done, token, name, *args):
+    rc = _commit_disk(token, name, *args)
+    disk = _vbdev.state("rbd").get(name) if rc == 0 else None
+    if disk is not None and rbd_funnel.replica_of(disk).remote:
+        # Its I/O goes to the owner (reactor 0, never a replica here): this reactor is no
+        # client of the image, and the create answers once its handle is closed, so Ceph
+        # sees one watcher from the moment the bdev exists.  Closing waits on the cluster:
+        # a worker does it, on the disk's lane (a destruct's close finds nothing left).
+        return _close_disk(disk, lambda: done(0))
+    done(rc)
 
 
 def _name_taken(name) -> bool:

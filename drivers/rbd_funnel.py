@@ -111,7 +111,7 @@ class Replica:
     """One rbd bdev's I/O state on one reactor."""
 
     __slots__ = ("disk", "name", "uuid", "funnel", "remote", "queue", "owner_tid", "busy",
-                 "resets")
+                 "resets", "part_max")
 
     def __init__(self, disk, funnel: bool):
         r = rx.current_reactor()
@@ -121,6 +121,7 @@ class Replica:
         self.funnel = funnel
         self.remote = funnel and r.index != OWNER   # this reactor sends its I/O away
         self.owner_tid = r.default_tid(OWNER)
+        self.part_max = min(CHUNK, r.max_record // 2)   # a part always fits one ring record
         self.queue = None
         self.busy = 0          # this reactor's I/O to the bdev in flight (RESET waits for 0)
         self.resets = []       # (channel, bdev_io) of RESETs waiting for busy == 0
@@ -129,8 +130,8 @@ class Replica:
 def attach(disk) -> bool:
     """At create, on the replica's thread, once the image is open and its features read:
     decide the mode; keep the handle behind a queue.  True when this reactor funnels: its
-    handle is then unused, and the caller closes it (on a worker: closing waits on the
-    cluster) so this reactor is no client of the image at all."""
+    handle is then unused, and the control side closes it (on a worker: closing waits on
+    the cluster) so this reactor is no client of the image at all."""
     funnel = choose_funnel(disk)
     rep = Replica(disk, funnel)
     if not rep.remote:
@@ -351,11 +352,11 @@ def forward(ch, io, kind, off, length) -> None:
     ch.inflight[io] = rec
     rep.busy += 1
     r = rx.current_reactor()
-    if kind == _READ or kind == _WRITE:
-        step = min(CHUNK, r.max_record // 2)      # a part always fits one ring record
-        parts = [(p, min(step, length - p)) for p in range(0, length, step)] or [(0, 0)]
+    step = rep.part_max
+    if length > step and (kind == _READ or kind == _WRITE):
+        parts = [(p, min(step, length - p)) for p in range(0, length, step)]
     else:
-        parts = [(0, length)]
+        parts = ((0, length),)      # the common case: one part, no list built
     data = _gather(io, length) if kind == _WRITE else None
     origin = ch.thread.id
     pending = st["pending"]
